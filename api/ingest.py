@@ -1,0 +1,198 @@
+"""Request bodies of the view endpoints: reading with a size limit, decoding, validating.
+
+The bulk path validates a whole batch with C-level operations (set unions, ``map``, one regular
+expression over the joined ids) and only walks items one by one in Python when that fast check fails,
+to name the first bad item's index. A batch is all or nothing: any bad item rejects all of it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+import msgpack
+import orjson
+from starlette.requests import Request
+
+from api.errors import ApiError
+from daemon.settings import Settings
+
+ID_CHARS = r"[A-Za-z0-9_.:\-]"
+ITEM_FIELDS = frozenset({"content_id", "user_id", "watch_seconds"})
+SINGLE_FIELDS = frozenset({"watch_seconds"})
+_get_content_id = itemgetter("content_id")
+
+
+def id_pattern(max_len: int) -> re.Pattern[str]:
+    return re.compile(f"{ID_CHARS}{{1,{max_len}}}")
+
+
+@dataclass(slots=True)
+class Batch:
+    events: int
+    counts: Counter[str]
+    watch: dict[str, int]
+
+
+class _Slow(Exception):
+    """The fast check failed; find the precise error item by item."""
+
+
+class BodyReader:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.id_re = id_pattern(settings.content_id_max_len)
+        self._ids_re = re.compile(
+            f"(?:{ID_CHARS}{{1,{settings.content_id_max_len}}}\n)*{ID_CHARS}{{1,{settings.content_id_max_len}}}"
+        )
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def read(self, request: Request, limit: int) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise ApiError(400, "bad_request", "Content-Length is not a number.") from None
+            if declared > limit:
+                raise _too_large(limit)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- single view ----------------------------------------------------------------------------
+
+    def single(self, body: bytes) -> int:
+        """The optional JSON body of a single view; returns watch_seconds (0 when absent)."""
+        if not body.strip():
+            return 0
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "malformed_body", "The body is not valid JSON.") from None
+        if not isinstance(doc, dict):
+            raise ApiError(422, "invalid_body", "The body must be a JSON object.")
+        unknown = doc.keys() - SINGLE_FIELDS
+        if unknown:
+            raise ApiError(422, "unknown_field", f"Unknown field '{sorted(unknown)[0]}'.")
+        return self._watch_seconds(doc.get("watch_seconds"), "watch_seconds")
+
+    def content_id(self, content_id: str) -> str:
+        if not self.id_re.fullmatch(content_id):
+            raise ApiError(
+                422,
+                "invalid_content_id",
+                f"contentId must be 1 to {self.settings.content_id_max_len} characters of A-Z a-z 0-9 _ . : -",
+            )
+        return content_id
+
+    def _watch_seconds(self, value: Any, where: str) -> int:
+        if value is None:
+            return 0
+        if type(value) is not int or not 0 <= value <= self.settings.watch_seconds_max:
+            raise ApiError(
+                422, "invalid_watch_seconds",
+                f"{where} must be an integer from 0 to {self.settings.watch_seconds_max}.",
+            )
+        return value
+
+    # -- batch ----------------------------------------------------------------------------------
+
+    def decode_batch(self, body: bytes, content_type: str) -> Any:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media == "application/msgpack" or media == "application/x-msgpack":
+            try:
+                return msgpack.unpackb(body, raw=False, strict_map_key=True)
+            except Exception:  # msgpack raises many types for garbage: all mean the same here
+                raise ApiError(400, "malformed_body", "The body is not valid msgpack.") from None
+        if media == "application/json" or media == "":
+            try:
+                return orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise ApiError(400, "malformed_body", "The body is not valid JSON.") from None
+        raise ApiError(
+            415, "unsupported_media_type", "Send application/json or application/msgpack."
+        )
+
+    def batch(self, items: Any) -> Batch:
+        if type(items) is not list:
+            raise ApiError(422, "invalid_body", "The body must be an array of view items.")
+        n = len(items)
+        if n > self.settings.batch_max_items:
+            raise ApiError(
+                413, "too_many_items", f"A batch holds at most {self.settings.batch_max_items} items."
+            )
+        if n == 0:
+            return Batch(0, Counter(), {})
+        try:
+            return self._fast(items, n)
+        except (_Slow, KeyError, TypeError, ValueError):
+            self._slow(items)
+            raise  # unreachable: _slow raises for the item the fast check tripped on
+
+    def _fast(self, items: list[Any], n: int) -> Batch:
+        if set(map(type, items)) != {dict}:
+            raise _Slow
+        fields = set().union(*map(dict.keys, items))
+        if not fields <= ITEM_FIELDS:
+            raise _Slow
+        ids = list(map(_get_content_id, items))
+        joined = "\n".join(ids)
+        if joined.count("\n") != n - 1 or not self._ids_re.fullmatch(joined):
+            raise _Slow
+        if "user_id" in fields:
+            users = [item["user_id"] for item in items if "user_id" in item]
+            if set(map(type, users)) != {str} or not self._ids_re.fullmatch("\n".join(users)):
+                raise _Slow
+        watch: dict[str, int] = {}
+        if "watch_seconds" in fields:
+            seconds = [item.get("watch_seconds") or 0 for item in items]
+            if not set(map(type, seconds)) <= {int}:
+                raise _Slow
+            if min(seconds) < 0 or max(seconds) > self.settings.watch_seconds_max:
+                raise _Slow
+            for content_id, s in zip(ids, seconds, strict=True):
+                if s:
+                    watch[content_id] = watch.get(content_id, 0) + s
+        return Batch(n, Counter(ids), watch)
+
+    def _slow(self, items: list[Any]) -> None:
+        for index, item in enumerate(items):
+            where = f"item {index}"
+            if not isinstance(item, dict):
+                raise _invalid(index, "invalid_item", f"{where} must be an object.")
+            unknown = item.keys() - ITEM_FIELDS
+            if unknown:
+                raise _invalid(index, "unknown_field", f"{where} has unknown field '{sorted(map(str, unknown))[0]}'.")
+            content_id = item.get("content_id")
+            if not isinstance(content_id, str) or not self.id_re.fullmatch(content_id):
+                raise _invalid(index, "invalid_content_id", f"{where}: content_id must be a valid id string.")
+            if "user_id" in item:
+                user_id = item["user_id"]
+                if not isinstance(user_id, str) or not self.id_re.fullmatch(user_id):
+                    raise _invalid(index, "invalid_user_id", f"{where}: user_id must be a valid id string.")
+            seconds = item.get("watch_seconds")
+            if seconds is not None and (
+                type(seconds) is not int or not 0 <= seconds <= self.settings.watch_seconds_max
+            ):
+                raise _invalid(
+                    index, "invalid_watch_seconds",
+                    f"{where}: watch_seconds must be an integer from 0 to {self.settings.watch_seconds_max}.",
+                )
+        raise ApiError(422, "invalid_body", "The batch could not be validated.")
+
+
+def _invalid(index: int, code: str, message: str) -> ApiError:
+    return ApiError(422, code, message, index=index)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"The body exceeds {limit} bytes.")

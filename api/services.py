@@ -1,0 +1,74 @@
+"""What the request handlers share in one api process: clients, the buffer, auth, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from api.auth import Authenticator
+from api.buffer import ViewBuffer
+from api.ingest import BodyReader
+from daemon import db
+from daemon.metrics import Metrics
+from daemon.settings import Settings
+from lua import Scripts
+
+log = logging.getLogger(__name__)
+
+
+def make_redis(settings: Settings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        decode_responses=True,
+        health_check_interval=30,
+    )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    redis: aioredis.Redis
+    scripts: Scripts
+    buffer: ViewBuffer
+    auth: Authenticator
+    bodies: BodyReader
+    _pool: asyncpg.Pool | None = None
+    _pool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @classmethod
+    def create(cls, settings: Settings) -> Services:
+        metrics = Metrics()
+        redis = make_redis(settings)
+        scripts = Scripts.load()
+        buffer = ViewBuffer(settings, redis, scripts.apply_views, metrics)
+        return cls(settings, metrics, redis, scripts, buffer, Authenticator(settings), BodyReader(settings))
+
+    async def pool(self) -> asyncpg.Pool:
+        """The Postgres pool, created on first use so that the API starts while Postgres is down."""
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await db.create_pool(self.settings)
+        return self._pool
+
+    async def start(self) -> None:
+        if not self.auth.configured:
+            log.warning("no ENGAGEMENT_JWT_SECRET or ENGAGEMENT_JWT_PUBLIC_KEY: every token will be refused")
+        self.buffer.start()
+        try:
+            await self.pool()
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("Postgres not reachable at start (%s); will retry on use", exc)
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        await self.buffer.close(drain_timeout_s)
+        await self.redis.aclose()
+        if self._pool is not None:
+            await self._pool.close()

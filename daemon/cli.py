@@ -1,0 +1,93 @@
+"""``engagementd``: one CLI for every role of the Engagement Service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from daemon.settings import Settings, SettingsError
+
+log = logging.getLogger("engagementd")
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon import db
+
+    applied = asyncio.run(db.migrate(settings))
+    for m in applied:
+        print(f"applied {m.version:04d}_{m.name}")
+    print(f"schema up to date ({len(applied)} applied)")
+    return 0
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.server import serve_api
+
+    serve_api(args.host, args.port, args.workers, settings)
+    return 0
+
+
+def cmd_flusher(settings: Settings, args: argparse.Namespace) -> int:
+    from flusher.main import run_flusher
+
+    return asyncio.run(run_flusher(settings, once=args.once, metrics_port=args.metrics_port))
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.dev import run_dev
+
+    return run_dev(settings, host=args.host, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="engagementd", description="Engagement Service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="create or upgrade the Postgres schema (idempotent)").set_defaults(
+        func=cmd_migrate
+    )
+
+    api = sub.add_parser("api", help="serve the HTTP API (and /metrics on the same port)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8080)
+    api.add_argument("--workers", type=int, default=1)
+    api.set_defaults(func=cmd_api)
+
+    flusher = sub.add_parser("flusher", help="drain Redis deltas to Postgres")
+    flusher.add_argument("--once", action="store_true", help="drain everything pending, then exit 0")
+    flusher.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
+    flusher.set_defaults(func=cmd_flusher)
+
+    dev = sub.add_parser("dev", help="private Redis and Postgres, migrate, api and flusher in one command")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"engagementd: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings)
+    try:
+        return int(args.func(settings, args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Redis key layout (DESIGN.md decision 1).
+
+Every key of one content item carries the hash tag ``{s:N}``, N = crc32(content_id) mod shards, so
+that one Lua script can change the live counts, the pending deltas and the idempotency records of an
+item atomically on a single Redis and unchanged on Redis Cluster.
+
+==============================  ======  =================================================
+key                             type    what
+==============================  ======  =================================================
+eng:{s:N}:cnt:<content_id>      hash    live counts: views, watch_seconds, likes, ... (the
+                                        seed's view_count:{id} / like_count:{id})
+eng:{s:N}:delta                 hash    "<counter>:<content_id>" -> increment not yet flushed
+eng:{s:N}:batch                 hash    deltas captured by a flusher, until Postgres has them
+eng:{s:N}:batch_id              string  id of that batch (key of the flush_batches ledger)
+eng:{s:N}:lease                 string  owner of the shard's flush lease
+eng:{s:N}:drain:<drain_id>      string  marker: a view drain was applied (expires after 24 h)
+==============================  ======  =================================================
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "eng"
+
+# Counter columns of content_counters that deltas may carry, in table order.
+COUNTERS = ("views", "likes", "dislikes", "comments", "shares", "watch_seconds")
+
+
+def shard_of(content_id: str, shards: int) -> int:
+    return zlib.crc32(content_id.encode()) % shards
+
+
+def tag(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}"
+
+
+def counts_key(shard: int, content_id: str) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:cnt:{content_id}"
+
+
+def delta_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:delta"
+
+
+def batch_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:batch"
+
+
+def batch_id_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:batch_id"
+
+
+def lease_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:lease"
+
+
+def drain_key(shard: int, drain_id: str) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:drain:{drain_id}"
+
+
+def parse_delta_field(field: str) -> tuple[str, str]:
+    """'views:abc' -> ('views', 'abc'); content ids may themselves contain ':'."""
+    counter, _, content_id = field.partition(":")
+    return counter, content_id

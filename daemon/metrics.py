@@ -1,0 +1,151 @@
+"""Prometheus metrics on an explicit registry, ``engagement_`` prefix.
+
+Request counting is on the hottest path, so it is kept in plain dicts and turned into metric families
+only when /metrics is scraped (``RequestMetrics`` is a custom collector). Everything off the hot path
+uses prometheus_client's own metric types.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RequestMetrics(Collector):
+    """engagement_http_requests_total{route,method,status} and
+    engagement_http_request_duration_seconds{route}, recorded with a dict update and a bisect."""
+
+    def __init__(self, buckets: tuple[float, ...] = REQUEST_BUCKETS) -> None:
+        self._buckets = buckets
+        self._counts: dict[tuple[str, str, int], int] = {}
+        # route -> [per-bucket counts..., +Inf count, sum]
+        self._durations: dict[str, list[float]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+        hist = self._durations.get(route)
+        if hist is None:
+            hist = self._durations[route] = [0] * (len(self._buckets) + 1) + [0.0]
+        hist[bisect_left(self._buckets, seconds)] += 1
+        hist[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "engagement_http_requests", "HTTP requests by route, method and status.",
+            labels=["route", "method", "status"],
+        )
+        for (route, method, status), n in list(self._counts.items()):
+            requests.add_metric([route, method, str(status)], n)
+        yield requests
+        durations = HistogramMetricFamily(
+            "engagement_http_request_duration_seconds", "HTTP request duration by route.", labels=["route"]
+        )
+        for route, hist in list(self._durations.items()):
+            cumulative, running = [], 0
+            for bound, n in zip((*map(_fmt, self._buckets), "+Inf"), hist[:-1], strict=True):
+                running += n
+                cumulative.append((bound, running))
+            durations.add_metric([route], cumulative, sum_value=hist[-1])
+        yield durations
+
+
+def _fmt(bound: float) -> str:
+    return repr(float(bound))
+
+
+class BufferStats(Protocol):
+    accepted: int
+    refused: int
+
+    def depth(self) -> int: ...
+
+
+class _BufferCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        buffer = self._metrics._buffer
+        if buffer is None:
+            return
+        depth = GaugeMetricFamily(
+            "engagement_buffer_items", "Distinct items waiting in the view buffer, queued and in flight."
+        )
+        depth.add_metric([], buffer.depth())
+        yield depth
+        yield CounterMetricFamily(
+            "engagement_views_accepted", "View events accepted into the local buffer.", value=buffer.accepted
+        )
+        yield CounterMetricFamily(
+            "engagement_views_refused",
+            "View events refused with 503 because the buffer was full or shutting down.",
+            value=buffer.refused,
+        )
+
+
+class Metrics:
+    """Every metric of one process. Roles register only what they update; names are stable."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = RequestMetrics()
+        r.register(self.requests)
+        # Local aggregation buffer (api processes): read from the buffer at scrape time.
+        self._buffer: BufferStats | None = None
+        r.register(_BufferCollector(self))
+        self.redis_flush_seconds = Histogram(
+            "engagement_redis_flush_duration_seconds", "Time to apply one buffer drain to Redis.",
+            buckets=FLUSH_BUCKETS, registry=r,
+        )
+        self.redis_flush_errors = Counter(
+            "engagement_redis_flush_errors", "Buffer drains to Redis that failed and will be retried.",
+            registry=r,
+        )
+        self.redis_flushed_views = Counter(
+            "engagement_redis_flushed_views", "View events applied to Redis by buffer drains.", registry=r
+        )
+        # Flusher (Redis deltas -> Postgres).
+        self.flushed_rows = Counter(
+            "engagement_flush_rows", "content_counters rows written by the flusher.", registry=r
+        )
+        self.flushed_batches = Counter(
+            "engagement_flush_batches", "Shard batches committed to Postgres by the flusher.", registry=r
+        )
+        self.skipped_batches = Counter(
+            "engagement_flush_batches_already_committed",
+            "Captured batches found already in the ledger (a resumed flush); only deleted.", registry=r,
+        )
+        self.flush_errors = Counter(
+            "engagement_flush_errors", "Flusher passes that failed and will be retried.", registry=r
+        )
+        self.flush_seconds = Histogram(
+            "engagement_flush_duration_seconds", "Time of one flusher pass that wrote something.",
+            buckets=FLUSH_BUCKETS, registry=r,
+        )
+        self.flush_lag = Gauge(
+            "engagement_flush_lag_seconds",
+            "Seconds since the flusher last completed a pass (how stale Postgres may be).", registry=r,
+        )
+        self._last_flush = time.monotonic()
+        self.flush_lag.set_function(lambda: time.monotonic() - self._last_flush)
+
+    def flush_completed(self) -> None:
+        self._last_flush = time.monotonic()
+
+    def track_buffer(self, buffer: BufferStats) -> None:
+        self._buffer = buffer
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,109 @@
+"""One typed settings object, read from the environment in one place.
+
+The four ``ENGAGEMENT_REDIS_URL``, ``ENGAGEMENT_DATABASE_URL``, ``ENGAGEMENT_KAFKA_BOOTSTRAP`` and
+``ENGAGEMENT_JWT_SECRET`` / ``ENGAGEMENT_JWT_PUBLIC_KEY`` names are a public contract; every other
+setting is ``ENGAGEMENT_`` + the field name in upper case (``flush_interval_ms`` ->
+``ENGAGEMENT_FLUSH_INTERVAL_MS``). Units are in the names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+PREFIX = "ENGAGEMENT_"
+
+
+class SettingsError(ValueError):
+    """A setting in the environment could not be parsed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/engagement"
+    # Unset: events disabled (a warning at start). "mock": librdkafka's in-process mock cluster.
+    kafka_bootstrap: str = ""
+    jwt_secret: str = ""
+    jwt_public_key: str = ""  # path to an RS256 public key PEM
+    jwt_cache_size: int = 10_000
+
+    # Redis key layout: every key of one content item carries the hash tag {s:N}, N = crc32(id) % shards.
+    shards: int = 256
+
+    # Local aggregation buffer (per api process).
+    buffer_flush_interval_ms: int = 100
+    buffer_flush_items: int = 20_000  # drain early when this many distinct items are waiting
+    buffer_max_items: int = 200_000  # distinct items buffered + in flight; past it views get 503
+    buffer_retry_max_ms: int = 5_000  # ceiling of the exponential backoff while Redis is down
+    buffer_retry_after_s: int = 1  # Retry-After sent with a 503
+    drain_marker_ttl_s: int = 86_400  # how long Redis remembers an applied drain id
+
+    # Request limits.
+    batch_max_items: int = 10_000
+    batch_max_bytes: int = 4 * 1024 * 1024
+    body_max_bytes: int = 4096  # single-view body
+    content_id_max_len: int = 128
+    watch_seconds_max: int = 86_400
+
+    # Flusher.
+    flush_interval_ms: int = 1_000
+    flush_lease_ms: int = 30_000
+    flush_ledger_retention_days: int = 7
+
+    # Postgres pool.
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    db_timeout_s: float = 5.0
+    redis_timeout_s: float = 2.0
+
+    log_level: str = "INFO"
+    dev_data_dir: str = ".data"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _parse(f, raw)
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.shards < 1:
+            raise SettingsError("ENGAGEMENT_SHARDS must be at least 1")
+        if self.buffer_flush_interval_ms < 1 or self.flush_interval_ms < 1:
+            raise SettingsError("flush intervals must be at least 1 ms")
+        if self.buffer_max_items < 1 or self.batch_max_items < 1:
+            raise SettingsError("buffer and batch limits must be at least 1")
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _parse(f: dataclasses.Field[object], raw: str) -> object:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+    except ValueError as exc:
+        raise SettingsError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from exc
+    return raw
+
+
+__all__ = ["Settings", "SettingsError"]

@@ -1,0 +1,160 @@
+"""The flusher: drains Redis deltas to Postgres exactly once (DESIGN.md decision 4).
+
+One pass: for every shard, ``capture_batch`` atomically renames the shard's delta hash to its batch
+key under a lease (or returns the stranded batch an interrupted flusher left behind; it never
+overwrites one). All captured batches are written in one Postgres transaction that also inserts their
+ids into the ``flush_batches`` ledger; a batch already in the ledger was committed before a crash and
+is only deleted. ``finish_batch`` deletes the Redis side after the commit, never before. Killed at any
+point, the next pass resumes: nothing lost, nothing counted twice. Several flushers may run: shards
+they do not hold the lease of are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from daemon import keys
+from daemon.metrics import Metrics
+from daemon.settings import Settings
+from flusher.writer import CapturedBatch, WriteResult, prune_ledger, write_batches
+from lua import Scripts
+
+log = logging.getLogger(__name__)
+
+_COUNTER_INDEX = {name: i for i, name in enumerate(keys.COUNTERS)}
+_PRUNE_EVERY_S = 3600.0
+
+
+class Flusher:
+    def __init__(
+        self, settings: Settings, redis: object, pool: asyncpg.Pool, scripts: Scripts, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.pool = pool
+        self.scripts = scripts
+        self.metrics = metrics
+        self.owner = f"flusher-{uuid.uuid4().hex[:12]}"
+        self._stopping = asyncio.Event()
+        self._last_prune = 0.0
+
+    # -- one pass ---------------------------------------------------------------------------------
+
+    async def capture(self) -> list[CapturedBatch]:
+        calls = []
+        for shard in range(self.settings.shards):
+            calls.append((
+                [keys.delta_key(shard), keys.batch_key(shard), keys.batch_id_key(shard), keys.lease_key(shard)],
+                [self.owner, self.settings.flush_lease_ms, f"{shard}-{uuid.uuid4().hex}"],
+            ))
+        results = await self.scripts.capture_batch.call_many(self.redis, calls)
+        batches = []
+        for shard, result in enumerate(results):
+            if isinstance(result, Exception):
+                raise result
+            if not result:  # None: leased by another flusher; []: nothing to flush
+                continue
+            batch_id, flat = result
+            batches.append(CapturedBatch(shard, batch_id, _parse_rows(flat)))
+        return batches
+
+    async def finish(self, batches: Sequence[CapturedBatch]) -> None:
+        calls = [
+            (
+                [keys.batch_key(b.shard), keys.batch_id_key(b.shard), keys.lease_key(b.shard)],
+                [b.batch_id, self.owner],
+            )
+            for b in batches
+        ]
+        for result in await self.scripts.finish_batch.call_many(self.redis, calls):
+            if isinstance(result, Exception):
+                raise result
+
+    async def flush_once(self) -> WriteResult | None:
+        """Capture, write and finish one pass. None when there was nothing to flush."""
+        started = time.perf_counter()
+        batches = await self.capture()
+        if not batches:
+            self.metrics.flush_completed()
+            return None
+        async with self.pool.acquire() as conn:
+            result = await write_batches(conn, batches)
+        await self.finish(batches)
+        self.metrics.flushed_rows.inc(result.rows)
+        self.metrics.flushed_batches.inc(len(result.committed))
+        self.metrics.skipped_batches.inc(len(result.already))
+        self.metrics.flush_seconds.observe(time.perf_counter() - started)
+        self.metrics.flush_completed()
+        if result.already:
+            log.info("%d batches were already committed by an interrupted flush; deleted", len(result.already))
+        log.debug("flushed %d batches, %d rows", len(result.committed), result.rows)
+        return result
+
+    async def drain(self) -> tuple[int, int]:
+        """Flush until nothing is pending (``--once``). Returns (batches, rows)."""
+        batches = rows = 0
+        while (result := await self.flush_once()) is not None:
+            batches += len(result.committed)
+            rows += result.rows
+        return batches, rows
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        interval = self.settings.flush_interval_ms / 1000
+        delay = interval
+        next_at = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                await self.flush_once()
+                await self._maybe_prune()
+                delay = interval
+            except (RedisError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                self.metrics.flush_errors.inc()
+                log.warning("flush pass failed (%s); retrying in %.1fs", exc, delay)
+                delay = min(delay * 2, 30.0)
+            next_at = max(next_at + interval, time.monotonic()) if delay == interval else time.monotonic() + delay
+            try:
+                await asyncio.wait_for(self._stopping.wait(), max(0.0, next_at - time.monotonic()))
+            except TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def release_leases(self) -> None:
+        calls = [([keys.lease_key(s)], [self.owner]) for s in range(self.settings.shards)]
+        await self.scripts.release_lease.call_many(self.redis, calls)
+
+    async def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < _PRUNE_EVERY_S:
+            return
+        self._last_prune = now
+        async with self.pool.acquire() as conn:
+            pruned = await prune_ledger(conn, self.settings.flush_ledger_retention_days)
+        if pruned:
+            log.info("pruned %d flush ledger entries", pruned)
+
+
+def _parse_rows(flat: Sequence[str]) -> dict[str, list[int]]:
+    rows: dict[str, list[int]] = {}
+    width = len(keys.COUNTERS)
+    for i in range(0, len(flat), 2):
+        counter, content_id = keys.parse_delta_field(flat[i])
+        index = _COUNTER_INDEX.get(counter)
+        if index is None:
+            log.error("unknown delta field %r kept out of Postgres", flat[i])
+            continue
+        row = rows.get(content_id)
+        if row is None:
+            row = rows[content_id] = [0] * width
+        row[index] += int(flat[i + 1])
+    return rows

@@ -1,0 +1,42 @@
+"""The flusher process: ``engagementd flusher [--once] [--metrics-port P]``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from prometheus_client import start_http_server
+
+from api.services import make_redis
+from daemon import db
+from daemon.metrics import Metrics
+from daemon.settings import Settings
+from flusher.flusher import Flusher
+from lua import Scripts
+
+log = logging.getLogger(__name__)
+
+
+async def run_flusher(settings: Settings, once: bool = False, metrics_port: int | None = None) -> int:
+    metrics = Metrics()
+    if metrics_port is not None:
+        start_http_server(metrics_port, registry=metrics.registry)
+    redis = make_redis(settings)
+    pool = await db.create_pool(settings)
+    flusher = Flusher(settings, redis, pool, Scripts.load(), metrics)
+    try:
+        if once:
+            batches, rows = await flusher.drain()
+            print(f"flushed {batches} batches, {rows} rows", flush=True)
+            return 0
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, flusher.stop)
+        log.info("flusher %s running every %d ms over %d shards", flusher.owner, settings.flush_interval_ms, settings.shards)
+        await flusher.run()
+        await flusher.release_leases()
+        return 0
+    finally:
+        await redis.aclose()
+        await pool.close()

@@ -1,0 +1,90 @@
+"""Postgres side of a flush: ledger, COPY into a temporary table, one upsert, one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from daemon.keys import COUNTERS
+
+_TEMP = "counter_deltas"
+_COLUMNS = ("content_id", *COUNTERS)
+_CREATE_TEMP = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS {_TEMP} (
+    content_id text NOT NULL,
+    {", ".join(f"{c} bigint NOT NULL" for c in COUNTERS)}
+) ON COMMIT DELETE ROWS
+"""
+_UPSERT = f"""
+INSERT INTO content_counters AS c ({", ".join(_COLUMNS)}, updated_at)
+SELECT {", ".join(_COLUMNS)}, now() FROM {_TEMP}
+ON CONFLICT (content_id) DO UPDATE SET
+    {", ".join(f"{col} = c.{col} + EXCLUDED.{col}" for col in COUNTERS)},
+    updated_at = now()
+"""
+_LEDGER = """
+INSERT INTO flush_batches (batch_id, shard, items)
+SELECT * FROM unnest($1::text[], $2::integer[], $3::integer[])
+ON CONFLICT (batch_id) DO NOTHING
+RETURNING batch_id
+"""
+_PRUNE = "DELETE FROM flush_batches WHERE flushed_at < now() - make_interval(days => $1)"
+
+
+@dataclass(slots=True)
+class CapturedBatch:
+    shard: int
+    batch_id: str
+    # content_id -> [views, likes, dislikes, comments, shares, watch_seconds]
+    rows: dict[str, list[int]]
+
+
+@dataclass(slots=True)
+class WriteResult:
+    committed: list[CapturedBatch]  # newly written in this transaction
+    already: list[CapturedBatch]  # found in the ledger: written by an earlier, interrupted flush
+    rows: int  # content_counters rows written
+
+
+async def write_batches(conn: asyncpg.Connection, batches: Sequence[CapturedBatch]) -> WriteResult:
+    """Write every batch not yet in the ledger, exactly once, in one transaction."""
+    async with conn.transaction():
+        await conn.execute(_CREATE_TEMP)
+        fresh_ids = {
+            r["batch_id"]
+            for r in await conn.fetch(
+                _LEDGER,
+                [b.batch_id for b in batches],
+                [b.shard for b in batches],
+                [len(b.rows) for b in batches],
+            )
+        }
+        committed = [b for b in batches if b.batch_id in fresh_ids]
+        already = [b for b in batches if b.batch_id not in fresh_ids]
+        records = list(_merge(committed))
+        if records:
+            await conn.copy_records_to_table(_TEMP, records=records, columns=_COLUMNS)
+            await conn.execute(_UPSERT)
+    return WriteResult(committed, already, len(records))
+
+
+def _merge(batches: Iterable[CapturedBatch]) -> Iterable[tuple[object, ...]]:
+    """One row per content item, whatever the number of batches it appears in."""
+    merged: dict[str, list[int]] = {}
+    for batch in batches:
+        for content_id, values in batch.rows.items():
+            acc = merged.get(content_id)
+            if acc is None:
+                merged[content_id] = list(values)
+            else:
+                for i, v in enumerate(values):
+                    acc[i] += v
+    for content_id, values in merged.items():
+        yield (content_id, *values)
+
+
+async def prune_ledger(conn: asyncpg.Connection, retention_days: int) -> int:
+    status = await conn.execute(_PRUNE, retention_days)
+    return int(status.split()[-1])

@@ -1,0 +1,74 @@
+"""The Lua scripts of the Redis core, one file per atomic operation.
+
+Each script is loaded once with ``importlib.resources`` and called by SHA. ``LuaScript`` reloads itself
+when Redis answers NOSCRIPT (after ``SCRIPT FLUSH`` or a restart), both for single calls and for
+pipelined batches of calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+KeyT = str
+ArgT = str | int | bytes
+
+
+def source(name: str) -> str:
+    return resources.files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    name: str
+    text: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> LuaScript:
+        text = source(name)
+        return cls(name, text, hashlib.sha1(text.encode()).hexdigest())
+
+    async def __call__(self, client: Any, keys: Sequence[KeyT], args: Sequence[ArgT]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.text, len(keys), *keys, *args)
+
+    async def call_many(self, client: Any, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]) -> list[Any]:
+        """Run many calls in one pipelined round trip; calls that met NOSCRIPT are re-sent with EVAL.
+
+        Errors other than NOSCRIPT are returned in place of results, one per call, so the caller
+        decides which calls to retry. Connection errors raise.
+        """
+        results = await _pipelined(client, [("evalsha", self.sha, keys, args) for keys, args in calls])
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            retried = await _pipelined(client, [("eval", self.text, *calls[i]) for i in missing])
+            for i, r in zip(missing, retried, strict=True):
+                results[i] = r
+        return results
+
+
+async def _pipelined(client: Any, calls: Sequence[tuple[str, str, Sequence[KeyT], Sequence[ArgT]]]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for command, script, keys, args in calls:
+        getattr(pipe, command)(script, len(keys), *keys, *args)
+    return list(await pipe.execute(raise_on_error=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    apply_views: LuaScript
+    capture_batch: LuaScript
+    finish_batch: LuaScript
+    release_lease: LuaScript
+
+    @classmethod
+    def load(cls) -> Scripts:
+        return cls(**{name: LuaScript.load(name) for name in cls.__slots__})  # type: ignore[arg-type]
