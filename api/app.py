@@ -41,7 +41,9 @@ def build_app(services: Services) -> Starlette:
     route_names = {route.endpoint: route.path for route in ROUTES}
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(RequestMetricsMiddleware, metrics=services.metrics.requests, route_names=route_names)],
+        middleware=[
+            Middleware(RequestMetricsMiddleware, metrics=services.metrics.requests, route_names=route_names)
+        ],
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: handle_http_exception,

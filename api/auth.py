@@ -91,6 +91,8 @@ class Authenticator:
         if not isinstance(sub, str) or not sub:
             raise _unauthorized("invalid_token", "The token's 'sub' claim must be a non-empty string.")
         scope = claims.get("scope", "")
-        scopes = frozenset(scope.split() if isinstance(scope, str) else scope if isinstance(scope, list) else ())
+        scopes = frozenset(
+            scope.split() if isinstance(scope, str) else scope if isinstance(scope, list) else ()
+        )
         exp = claims.get("exp")
         return Principal(sub, frozenset(str(s) for s in scopes), float(exp) if exp is not None else None)

@@ -18,7 +18,9 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
-    checks = dict(zip(("redis", "postgres"), await asyncio.gather(_redis(services), _postgres(services)), strict=True))
+    checks = dict(
+        zip(("redis", "postgres"), await asyncio.gather(_redis(services), _postgres(services)), strict=True)
+    )
     ready = all(v == "ok" for v in checks.values()) and not services.buffer.closing
     body = {"status": "ready" if ready else "unavailable", "checks": checks}
     if not ready:

@@ -90,7 +90,8 @@ class BodyReader:
             raise ApiError(
                 422,
                 "invalid_content_id",
-                f"contentId must be 1 to {self.settings.content_id_max_len} characters of A-Z a-z 0-9 _ . : -",
+                f"contentId must be 1 to {self.settings.content_id_max_len} characters"
+                " of A-Z a-z 0-9 _ . : -",
             )
         return content_id
 
@@ -99,7 +100,8 @@ class BodyReader:
             return 0
         if type(value) is not int or not 0 <= value <= self.settings.watch_seconds_max:
             raise ApiError(
-                422, "invalid_watch_seconds",
+                422,
+                "invalid_watch_seconds",
                 f"{where} must be an integer from 0 to {self.settings.watch_seconds_max}.",
             )
         return value
@@ -118,9 +120,7 @@ class BodyReader:
                 return orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise ApiError(400, "malformed_body", "The body is not valid JSON.") from None
-        raise ApiError(
-            415, "unsupported_media_type", "Send application/json or application/msgpack."
-        )
+        raise ApiError(415, "unsupported_media_type", "Send application/json or application/msgpack.")
 
     def batch(self, items: Any) -> Batch:
         if type(items) is not list:
@@ -171,7 +171,9 @@ class BodyReader:
                 raise _invalid(index, "invalid_item", f"{where} must be an object.")
             unknown = item.keys() - ITEM_FIELDS
             if unknown:
-                raise _invalid(index, "unknown_field", f"{where} has unknown field '{sorted(map(str, unknown))[0]}'.")
+                raise _invalid(
+                    index, "unknown_field", f"{where} has unknown field '{sorted(map(str, unknown))[0]}'."
+                )
             content_id = item.get("content_id")
             if not isinstance(content_id, str) or not self.id_re.fullmatch(content_id):
                 raise _invalid(index, "invalid_content_id", f"{where}: content_id must be a valid id string.")
@@ -184,7 +186,8 @@ class BodyReader:
                 type(seconds) is not int or not 0 <= seconds <= self.settings.watch_seconds_max
             ):
                 raise _invalid(
-                    index, "invalid_watch_seconds",
+                    index,
+                    "invalid_watch_seconds",
                     f"{where}: watch_seconds must be an integer from 0 to {self.settings.watch_seconds_max}.",
                 )
         raise ApiError(422, "invalid_body", "The batch could not be validated.")

@@ -46,5 +46,7 @@ async def _from_postgres(services: Services, content_id: str) -> dict[str, int]:
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         log.warning("stats unavailable: Postgres unreachable too (%s)", exc)
-        raise ApiError(503, "unavailable", "Counts are temporarily unavailable.", {"Retry-After": "1"}) from None
+        raise ApiError(
+            503, "unavailable", "Counts are temporarily unavailable.", {"Retry-After": "1"}
+        ) from None
     return {f: int(row[f]) if row else 0 for f in STAT_FIELDS}

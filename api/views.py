@@ -13,9 +13,7 @@ ACCEPTED = Response(status_code=202)
 
 def _full(services: Services) -> ApiError:
     retry = str(services.settings.buffer_retry_after_s)
-    return ApiError(
-        503, "buffer_full", "The view buffer is full; retry later.", {"Retry-After": retry}
-    )
+    return ApiError(503, "buffer_full", "The view buffer is full; retry later.", {"Retry-After": retry})
 
 
 async def post_view(request: Request) -> Response:

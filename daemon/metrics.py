@@ -42,7 +42,8 @@ class RequestMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            "engagement_http_requests", "HTTP requests by route, method and status.",
+            "engagement_http_requests",
+            "HTTP requests by route, method and status.",
             labels=["route", "method", "status"],
         )
         for (route, method, status), n in list(self._counts.items()):
@@ -106,11 +107,14 @@ class Metrics:
         self._buffer: BufferStats | None = None
         r.register(_BufferCollector(self))
         self.redis_flush_seconds = Histogram(
-            "engagement_redis_flush_duration_seconds", "Time to apply one buffer drain to Redis.",
-            buckets=FLUSH_BUCKETS, registry=r,
+            "engagement_redis_flush_duration_seconds",
+            "Time to apply one buffer drain to Redis.",
+            buckets=FLUSH_BUCKETS,
+            registry=r,
         )
         self.redis_flush_errors = Counter(
-            "engagement_redis_flush_errors", "Buffer drains to Redis that failed and will be retried.",
+            "engagement_redis_flush_errors",
+            "Buffer drains to Redis that failed and will be retried.",
             registry=r,
         )
         self.redis_flushed_views = Counter(
@@ -125,18 +129,22 @@ class Metrics:
         )
         self.skipped_batches = Counter(
             "engagement_flush_batches_already_committed",
-            "Captured batches found already in the ledger (a resumed flush); only deleted.", registry=r,
+            "Captured batches found already in the ledger (a resumed flush); only deleted.",
+            registry=r,
         )
         self.flush_errors = Counter(
             "engagement_flush_errors", "Flusher passes that failed and will be retried.", registry=r
         )
         self.flush_seconds = Histogram(
-            "engagement_flush_duration_seconds", "Time of one flusher pass that wrote something.",
-            buckets=FLUSH_BUCKETS, registry=r,
+            "engagement_flush_duration_seconds",
+            "Time of one flusher pass that wrote something.",
+            buckets=FLUSH_BUCKETS,
+            registry=r,
         )
         self.flush_lag = Gauge(
             "engagement_flush_lag_seconds",
-            "Seconds since the flusher last completed a pass (how stale Postgres may be).", registry=r,
+            "Seconds since the flusher last completed a pass (how stale Postgres may be).",
+            registry=r,
         )
         self._last_flush = time.monotonic()
         self.flush_lag.set_function(lambda: time.monotonic() - self._last_flush)

@@ -50,10 +50,17 @@ class Flusher:
     async def capture(self) -> list[CapturedBatch]:
         calls = []
         for shard in range(self.settings.shards):
-            calls.append((
-                [keys.delta_key(shard), keys.batch_key(shard), keys.batch_id_key(shard), keys.lease_key(shard)],
-                [self.owner, self.settings.flush_lease_ms, f"{shard}-{uuid.uuid4().hex}"],
-            ))
+            calls.append(
+                (
+                    [
+                        keys.delta_key(shard),
+                        keys.batch_key(shard),
+                        keys.batch_id_key(shard),
+                        keys.lease_key(shard),
+                    ],
+                    [self.owner, self.settings.flush_lease_ms, f"{shard}-{uuid.uuid4().hex}"],
+                )
+            )
         results = await self.scripts.capture_batch.call_many(self.redis, calls)
         batches = []
         for shard, result in enumerate(results):
@@ -93,7 +100,9 @@ class Flusher:
         self.metrics.flush_seconds.observe(time.perf_counter() - started)
         self.metrics.flush_completed()
         if result.already:
-            log.info("%d batches were already committed by an interrupted flush; deleted", len(result.already))
+            log.info(
+                "%d batches were already committed by an interrupted flush; deleted", len(result.already)
+            )
         log.debug("flushed %d batches, %d rows", len(result.committed), result.rows)
         return result
 
@@ -120,7 +129,9 @@ class Flusher:
                 self.metrics.flush_errors.inc()
                 log.warning("flush pass failed (%s); retrying in %.1fs", exc, delay)
                 delay = min(delay * 2, 30.0)
-            next_at = max(next_at + interval, time.monotonic()) if delay == interval else time.monotonic() + delay
+            next_at = (
+                max(next_at + interval, time.monotonic()) if delay == interval else time.monotonic() + delay
+            )
             try:
                 await asyncio.wait_for(self._stopping.wait(), max(0.0, next_at - time.monotonic()))
             except TimeoutError:

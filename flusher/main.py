@@ -33,7 +33,12 @@ async def run_flusher(settings: Settings, once: bool = False, metrics_port: int 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, flusher.stop)
-        log.info("flusher %s running every %d ms over %d shards", flusher.owner, settings.flush_interval_ms, settings.shards)
+        log.info(
+            "flusher %s running every %d ms over %d shards",
+            flusher.owner,
+            settings.flush_interval_ms,
+            settings.shards,
+        )
         await flusher.run()
         await flusher.release_leases()
         return 0

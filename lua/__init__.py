@@ -40,7 +40,9 @@ class LuaScript:
         except NoScriptError:
             return await client.eval(self.text, len(keys), *keys, *args)
 
-    async def call_many(self, client: Any, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]) -> list[Any]:
+    async def call_many(
+        self, client: Any, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]
+    ) -> list[Any]:
         """Run many calls in one pipelined round trip; calls that met NOSCRIPT are re-sent with EVAL.
 
         Errors other than NOSCRIPT are returned in place of results, one per call, so the caller
@@ -55,7 +57,9 @@ class LuaScript:
         return results
 
 
-async def _pipelined(client: Any, calls: Sequence[tuple[str, str, Sequence[KeyT], Sequence[ArgT]]]) -> list[Any]:
+async def _pipelined(
+    client: Any, calls: Sequence[tuple[str, str, Sequence[KeyT], Sequence[ArgT]]]
+) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for command, script, keys, args in calls:
         getattr(pipe, command)(script, len(keys), *keys, *args)

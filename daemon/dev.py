@@ -1,0 +1,118 @@
+"""``engagementd dev``: the whole service on one machine in one command (what ``make run`` starts).
+
+Private Redis and Postgres in the data folder (``ENGAGEMENT_DEV_DATA_DIR``, default ``.data``),
+started from the installed binaries (Postgres as the ``postgres`` user when run as root), the schema
+migrated, then the api and the flusher as child processes. One Ctrl-C (or SIGTERM) stops them all:
+the api drains its view buffer, the flusher finishes its pass, the servers shut down cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jwt
+
+from daemon import db
+from daemon.servers import PostgresServer, RedisServer, free_port
+from daemon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DATABASE = "engagement"
+
+
+def _dev_secret(data_dir: Path, settings: Settings) -> str:
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    path = data_dir / "jwt_secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Own session: a Ctrl-C reaches only this supervisor, which stops the children in order.
+    return subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], env=env, start_new_session=True)
+
+
+def run_dev(settings: Settings, host: str, port: int) -> int:
+    data_dir = Path(settings.dev_data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    redis = RedisServer(data_dir / "redis")
+    postgres = PostgresServer(data_dir / "postgres")
+    children: list[subprocess.Popen[bytes]] = []
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        redis.start()
+        postgres.init()
+        postgres.start()
+        postgres.create_database(DATABASE)
+        secret = _dev_secret(data_dir, settings)
+        settings = settings.replace(
+            redis_url=redis.url,
+            database_url=postgres.dsn(DATABASE),
+            jwt_secret="" if settings.jwt_public_key else secret,
+        )
+        asyncio.run(db.migrate(settings))
+        env = {**os.environ, **settings.as_env()}
+        metrics_port = free_port()
+        children.append(_spawn(["api", "--host", host, "--port", str(port)], env))
+        children.append(_spawn(["flusher", "--metrics-port", str(metrics_port)], env))
+        _announce(settings, host, port, metrics_port, secret if not settings.jwt_public_key else None)
+        while not stop:
+            for child in children:
+                if child.poll() is not None:
+                    log.error("a child process exited with %s; stopping everything", child.returncode)
+                    return 1
+            time.sleep(0.2)  # supervision tick: signals interrupt it
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        postgres.stop()
+        redis.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _announce(settings: Settings, host: str, port: int, metrics_port: int, secret: str | None) -> None:
+    lines = [
+        "",
+        "engagementd dev is running",
+        f"  API            http://{host}:{port}   (metrics at /metrics)",
+        f"  flusher        metrics at http://127.0.0.1:{metrics_port}/metrics",
+        f"  Redis          {settings.redis_url}",
+        f"  Postgres       {settings.database_url}",
+    ]
+    if secret:
+        exp = int(time.time()) + 86_400
+        ingest = jwt.encode({"sub": "dev-ingest", "scope": "ingest internal", "exp": exp}, secret, "HS256")
+        user = jwt.encode({"sub": "dev-user", "exp": exp}, secret, "HS256")
+        lines += [
+            f"  JWT secret     {settings.dev_data_dir}/jwt_secret (HS256)",
+            f"  user token     {user}",
+            f"  ingest token   {ingest}",
+        ]
+    lines += ["  Ctrl-C stops everything.", ""]
+    print("\n".join(lines), flush=True)

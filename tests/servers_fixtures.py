@@ -1,0 +1,71 @@
+"""Pytest fixtures running private Redis and PostgreSQL servers (never the shared 6379 / 5432 ones).
+
+Session-scoped servers live under one /tmp directory the ``postgres`` system user can traverse. The
+function-scoped ``redis_url`` and ``database_url`` restart a server a previous test stopped or killed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from daemon.servers import PostgresServer, RedisServer
+from daemon.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def servers_dir() -> Iterator[Path]:
+    """A /tmp directory (mode 0755, so the postgres user can reach its subdirectories) for test servers."""
+    path = Path(tempfile.mkdtemp(prefix="engagementd-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(servers_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(servers_dir / "redis", appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(servers_dir: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(servers_dir / "pg", fast=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session Redis, running and empty."""
+    if not redis_server.is_running():
+        redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def database_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A new empty database on the session Postgres, dropped after the test."""
+    if not pg_server.is_running():
+        pg_server.start()
+    name = f"t_{uuid.uuid4().hex}"
+    pg_server.create_database(name)
+    yield pg_server.dsn(name)
+    if pg_server.is_running():
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str) -> Settings:
+    return Settings.from_env({}, redis_url=redis_url, database_url=database_url, shards=16)

@@ -1,0 +1,193 @@
+"""Views end to end: HTTP in, Redis live counts, Postgres out, exact totals."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import httpx
+import msgpack
+import redis
+from service_fixtures import (
+    ApiProcess,
+    counters_in_postgres,
+    run_flusher_once,
+    token,
+    wait_until,
+)
+
+from daemon import keys
+from daemon.settings import Settings
+
+
+async def _post_singles(base_url: str, views: list[tuple[str, int]], concurrency: int = 32) -> int:
+    queue = list(views)
+    accepted = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal accepted
+        while queue:
+            content_id, watch = queue.pop()
+            body = {"watch_seconds": watch} if watch else None
+            r = await client.post(f"/api/v1/content/{content_id}/views", json=body)
+            assert r.status_code == 202, r.text
+            accepted += 1
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return accepted
+
+
+def _stats(api: ApiProcess, content_id: str) -> dict[str, int]:
+    r = api.client.get(f"/api/v1/content/{content_id}/stats")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_thousands_of_single_and_batched_views_reach_postgres_exactly(
+    api: ApiProcess, migrated: Settings
+) -> None:
+    # Given 200 items, 4,000 single views (some with watch time) and 30 bulk batches, msgpack and JSON
+    rng = random.Random(7)
+    items = [f"video-{i}" for i in range(200)]
+    expected_views: Counter[str] = Counter()
+    expected_watch: Counter[str] = Counter()
+    singles = []
+    for _ in range(4000):
+        content_id = rng.choice(items[:50])  # a hot head: many views per item
+        watch = rng.choice([0, 0, 5, 30])
+        singles.append((content_id, watch))
+        expected_views[content_id] += 1
+        expected_watch[content_id] += watch
+    ingest = {"Authorization": f"Bearer {token('ingest-svc', scope='ingest')}"}
+
+    # When they are posted over HTTP
+    assert asyncio.run(_post_singles(api.base_url, singles)) == 4000
+    for b in range(30):
+        batch = []
+        for _ in range(1000):
+            item = {"content_id": rng.choice(items)}
+            if rng.random() < 0.3:
+                item["watch_seconds"] = rng.randint(1, 600)
+                expected_watch[item["content_id"]] += item["watch_seconds"]
+            if rng.random() < 0.5:
+                item["user_id"] = f"user-{rng.randint(1, 5000)}"
+            expected_views[item["content_id"]] += 1
+            batch.append(item)
+        if b % 2:
+            r = api.client.post("/api/v1/views/batch", json=batch, headers=ingest)
+        else:
+            r = api.client.post(
+                "/api/v1/views/batch",
+                content=msgpack.packb(batch),
+                headers={**ingest, "Content-Type": "application/msgpack"},
+            )
+        assert r.status_code == 202, r.text
+        assert r.json() == {"accepted": 1000}
+
+    # Then the live counts reach the exact totals once the buffer drained
+    wait_until(
+        lambda: all(_stats(api, c)["views"] == n for c, n in expected_views.items()),
+        what="live counts to reach the posted totals",
+    )
+    assert sum(_stats(api, c)["views"] for c in items) == 34_000
+
+    # And after the flusher, Postgres holds exactly the same, and stats agree
+    assert "rows" in run_flusher_once(migrated)
+    rows = counters_in_postgres(migrated.database_url)
+    assert {c: r["views"] for c, r in rows.items()} == dict(expected_views)
+    assert {c: r["watch_seconds"] for c, r in rows.items() if r["watch_seconds"]} == {
+        c: w for c, w in expected_watch.items() if w
+    }
+    for content_id in items[:10]:
+        assert _stats(api, content_id)["views"] == rows[content_id]["views"]
+
+
+def test_sigterm_drains_the_buffer_before_exit(start_api, migrated: Settings) -> None:
+    # Given an api whose buffer would not drain by itself for a minute
+    api = start_api(migrated.replace(buffer_flush_interval_ms=60_000))
+    for i in range(300):
+        assert api.client.post(f"/api/v1/content/item-{i % 3}/views").status_code == 202
+    with redis.Redis.from_url(migrated.redis_url) as r:
+        assert not list(r.scan_iter(match="eng:*:cnt:*"))  # nothing applied yet
+
+    # When it is asked to stop
+    assert api.stop() == 0
+
+    # Then every acknowledged view reached Redis, and the flusher takes them to Postgres
+    run_flusher_once(migrated)
+    rows = counters_in_postgres(migrated.database_url)
+    assert {c: r["views"] for c, r in rows.items()} == {"item-0": 100, "item-1": 100, "item-2": 100}
+
+
+def _apply_calls(r: redis.Redis) -> int:
+    stats = r.info("commandstats")
+    evalsha = stats.get("cmdstat_evalsha", {})
+    return (
+        evalsha.get("calls", 0)
+        - evalsha.get("failed_calls", 0)
+        + stats.get("cmdstat_eval", {}).get("calls", 0)
+    )
+
+
+def test_a_viral_item_costs_redis_one_script_call_per_drain(start_api, migrated: Settings) -> None:
+    # Given an api draining only on shutdown, and Redis' command statistics reset
+    api = start_api(migrated.replace(buffer_flush_interval_ms=60_000))
+    with redis.Redis.from_url(migrated.redis_url) as r:
+        r.config_resetstat()
+        # When 2,000 views of one item arrive
+        assert asyncio.run(_post_singles(api.base_url, [("viral", 0)] * 2000)) == 2000
+        assert api.stop() == 0
+        # Then Redis saw one script call for all of them
+        assert _apply_calls(r) == 1
+        key = keys.counts_key(keys.shard_of("viral", migrated.shards), "viral")
+        assert r.hget(key, "views") == b"2000"
+
+
+def test_postgres_gets_one_row_write_per_item_per_flush(api: ApiProcess, migrated: Settings) -> None:
+    # Given 5,000 views over 10 items applied to Redis
+    for _ in range(5):
+        batch = [{"content_id": f"row-{j % 10}"} for j in range(1000)]
+        headers = {"Authorization": f"Bearer {token(scope='ingest')}"}
+        assert api.client.post("/api/v1/views/batch", json=batch, headers=headers).status_code == 202
+    wait_until(lambda: all(_stats(api, f"row-{j}")["views"] == 500 for j in range(10)), what="drain")
+
+    # When the flusher runs once
+    out = run_flusher_once(migrated)
+
+    # Then it wrote one content_counters row per item
+    assert out.strip().endswith("10 rows"), out
+    rows = counters_in_postgres(migrated.database_url)
+    assert {c: r["views"] for c, r in rows.items()} == {f"row-{j}": 500 for j in range(10)}
+
+
+def test_stats_of_an_unknown_item_are_zero(api: ApiProcess) -> None:
+    assert _stats(api, "never-seen") == {
+        "content_id": "never-seen",
+        "views": 0,
+        "likes": 0,
+        "dislikes": 0,
+        "comments": 0,
+        "shares": 0,
+    }
+
+
+def test_health_readiness_and_metrics_answer(api: ApiProcess) -> None:
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"redis": "ok", "postgres": "ok"}
+    assert api.client.post("/api/v1/content/m1/views").status_code == 202
+    metrics = api.client.get("/metrics").text
+    route = "/api/v1/content/{contentId}/views"
+    assert f'engagement_http_requests_total{{method="POST",route="{route}",status="202"}} 1.0' in metrics
+    for name in (
+        "engagement_http_request_duration_seconds_bucket",
+        "engagement_buffer_items",
+        "engagement_views_accepted_total",
+        "engagement_views_refused_total",
+        "engagement_redis_flush_duration_seconds",
+        "engagement_redis_flush_errors_total",
+    ):
+        assert name in metrics
