@@ -8,25 +8,38 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from api import health, stats, views
 from api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
-from api.middleware import RequestMetricsMiddleware
 from api.services import Services
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ROUTES = [
-    Route("/api/v1/content/{contentId}/views", views.post_view, methods=["POST"]),
-    Route("/api/v1/views/batch", views.post_batch, methods=["POST"]),
+    Route(views.VIEW_ROUTE, views.SingleView(), methods=["POST"]),
+    Route(views.BATCH_ROUTE, views.post_batch, methods=["POST"]),
     Route("/api/v1/content/{contentId}/stats", stats.get_stats, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", health.metrics, methods=["GET"]),
 ]
+_ROUTE_OF_ENDPOINT = {route.endpoint: route.path for route in ROUTES}
+
+
+def _counted(handler):  # type: ignore[no-untyped-def]
+    """Count the answers of the error handlers (404, 405, 500) that endpoints never saw."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        response = await handler(request, exc)
+        route = _ROUTE_OF_ENDPOINT.get(request.scope.get("endpoint"), "unmatched")
+        request.app.state.services.metrics.requests.observe(route, request.method, response.status_code, 0.0)
+        return response
+
+    return handle
 
 
 def build_app(services: Services) -> Starlette:
@@ -38,16 +51,12 @@ def build_app(services: Services) -> Starlette:
         finally:
             await services.stop()
 
-    route_names = {route.endpoint: route.path for route in ROUTES}
     app = Starlette(
         routes=ROUTES,
-        middleware=[
-            Middleware(RequestMetricsMiddleware, metrics=services.metrics.requests, route_names=route_names)
-        ],
         exception_handlers={
             ApiError: handle_api_error,
-            HTTPException: handle_http_exception,
-            Exception: handle_unexpected,
+            HTTPException: _counted(handle_http_exception),
+            Exception: _counted(handle_unexpected),
         },
         lifespan=lifespan,
     )

@@ -9,13 +9,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import json_response
+from api.instrument import instrumented
 from api.services import Services
 
 
+@instrumented("/healthz")
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+@instrumented("/readyz")
 async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
     checks = dict(
@@ -46,6 +49,7 @@ async def _postgres(services: Services) -> str:
         return f"error: {type(exc).__name__}"
 
 
+@instrumented("/metrics")
 async def metrics(request: Request) -> Response:
     services: Services = request.app.state.services
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -154,7 +154,7 @@ class BodyReader:
                 raise _Slow
         watch: dict[str, int] = {}
         if "watch_seconds" in fields:
-            seconds = [item.get("watch_seconds") or 0 for item in items]
+            seconds = [0 if (s := item.get("watch_seconds")) is None else s for item in items]
             if not set(map(type, seconds)) <= {int}:
                 raise _Slow
             if min(seconds) < 0 or max(seconds) > self.settings.watch_seconds_max:

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ApiError, json_response
+from api.instrument import instrumented
 from api.services import Services
 from daemon import keys
 
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 STAT_FIELDS = ("views", "likes", "dislikes", "comments", "shares")
 
 
+@instrumented("/api/v1/content/{contentId}/stats")
 async def get_stats(request: Request) -> Response:
     services: Services = request.app.state.services
     content_id = services.bodies.content_id(request.path_params["contentId"])

@@ -24,4 +24,5 @@ def serve_api(host: str, port: int, workers: int, settings: Settings) -> None:
         log_level=settings.log_level.lower(),  # type: ignore[arg-type]
         log_access=False,
         backlog=2048,
+        websockets=False,
     ).serve()
