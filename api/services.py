@@ -61,6 +61,8 @@ class Services:
     async def start(self) -> None:
         if not self.auth.configured:
             log.warning("no ENGAGEMENT_JWT_SECRET or ENGAGEMENT_JWT_PUBLIC_KEY: every token will be refused")
+        if not self.settings.kafka_bootstrap:
+            log.warning("ENGAGEMENT_KAFKA_BOOTSTRAP is not set: engagement events are disabled")
         self.buffer.start()
         try:
             await self.pool()

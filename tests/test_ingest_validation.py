@@ -1,0 +1,113 @@
+"""Batch validation: the C-level fast check and the item-by-item check agree, item for item."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import msgpack
+import pytest
+
+from api.errors import ApiError
+from api.ingest import BodyReader
+from daemon.settings import Settings
+
+READER = BodyReader(Settings.from_env({}))
+
+BAD_ITEMS = [
+    ("not an object", "invalid_item"),
+    (["content_id", "x"], "invalid_item"),
+    ({}, "invalid_content_id"),
+    ({"content_id": 12}, "invalid_content_id"),
+    ({"content_id": ""}, "invalid_content_id"),
+    ({"content_id": "a b"}, "invalid_content_id"),
+    ({"content_id": "a\nb"}, "invalid_content_id"),
+    ({"content_id": "x" * 129}, "invalid_content_id"),
+    ({"content_id": "ok", "extra": 1}, "unknown_field"),
+    ({"content_id": "ok", "user_id": None}, "invalid_user_id"),
+    ({"content_id": "ok", "user_id": 5}, "invalid_user_id"),
+    ({"content_id": "ok", "user_id": "bad user"}, "invalid_user_id"),
+    ({"content_id": "ok", "watch_seconds": -1}, "invalid_watch_seconds"),
+    ({"content_id": "ok", "watch_seconds": True}, "invalid_watch_seconds"),
+    ({"content_id": "ok", "watch_seconds": 1.5}, "invalid_watch_seconds"),
+    ({"content_id": "ok", "watch_seconds": "3"}, "invalid_watch_seconds"),
+    ({"content_id": "ok", "watch_seconds": 86_401}, "invalid_watch_seconds"),
+]
+
+
+def _good_batch(rng: random.Random, n: int) -> list[dict[str, object]]:
+    items: list[dict[str, object]] = []
+    for _ in range(n):
+        item: dict[str, object] = {"content_id": f"c-{rng.randrange(50)}"}
+        if rng.random() < 0.4:
+            item["user_id"] = f"u-{rng.randrange(1000)}"
+        if rng.random() < 0.3:
+            item["watch_seconds"] = rng.choice([None, 0, rng.randrange(1, 86_400)])
+        items.append(item)
+    return items
+
+
+def _expected(items: list[dict[str, object]]) -> tuple[Counter[str], dict[str, int]]:
+    counts: Counter[str] = Counter()
+    watch: Counter[str] = Counter()
+    for item in items:
+        counts[item["content_id"]] += 1  # type: ignore[index]
+        watch[item["content_id"]] += item.get("watch_seconds") or 0  # type: ignore[index,operator]
+    return counts, {k: v for k, v in watch.items() if v}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_valid_batches_are_counted_exactly(seed: int) -> None:
+    rng = random.Random(seed)
+    items = _good_batch(rng, rng.randint(1, 2000))
+    decoded = READER.decode_batch(msgpack.packb(items), "application/msgpack")
+    batch = READER.batch(decoded)
+    counts, watch = _expected(items)
+    assert batch.events == len(items)
+    assert batch.counts == counts
+    assert batch.watch == watch
+
+
+@pytest.mark.parametrize(("bad", "code"), BAD_ITEMS)
+def test_a_bad_item_rejects_the_batch_and_names_its_index(bad: object, code: str) -> None:
+    rng = random.Random(1)
+    items: list[object] = list(_good_batch(rng, 500))
+    items.insert(321, bad)
+    with pytest.raises(ApiError) as raised:
+        READER.batch(items)
+    assert (raised.value.status, raised.value.code, raised.value.extra) == (422, code, {"index": 321})
+
+
+def test_the_first_bad_item_is_the_one_named() -> None:
+    items: list[object] = [{"content_id": "a"}] * 10 + [{"content_id": 1}, {"content_id": "b", "x": 1}]
+    with pytest.raises(ApiError) as raised:
+        READER.batch(items)
+    assert raised.value.extra == {"index": 10}
+
+
+def test_content_id_only_batches_take_the_short_path() -> None:
+    batch = READER.batch([{"content_id": "a"}, {"content_id": "b"}, {"content_id": "a"}])
+    assert (batch.events, dict(batch.counts), batch.watch) == (3, {"a": 2, "b": 1}, {})
+
+
+@pytest.mark.parametrize(
+    ("body", "media", "status", "code"),
+    [
+        (b"\xc1\xc1", "application/msgpack", 400, "malformed_body"),
+        (b"[1,", "application/json", 400, "malformed_body"),
+        (b"{}", "text/plain", 415, "unsupported_media_type"),
+    ],
+)
+def test_undecodable_bodies_are_refused(body: bytes, media: str, status: int, code: str) -> None:
+    with pytest.raises(ApiError) as raised:
+        READER.decode_batch(body, media)
+    assert (raised.value.status, raised.value.code) == (status, code)
+
+
+def test_not_an_array_and_too_many_items_are_refused() -> None:
+    with pytest.raises(ApiError) as raised:
+        READER.batch({"content_id": "a"})
+    assert (raised.value.status, raised.value.code) == (422, "invalid_body")
+    with pytest.raises(ApiError) as raised:
+        READER.batch([{"content_id": "a"}] * 10_001)
+    assert (raised.value.status, raised.value.code) == (413, "too_many_items")
