@@ -52,4 +52,6 @@ async def _postgres(services: Services) -> str:
 @instrumented("/metrics")
 async def metrics(request: Request) -> Response:
     services: Services = request.app.state.services
-    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    shared = services.shared_metrics
+    body = shared.render() if shared is not None else services.metrics.render()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

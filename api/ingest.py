@@ -28,7 +28,6 @@ _SECONDS_TYPES = {int, type(None)}
 _get_content_id = itemgetter("content_id")
 
 
-
 def id_pattern(max_len: int) -> re.Pattern[str]:
     return re.compile(f"{ID_CHARS}{{1,{max_len}}}")
 

@@ -14,6 +14,7 @@ from api.buffer import ViewBuffer
 from api.ingest import BodyReader
 from daemon import db
 from daemon.metrics import Metrics
+from daemon.metrics_share import SharedMetrics
 from daemon.settings import Settings
 from lua import Scripts
 
@@ -39,6 +40,7 @@ class Services:
     buffer: ViewBuffer
     auth: Authenticator
     bodies: BodyReader
+    shared_metrics: SharedMetrics | None = None
     _pool: asyncpg.Pool | None = None
     _pool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -48,7 +50,12 @@ class Services:
         redis = make_redis(settings)
         scripts = Scripts.load()
         buffer = ViewBuffer(settings, redis, scripts.apply_views, metrics)
-        return cls(settings, metrics, redis, scripts, buffer, Authenticator(settings), BodyReader(settings))
+        services = cls(
+            settings, metrics, redis, scripts, buffer, Authenticator(settings), BodyReader(settings)
+        )
+        if settings.metrics_dir:
+            services.shared_metrics = SharedMetrics(settings.metrics_dir, metrics.registry)
+        return services
 
     async def pool(self) -> asyncpg.Pool:
         """The Postgres pool, created on first use so that the API starts while Postgres is down."""
@@ -64,6 +71,8 @@ class Services:
         if not self.settings.kafka_bootstrap:
             log.warning("ENGAGEMENT_KAFKA_BOOTSTRAP is not set: engagement events are disabled")
         self.buffer.start()
+        if self.shared_metrics is not None:
+            self.shared_metrics.start()
         try:
             await self.pool()
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -71,6 +80,8 @@ class Services:
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         await self.buffer.close(drain_timeout_s)
+        if self.shared_metrics is not None:
+            await self.shared_metrics.stop()
         await self.redis.aclose()
         if self._pool is not None:
             await self._pool.close()

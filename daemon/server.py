@@ -4,15 +4,23 @@ uvicorn on a bare route. Settings reach the worker processes through the environ
 from __future__ import annotations
 
 import os
+import tempfile
 
 from daemon.settings import Settings
 
 
 def serve_api(host: str, port: int, workers: int, settings: Settings) -> None:
+    with tempfile.TemporaryDirectory(prefix="engagementd-metrics-") as metrics_dir:
+        if workers > 1 and not settings.metrics_dir:
+            settings = settings.replace(metrics_dir=metrics_dir)
+        os.environ.update(settings.as_env())
+        _serve(host, port, workers, settings)
+
+
+def _serve(host: str, port: int, workers: int, settings: Settings) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
-    os.environ.update(settings.as_env())
     Granian(
         "api.app:create_app",
         factory=True,

@@ -59,6 +59,9 @@ class Settings:
     db_timeout_s: float = 5.0
     redis_timeout_s: float = 2.0
 
+    # Set by `engagementd api --workers N` (N > 1): where workers share metric snapshots.
+    metrics_dir: str = ""
+
     log_level: str = "INFO"
     dev_data_dir: str = ".data"
 

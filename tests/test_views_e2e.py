@@ -191,3 +191,26 @@ def test_health_readiness_and_metrics_answer(api: ApiProcess) -> None:
         "engagement_redis_flush_errors_total",
     ):
         assert name in metrics
+
+
+def test_metrics_of_several_workers_add_up_on_one_port(start_api, migrated: Settings) -> None:
+    # Given an api with two worker processes, each with its own buffer and registry
+    api = start_api(migrated, workers=2)
+    # When 200 views arrive over fresh connections (spread over both workers)
+    for i in range(200):
+        with httpx.Client(base_url=api.base_url) as client:
+            assert client.post(f"/api/v1/content/w-{i % 4}/views").status_code == 202
+
+    # Then any scrape reports the views of all workers
+    def scraped_views() -> float:
+        for line in api.client.get("/metrics").text.splitlines():
+            if line.startswith("engagement_views_accepted_total "):
+                return float(line.split()[1])
+        return -1.0
+
+    wait_until(lambda: scraped_views() == 200.0, what="both workers' snapshots to add up to 200 views")
+    assert api.stop() == 0
+    run_flusher_once(migrated)
+    assert {c: r["views"] for c, r in counters_in_postgres(migrated.database_url).items()} == {
+        f"w-{i}": 50 for i in range(4)
+    }
