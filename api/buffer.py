@@ -72,6 +72,7 @@ class ViewBuffer:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closing = False
+        self._layout_checked = False
         self._task: asyncio.Task[None] | None = None
         self._drain_prefix = uuid.uuid4().hex[:16]
         self._drain_seq = itertools.count(1)
@@ -185,7 +186,14 @@ class ViewBuffer:
         drains = self._inflight
         started = time.perf_counter()
         try:
+            if not self._layout_checked:
+                await keys.check_shards(self._redis, self._settings.shards)
+                self._layout_checked = True
             results = await self._script.call_many(self._redis, [d.call(self._settings) for d in drains])
+        except keys.LayoutError as exc:
+            self._metrics.redis_flush_errors.inc()
+            log.error("%s; %d views kept, not applied", exc, self.pending_views())
+            return False
         except (RedisError, OSError) as exc:
             self._metrics.redis_flush_errors.inc()
             log.warning("view drain to Redis failed (%s); %d views kept for retry", exc, self.pending_views())
@@ -214,7 +222,7 @@ class ViewBuffer:
             await self._task
             self._task = None
         deadline = time.monotonic() + timeout_s
-        delay = self._settings.buffer_flush_interval_ms / 1000
+        delay = min(self._settings.buffer_flush_interval_ms, self._settings.buffer_retry_max_ms) / 1000
         while not await self.drain_once():
             if time.monotonic() + delay > deadline:
                 break

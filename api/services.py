@@ -46,7 +46,7 @@ class Services:
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
-        metrics = Metrics()
+        metrics = Metrics(roles=("api",))
         redis = make_redis(settings)
         scripts = Scripts.load()
         buffer = ViewBuffer(settings, redis, scripts.apply_views, metrics)
@@ -78,8 +78,8 @@ class Services:
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("Postgres not reachable at start (%s); will retry on use", exc)
 
-    async def stop(self, drain_timeout_s: float = 30.0) -> None:
-        await self.buffer.close(drain_timeout_s)
+    async def stop(self) -> None:
+        await self.buffer.close(self.settings.shutdown_drain_timeout_s)
         if self.shared_metrics is not None:
             await self.shared_metrics.stop()
         await self.redis.aclose()

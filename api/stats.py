@@ -48,7 +48,6 @@ async def _from_postgres(services: Services, content_id: str) -> dict[str, int]:
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         log.warning("stats unavailable: Postgres unreachable too (%s)", exc)
-        raise ApiError(
-            503, "unavailable", "Counts are temporarily unavailable.", {"Retry-After": "1"}
-        ) from None
+        retry = {"Retry-After": str(services.settings.buffer_retry_after_s)}
+        raise ApiError(503, "unavailable", "Counts are temporarily unavailable.", retry) from None
     return {f: int(row[f]) if row else 0 for f in STAT_FIELDS}

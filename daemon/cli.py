@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from daemon.keys import LayoutError
 from daemon.settings import Settings, SettingsError
 
 log = logging.getLogger("engagementd")
@@ -40,7 +41,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_flusher(settings: Settings, args: argparse.Namespace) -> int:
     from flusher.main import run_flusher
 
-    return asyncio.run(run_flusher(settings, once=args.once, metrics_port=args.metrics_port))
+    return asyncio.run(
+        run_flusher(settings, once=args.once, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+    )
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     flusher = sub.add_parser("flusher", help="drain Redis deltas to Postgres")
     flusher.add_argument("--once", action="store_true", help="drain everything pending, then exit 0")
     flusher.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
+    flusher.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics server")
     flusher.set_defaults(func=cmd_flusher)
 
     dev = sub.add_parser("dev", help="private Redis and Postgres, migrate, api and flusher in one command")
@@ -87,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(settings, args) or 0)
     except KeyboardInterrupt:
         return 130
+    except LayoutError as exc:
+        print(f"engagementd: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def run_dev(settings: Settings, host: str, port: int) -> int:
         env = {**os.environ, **settings.as_env()}
         metrics_port = free_port()
         children.append(_spawn(["api", "--host", host, "--port", str(port)], env))
-        children.append(_spawn(["flusher", "--metrics-port", str(metrics_port)], env))
+        flusher = ["flusher", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
+        children.append(_spawn(flusher, env))
         _announce(settings, host, port, metrics_port, secret if not settings.jwt_public_key else None)
         while not stop:
             for child in children:

@@ -14,17 +14,38 @@ eng:{s:N}:batch                 hash    deltas captured by a flusher, until Post
 eng:{s:N}:batch_id              string  id of that batch (key of the flush_batches ledger)
 eng:{s:N}:lease                 string  owner of the shard's flush lease
 eng:{s:N}:drain:<drain_id>      string  marker: a view drain was applied (expires after 24 h)
+eng:config:shards               string  the shard count the data was written with
 ==============================  ======  =================================================
 """
 
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 PREFIX = "eng"
 
 # Counter columns of content_counters that deltas may carry, in table order.
 COUNTERS = ("views", "likes", "dislikes", "comments", "shares", "watch_seconds")
+
+
+SHARDS_KEY = f"{PREFIX}:config:shards"
+
+
+class LayoutError(RuntimeError):
+    """This process's shard count differs from the one the data in Redis was written with."""
+
+
+async def check_shards(redis: Any, shards: int) -> None:
+    """Record the shard count on first use; refuse a different one later. Deltas written under one
+    count would never be found by a flusher using another."""
+    await redis.set(SHARDS_KEY, shards, nx=True)
+    recorded = int(await redis.get(SHARDS_KEY))
+    if recorded != shards:
+        raise LayoutError(
+            f"ENGAGEMENT_SHARDS={shards} but the data in Redis uses {recorded} shards; "
+            "run every process with the same value"
+        )
 
 
 def shard_of(content_id: str, shards: int) -> int:

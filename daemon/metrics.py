@@ -96,16 +96,20 @@ class _BufferCollector(Collector):
 
 
 class Metrics:
-    """Every metric of one process. Roles register only what they update; names are stable."""
+    """Every metric of one process. A process exports only its roles' metrics (the others still
+    exist as attributes, unregistered, so shared code can update them); names are stable."""
 
-    def __init__(self) -> None:
+    def __init__(self, roles: tuple[str, ...] = ("api", "flusher")) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        api = self.registry if "api" in roles else None
+        flusher = self.registry if "flusher" in roles else None
         self.requests = RequestMetrics()
-        r.register(self.requests)
         # Local aggregation buffer (api processes): read from the buffer at scrape time.
         self._buffer: BufferStats | None = None
-        r.register(_BufferCollector(self))
+        if api is not None:
+            api.register(self.requests)
+            api.register(_BufferCollector(self))
+        r = api
         self.redis_flush_seconds = Histogram(
             "engagement_redis_flush_duration_seconds",
             "Time to apply one buffer drain to Redis.",
@@ -121,6 +125,7 @@ class Metrics:
             "engagement_redis_flushed_views", "View events applied to Redis by buffer drains.", registry=r
         )
         # Flusher (Redis deltas -> Postgres).
+        r = flusher
         self.flushed_rows = Counter(
             "engagement_flush_rows", "content_counters rows written by the flusher.", registry=r
         )

@@ -40,6 +40,7 @@ class Settings:
     buffer_retry_max_ms: int = 5_000  # ceiling of the exponential backoff while Redis is down
     buffer_retry_after_s: int = 1  # Retry-After sent with a 503
     drain_marker_ttl_s: int = 86_400  # how long Redis remembers an applied drain id
+    shutdown_drain_timeout_s: float = 30.0  # on SIGTERM, how long the api keeps trying to drain
 
     # Request limits.
     batch_max_items: int = 10_000

@@ -9,7 +9,7 @@ import signal
 from prometheus_client import start_http_server
 
 from api.services import make_redis
-from daemon import db
+from daemon import db, keys
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 from flusher.flusher import Flusher
@@ -18,14 +18,17 @@ from lua import Scripts
 log = logging.getLogger(__name__)
 
 
-async def run_flusher(settings: Settings, once: bool = False, metrics_port: int | None = None) -> int:
-    metrics = Metrics()
+async def run_flusher(
+    settings: Settings, once: bool = False, metrics_port: int | None = None, metrics_host: str = "0.0.0.0"
+) -> int:
+    metrics = Metrics(roles=("flusher",))
     if metrics_port is not None:
-        start_http_server(metrics_port, registry=metrics.registry)
+        start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
     redis = make_redis(settings)
     pool = await db.create_pool(settings)
     flusher = Flusher(settings, redis, pool, Scripts.load(), metrics)
     try:
+        await keys.check_shards(redis, settings.shards)
         if once:
             batches, rows = await flusher.drain()
             print(f"flushed {batches} batches, {rows} rows", flush=True)

@@ -1,0 +1,1 @@
+"""Load tests and the single-view reference benchmark (see loadtest/README.md)."""
