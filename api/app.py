@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 ROUTES = [
     Route(views.VIEW_ROUTE, views.SingleView(), methods=["POST"]),
-    Route(views.BATCH_ROUTE, views.post_batch, methods=["POST"]),
+    Route(views.BATCH_ROUTE, views.BatchViews(), methods=["POST"]),
     Route("/api/v1/content/{contentId}/stats", stats.get_stats, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),

@@ -1,15 +1,17 @@
 """The local aggregation buffer: views are counted in process and drained to Redis in batches.
 
-A view costs a dict update. Every ``buffer_flush_interval_ms`` (or sooner, once
-``buffer_flush_items`` distinct items wait) the buffer is cut: the dicts are swapped for empty ones
-without an await in between, so nothing that arrives during a drain can be lost, and the cut is
-grouped by shard into drains, each with an id. A drain is one ``apply_views`` call per shard, all
-pipelined in one round trip; the script remembers applied drain ids, so a drain whose reply was lost
-is retried with the same id and never counts twice.
+A single view costs a dict update; a bulk batch costs one list extend (its ids are counted in C,
+with ``Counter``, only when the buffer is cut). Every ``buffer_flush_interval_ms`` (or sooner, once
+``buffer_flush_items`` entries wait) the buffer is cut: the queues are swapped for empty ones without
+an await in between, so nothing that arrives during a drain can be lost, and the cut is grouped by
+shard into drains, each with an id and its increments packed as msgpack. A drain is one
+``apply_views`` call per shard, all pipelined in one round trip; the script remembers applied drain
+ids, so a drain whose reply was lost is retried with the same id and never counts twice.
 
 While Redis fails, the drains stay in flight and are retried with exponential backoff; new views keep
-coalescing into the dict. The buffer is bounded by distinct items (queued + in flight): past
-``buffer_max_items`` a view for a new item is refused (the API answers 503) and counted. On close the
+coalescing per item. The buffer is bounded (queued + in flight entries, ``buffer_max_items``): past
+it a view for a new item is refused (the API answers 503) and counted; views for items already
+buffered or in flight are still taken. On close the
 buffer refuses new views and drains with a deadline; whatever it could not drain is logged, never
 dropped silently.
 """
@@ -21,9 +23,11 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from zlib import crc32
 
+import msgpack
 from redis.exceptions import RedisError
 
 from daemon import keys
@@ -39,22 +43,40 @@ MAX_ITEMS_PER_CALL = 1000
 
 @dataclass(slots=True)
 class Drain:
+    """One apply_views call: a shard's increments under one drain id, packed once, retried as is."""
+
     shard: int
     drain_id: str
-    items: list[tuple[str, int, int]]  # (content_id, views, watch_seconds)
+    views: dict[str, int]
+    watch: dict[str, int]
+    total_views: int = field(init=False)
+    _args: tuple[bytes, bytes] = field(init=False)
 
-    def call(self, settings: Settings) -> tuple[list[str], list[str | int]]:
+    def __post_init__(self) -> None:
+        self.total_views = sum(self.views.values())
+        self._args = (msgpack.packb(self.views), msgpack.packb(self.watch))
+
+    def call(self, settings: Settings) -> tuple[list[str], list[str | int | bytes]]:
         shard = self.shard
-        call_keys = [keys.delta_key(shard), keys.drain_key(shard, self.drain_id)]
-        args: list[str | int] = [settings.drain_marker_ttl_s]
-        for content_id, views, watch in self.items:
-            call_keys.append(keys.counts_key(shard, content_id))
-            args += (content_id, views, watch)
-        return call_keys, args
+        call_keys = [keys.live_key(shard), keys.delta_key(shard), keys.drain_key(shard, self.drain_id)]
+        return call_keys, [settings.drain_marker_ttl_s, *self._args]
 
-    @property
-    def views(self) -> int:
-        return sum(item[1] for item in self.items)
+
+def group_by_shard(counts: dict[str, int], shards: int) -> list[tuple[int, dict[str, int]]]:
+    """Split ``counts`` by shard (the same crc32 as daemon.keys.shard_of, inlined: this loop runs
+    for every distinct item of every cut)."""
+    groups: list[dict[str, int]] = [{} for _ in range(shards)]
+    for content_id, n in counts.items():
+        groups[crc32(content_id.encode()) % shards][content_id] = n
+    return [(shard, group) for shard, group in enumerate(groups) if group]
+
+
+def _chunks(views: dict[str, int]) -> list[dict[str, int]]:
+    if len(views) <= MAX_ITEMS_PER_CALL:
+        return [views]
+    items = list(views.items())
+    step = MAX_ITEMS_PER_CALL
+    return [dict(items[i : i + step]) for i in range(0, len(items), step)]
 
 
 class ViewBuffer:
@@ -63,10 +85,16 @@ class ViewBuffer:
         self._redis = redis
         self._script = script
         self._metrics = metrics
+        # Single views, coalesced per request.
         self._views: dict[str, int] = {}
         self._watch: dict[str, int] = {}
+        # Bulk views: the ids of accepted events, counted (in C) only when the buffer is cut.
+        self._bulk_ids: list[str] = []
+        self._bulk_watch_ids: list[str] = []
+        self._bulk_watch_seconds: list[int] = []
         self._inflight: list[Drain] = []
         self._inflight_items = 0
+        self._inflight_ids: set[str] | None = None  # built on demand, near the bound only
         self._max_items = settings.buffer_max_items
         self._flush_items = settings.buffer_flush_items
         self._wake = asyncio.Event()
@@ -87,10 +115,11 @@ class ViewBuffer:
         views = self._views
         n = views.get(content_id)
         if n is None:
-            if self._closing or len(views) + self._inflight_items >= self._max_items:
+            if self._closing or (self._full(1) and not self._room_for([content_id])):
                 self.refused += 1
                 return False
-            views[content_id] = 1
+            views = self._views  # _room_for may have compacted the queues
+            views[content_id] = views.get(content_id, 0) + 1
             if len(views) >= self._flush_items:
                 self._wake.set()
         else:
@@ -103,31 +132,48 @@ class ViewBuffer:
         self.accepted += 1
         return True
 
-    def add_many(self, counts: Mapping[str, int], watch: Mapping[str, int], events: int) -> bool:
-        """Count a batch, all or nothing. False when refused (nothing of it is counted)."""
-        views = self._views
-        new = sum(1 for content_id in counts if content_id not in views)
-        if self._closing or (new and len(views) + new + self._inflight_items > self._max_items):
+    def add_many(self, ids: list[str], watch_ids: list[str], watch_seconds: list[int]) -> bool:
+        """Count a batch of view events (one id per event), all or nothing. False when refused."""
+        events = len(ids)
+        if self._closing or (self._full(events) and not self._room_for(ids)):
             self.refused += events
             return False
-        for content_id, n in counts.items():
-            views[content_id] = views.get(content_id, 0) + n
-        if watch:
-            w = self._watch
-            for content_id, s in watch.items():
-                w[content_id] = w.get(content_id, 0) + s
+        self._bulk_ids += ids
+        if watch_ids:
+            self._bulk_watch_ids += watch_ids
+            self._bulk_watch_seconds += watch_seconds
         self.accepted += events
-        if len(views) >= self._flush_items:
+        if len(self._bulk_ids) >= self._flush_items:
             self._wake.set()
         return True
+
+    def _full(self, adding: int) -> bool:
+        # Bulk ids count as one item each until they are counted: an upper bound of distinct items.
+        return len(self._views) + len(self._bulk_ids) + self._inflight_items + adding > self._max_items
+
+    def _room_for(self, ids: list[str]) -> bool:
+        """The exact check behind the cheap bound: fold the bulk ids into per-item counts, then count
+        only the items neither queued nor in flight (a view of an item whose drain waits for Redis
+        costs one more entry, not a new item). Runs only near the bound."""
+        self._compact()
+        views = self._views
+        if self._inflight_ids is None:
+            self._inflight_ids = {c for drain in self._inflight for c in drain.views}
+        in_flight = self._inflight_ids
+        queued_only = sum(1 for c in views if c not in in_flight)
+        new = {c for c in ids if c not in views and c not in in_flight}
+        return queued_only + self._inflight_items + len(new) <= self._max_items
 
     # -- introspection ------------------------------------------------------------------------
 
     def depth(self) -> int:
-        return len(self._views) + self._inflight_items
+        """Distinct items queued plus items in flight (read at scrape time, so exact, not cheap)."""
+        queued = self._views.keys() | set(self._bulk_ids) if self._bulk_ids else self._views.keys()
+        return len(queued) + self._inflight_items
 
     def pending_views(self) -> int:
-        return sum(self._views.values()) + sum(d.views for d in self._inflight)
+        queued = sum(self._views.values()) + len(self._bulk_ids)
+        return queued + sum(d.total_views for d in self._inflight)
 
     @property
     def closing(self) -> bool:
@@ -162,25 +208,46 @@ class ViewBuffer:
                 if not self._inflight:
                     return True
                 if not await self._apply_inflight():
+                    self._compact()
                     return False
-            return not self._views
+            return not self._views and not self._bulk_ids
+
+    def _take_queued(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Swap the queues for empty ones (no await in between: nothing arriving is lost) and count."""
+        views, watch = self._views, self._watch
+        ids, watch_ids, watch_seconds = self._bulk_ids, self._bulk_watch_ids, self._bulk_watch_seconds
+        self._views, self._watch = {}, {}
+        self._bulk_ids, self._bulk_watch_ids, self._bulk_watch_seconds = [], [], []
+        if ids:
+            counts = Counter(ids)
+            for content_id, n in views.items():
+                counts[content_id] += n
+            views = dict(counts)
+        for content_id, seconds in zip(watch_ids, watch_seconds, strict=True):
+            watch[content_id] = watch.get(content_id, 0) + seconds
+        return views, watch
+
+    def _compact(self) -> None:
+        """While Redis fails, fold bulk ids into the per-item dicts so memory stays per item."""
+        if self._bulk_ids:
+            self._views, self._watch = self._take_queued()
 
     def _cut(self) -> None:
-        views, watch = self._views, self._watch
-        if not views:
+        if not self._views and not self._bulk_ids:
             return
-        self._views, self._watch = {}, {}
+        views, watch = self._take_queued()
         shards = self._settings.shards
-        by_shard: dict[int, list[tuple[str, int, int]]] = {}
-        for content_id, n in views.items():
-            shard = keys.shard_of(content_id, shards)
-            by_shard.setdefault(shard, []).append((content_id, n, watch.get(content_id, 0)))
+        watch_by_shard = dict(group_by_shard(watch, shards)) if watch else {}
         prefix = self._drain_prefix
-        for shard, items in by_shard.items():
-            for start in range(0, len(items), MAX_ITEMS_PER_CALL):
-                chunk = items[start : start + MAX_ITEMS_PER_CALL]
-                self._inflight.append(Drain(shard, f"{prefix}-{next(self._drain_seq)}", chunk))
+        for shard, shard_views in group_by_shard(views, shards):
+            shard_watch = watch_by_shard.get(shard, {})
+            for chunk in _chunks(shard_views):
+                chunk_watch = shard_watch
+                if len(chunk) < len(shard_views):
+                    chunk_watch = {c: shard_watch[c] for c in chunk if c in shard_watch}
+                self._inflight.append(Drain(shard, f"{prefix}-{next(self._drain_seq)}", chunk, chunk_watch))
                 self._inflight_items += len(chunk)
+        self._inflight_ids = None
 
     async def _apply_inflight(self) -> bool:
         drains = self._inflight
@@ -206,10 +273,11 @@ class ViewBuffer:
                 remaining.append(drain)
                 log.warning("view drain %s on shard %d failed: %s", drain.drain_id, drain.shard, result)
             else:
-                applied_views += drain.views
+                applied_views += drain.total_views
         self._metrics.redis_flushed_views.inc(applied_views)
         self._inflight = remaining
-        self._inflight_items = sum(len(d.items) for d in remaining)
+        self._inflight_items = sum(len(d.views) for d in remaining)
+        self._inflight_ids = None
         if remaining:
             self._metrics.redis_flush_errors.inc()
         return not remaining

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass, field
 
@@ -68,6 +69,10 @@ class Services:
     async def start(self) -> None:
         if not self.auth.configured:
             log.warning("no ENGAGEMENT_JWT_SECRET or ENGAGEMENT_JWT_PUBLIC_KEY: every token will be refused")
+        # A bulk batch allocates ~1,000 dicts: with the default threshold (700) the cyclic collector
+        # would run on every request. Request data holds no cycles; collect far less often.
+        gc.freeze()
+        gc.set_threshold(self.settings.gc_gen0_threshold, 20, 50)
         if not self.settings.kafka_bootstrap:
             log.warning("ENGAGEMENT_KAFKA_BOOTSTRAP is not set: engagement events are disabled")
         self.buffer.start()

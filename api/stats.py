@@ -27,9 +27,10 @@ async def get_stats(request: Request) -> Response:
     counts: dict[str, int] | None = None
     try:
         shard = keys.shard_of(content_id, services.settings.shards)
-        live = await services.redis.hgetall(keys.counts_key(shard, content_id))
-        if live:
-            counts = {f: int(live.get(f, 0)) for f in STAT_FIELDS}
+        fields = [keys.field(f, content_id) for f in STAT_FIELDS]
+        live = await services.redis.hmget(keys.live_key(shard), fields)
+        if any(v is not None for v in live):
+            counts = {f: int(v or 0) for f, v in zip(STAT_FIELDS, live, strict=True)}
     except (RedisError, OSError) as exc:
         log.warning("stats from Postgres: Redis unavailable (%s)", exc)
     source = "redis"

@@ -7,8 +7,9 @@ item atomically on a single Redis and unchanged on Redis Cluster.
 ==============================  ======  =================================================
 key                             type    what
 ==============================  ======  =================================================
-eng:{s:N}:cnt:<content_id>      hash    live counts: views, watch_seconds, likes, ... (the
-                                        seed's view_count:{id} / like_count:{id})
+eng:{s:N}:live                  hash    "<counter>:<content_id>" -> live count: views,
+                                        watch_seconds, likes, ... (the seed's view_count:{id},
+                                        like_count:{id}); one hash per shard, not a key per item
 eng:{s:N}:delta                 hash    "<counter>:<content_id>" -> increment not yet flushed
 eng:{s:N}:batch                 hash    deltas captured by a flusher, until Postgres has them
 eng:{s:N}:batch_id              string  id of that batch (key of the flush_batches ledger)
@@ -56,8 +57,13 @@ def tag(shard: int) -> str:
     return f"{PREFIX}:{{s:{shard}}}"
 
 
-def counts_key(shard: int, content_id: str) -> str:
-    return f"{PREFIX}:{{s:{shard}}}:cnt:{content_id}"
+def live_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:live"
+
+
+def field(counter: str, content_id: str) -> str:
+    """The field of a counter of one item in the live, delta and batch hashes."""
+    return f"{counter}:{content_id}"
 
 
 def delta_key(shard: int) -> str:

@@ -63,6 +63,8 @@ class Settings:
     # Set by `engagementd api --workers N` (N > 1): where workers share metric snapshots.
     metrics_dir: str = ""
 
+    gc_gen0_threshold: int = 50_000  # Python's cyclic GC gen-0 threshold in api processes
+
     log_level: str = "INFO"
     dev_data_dir: str = ".data"
 

@@ -439,7 +439,7 @@ class Backends:
             pipe = self.redis.pipeline(transaction=False)
             for cid in ids[i : i + 5000]:
                 shard = zlib.crc32(cid.encode()) % self.shards
-                pipe.hget(f"eng:{{s:{shard}}}:cnt:{cid}", "views")
+                pipe.hget(f"eng:{{s:{shard}}}:live", f"views:{cid}")
             total += sum(int(v) for v in pipe.execute() if v is not None)
         return total
 

@@ -64,8 +64,12 @@ def test_valid_batches_are_counted_exactly(seed: int) -> None:
     batch = READER.batch(decoded)
     counts, watch = _expected(items)
     assert batch.events == len(items)
-    assert batch.counts == counts
-    assert batch.watch == watch
+    assert Counter(batch.ids) == counts
+    summed: Counter[str] = Counter()
+    for content_id, seconds in zip(batch.watch_ids, batch.watch_seconds, strict=True):
+        assert seconds > 0
+        summed[content_id] += seconds
+    assert dict(summed) == watch
 
 
 @pytest.mark.parametrize(("bad", "code"), BAD_ITEMS)
@@ -87,7 +91,7 @@ def test_the_first_bad_item_is_the_one_named() -> None:
 
 def test_content_id_only_batches_take_the_short_path() -> None:
     batch = READER.batch([{"content_id": "a"}, {"content_id": "b"}, {"content_id": "a"}])
-    assert (batch.events, dict(batch.counts), batch.watch) == (3, {"a": 2, "b": 1}, {})
+    assert (batch.ids, batch.watch_ids, batch.watch_seconds) == (["a", "b", "a"], [], [])
 
 
 @pytest.mark.parametrize(

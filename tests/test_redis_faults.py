@@ -248,12 +248,6 @@ def test_a_full_buffer_refuses_new_items_with_503_and_counts_only_what_it_accept
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/buffer.py ViewBuffer.add counts an item queued again after its drain failed as a second "
-    "distinct item (len(_views) + _inflight_items), so with Redis down a view for an already-buffered "
-    "item is refused once the buffer's items are in flight",
-)
 def test_a_full_buffer_still_accepts_views_for_items_whose_drain_is_waiting_for_redis(
     migrated: Settings, start_api: Callable[..., ApiProcess], redis_back: RedisServer
 ) -> None:

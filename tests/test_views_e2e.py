@@ -110,7 +110,7 @@ def test_sigterm_drains_the_buffer_before_exit(start_api, migrated: Settings) ->
     for i in range(300):
         assert api.client.post(f"/api/v1/content/item-{i % 3}/views").status_code == 202
     with redis.Redis.from_url(migrated.redis_url) as r:
-        assert not list(r.scan_iter(match="eng:*:cnt:*"))  # nothing applied yet
+        assert not list(r.scan_iter(match="eng:*:live"))  # nothing applied yet
 
     # When it is asked to stop
     assert api.stop() == 0
@@ -141,8 +141,8 @@ def test_a_viral_item_costs_redis_one_script_call_per_drain(start_api, migrated:
         assert api.stop() == 0
         # Then Redis saw one script call for all of them
         assert _apply_calls(r) == 1
-        key = keys.counts_key(keys.shard_of("viral", migrated.shards), "viral")
-        assert r.hget(key, "views") == b"2000"
+        key = keys.live_key(keys.shard_of("viral", migrated.shards))
+        assert r.hget(key, keys.field("views", "viral")) == b"2000"
 
 
 def test_postgres_gets_one_row_write_per_item_per_flush(api: ApiProcess, migrated: Settings) -> None:
