@@ -1,0 +1,128 @@
+"""The CLI contract: migrate is idempotent, the flusher serves metrics, dev runs and stops everything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+from service_fixtures import ROOT, service_env, wait_until
+
+from daemon.servers import free_port
+from daemon.settings import Settings
+
+
+def _cli(settings: Settings, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args],
+        env=service_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def test_migrate_creates_the_schema_once_and_is_idempotent(settings: Settings) -> None:
+    first = _cli(settings, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_initial" in first.stdout
+    again = _cli(settings, "migrate")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "schema up to date (0 applied)"
+
+
+def test_a_bad_setting_exits_2_with_its_name(settings: Settings) -> None:
+    env = {**service_env(settings), "ENGAGEMENT_SHARDS": "many"}
+    out = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "migrate"], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert "ENGAGEMENT_SHARDS" in out.stderr
+
+
+def test_a_flusher_with_another_shard_count_refuses_to_start(migrated: Settings) -> None:
+    assert _cli(migrated, "flusher", "--once").returncode == 0  # records 16 shards
+    out = _cli(migrated.replace(shards=32), "flusher", "--once")
+    assert out.returncode == 2
+    assert "ENGAGEMENT_SHARDS=32" in out.stderr
+
+
+def test_the_flusher_serves_its_metrics_and_stops_on_sigterm(migrated: Settings) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daemon.cli",
+            "flusher",
+            "--metrics-port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
+        ],
+        env=service_env(migrated),
+        cwd=ROOT,
+    )
+    try:
+
+        def scraped() -> str:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            except httpx.TransportError:
+                return ""
+
+        wait_until(lambda: "engagement_flush_lag_seconds" in scraped(), what="the flusher's /metrics")
+        text = scraped()
+        assert "engagement_flush_rows_total 0.0" in text
+        assert "engagement_http_requests_total" not in text  # api metrics belong to the api
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.slow
+def test_dev_mode_runs_everything_and_one_interrupt_stops_it_all() -> None:
+    # Given `engagementd dev` on a fresh data folder (what `make run` starts)
+    data = Path(tempfile.mkdtemp(prefix="engagementd-dev-", dir="/tmp"))
+    data.chmod(0o755)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ENGAGEMENT_DEV_DATA_DIR": str(data / "data")}
+    env.pop("ENGAGEMENT_JWT_SECRET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "dev", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                return httpx.get(f"{base}/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 120, "engagementd dev to be ready")
+        # When a view is posted, it is counted, and reaches Postgres through the dev flusher
+        assert httpx.post(f"{base}/api/v1/content/dev-item/views").status_code == 202
+        wait_until(
+            lambda: httpx.get(f"{base}/api/v1/content/dev-item/stats").json()["views"] == 1, what="stats"
+        )
+    finally:
+        # Then one interrupt stops the api, the flusher and both servers, and dev exits 0
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "ingest token" in out
+    leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout
+    assert leftovers == "", leftovers
