@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from daemon.childproc import pid_alive
+
 SNAPSHOT_INTERVAL_S = 1.0
 
 
@@ -77,7 +79,7 @@ class _Merged(Collector):
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
         for path in sorted(self.dir.glob("*.msgpack")):
-            if not _alive(int(path.stem)):
+            if not pid_alive(int(path.stem)):
                 path.unlink(missing_ok=True)
                 continue
             try:
@@ -94,13 +96,3 @@ class _Merged(Collector):
             for (sample_name, labels), value in values.items():
                 metric.add_sample(sample_name, dict(labels), value)
             yield metric
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
