@@ -1,0 +1,196 @@
+"""The report: machine information, the summary table, and the bulk-matrix table."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtest.procs import REPO
+from loadtest.single import EXACT_VIEWS
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "loadavg_start": list(os.getloadavg()),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with contextlib.suppress(OSError):
+        models = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        info["cpu"] = models[0] if models else None
+    with contextlib.suppress(Exception):
+        import granian
+
+        info["granian"] = granian.__version__
+    with contextlib.suppress(Exception):
+        info["wrk"] = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]
+    with contextlib.suppress(Exception):
+        info["git"] = (
+            subprocess.run(
+                ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
+            ).stdout.strip()
+            or None
+        )
+    return info
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def summary(out: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str, str]] = []
+    s = out.get("single")
+    if s and s.get("rounds"):
+        rows.append(("single: bare app req/s (median)", f"{s['bare_median_rps']:,.0f}", "calibration", "-"))
+        rows.append(
+            ("single: bare server's CPU share (median)", f"{s['bare_median_cpu_share']:.2f}", "~1.0", "-")
+        )
+        if "real_median_rps" in s:
+            rows.append(("single: engagementd req/s (median)", f"{s['real_median_rps']:,.0f}", "", "-"))
+            rows.append(
+                ("single: engagementd CPU share (median)", f"{s['real_median_cpu_share']:.2f}", "~1.0", "-")
+            )
+            rows.append(
+                (
+                    "single: ratio real/bare (median)",
+                    f"{s['ratio_median']:.3f}",
+                    ">= 0.85",
+                    verdict(s["ratio_median"] >= 0.85),
+                )
+            )
+            if s.get("cpu_ratio_median") is not None:
+                rows.append(
+                    (
+                        "single: ratio per server CPU-second (median)",
+                        f"{s['cpu_ratio_median']:.3f}",
+                        "(noise check)",
+                        "-",
+                    )
+                )
+            ex = s.get("exact_count", {})
+            rows.append(
+                (
+                    "single: exact count (N views = 202s = Redis)",
+                    f"{ex.get('counted_in_redis')}/{ex.get('answered_202')}",
+                    f"{EXACT_VIEWS}",
+                    verdict(ex.get("ok")),
+                )
+            )
+        rows.append(
+            ("single: run valid (no non-2xx, counts)", str(s.get("valid")), "True", verdict(s.get("valid")))
+        )
+    b = out.get("bulk")
+    if b and b.get("rounds"):
+        # The default shape keeps the old labels; another one is named in each label.
+        items, ids = b.get("items", "mixed"), b.get("ids", "uniform")
+        shape = "" if (items, ids) == ("mixed", "uniform") else f" ({items}, {ids})"
+        rows.append(
+            (
+                f"bulk{shape}: events/s (median)",
+                f"{b['median_events_per_s']:,.0f}",
+                ">= 1,000,000",
+                verdict(b["median_events_per_s"] >= 1_000_000),
+            )
+        )
+        if b.get("median_events_per_server_cpu_s"):
+            rows.append(
+                (
+                    f"bulk{shape}: events per server CPU-second (median)",
+                    f"{b['median_events_per_server_cpu_s']:,.0f}",
+                    "",
+                    "-",
+                )
+            )
+        rows.append((f"bulk{shape}: run valid", str(b.get("valid")), "True", verdict(b.get("valid"))))
+    bm = out.get("bulk_matrix")
+    if bm and "valid" in bm:
+        rows.append(("bulk-matrix: all runs valid", str(bm["valid"]), "True", verdict(bm["valid"])))
+    v = out.get("viral")
+    if v and "commands_per_1000_views" in v:
+        rows.append(("viral: views/s", f"{v['views_per_s']:,.0f}", "", "-"))
+        rows.append(
+            (
+                "viral: Redis commands per 1,000 views",
+                f"{v['commands_per_1000_views']:.2f}",
+                "<= 10",
+                verdict(v["commands_per_1000_views"] <= 10),
+            )
+        )
+        rows.append(("viral: run valid (all counted)", str(v.get("valid")), "True", verdict(v.get("valid"))))
+        f = v.get("flush", {})
+        rows.append(
+            (
+                "flush: content_counters writes for 1 item",
+                str(f.get("content_counters_writes")),
+                "1",
+                verdict(f.get("content_counters_writes") == 1),
+            )
+        )
+        pre = v.get("pre_flush", {})
+        rows.append(
+            (
+                "flush: earlier runs' rows (reported / written)",
+                f"{pre.get('rows_reported')} / {pre.get('content_counters_writes')}",
+                "equal",
+                verdict(pre.get("rows_reported") == pre.get("content_counters_writes")),
+            )
+        )
+    for name, err in out.get("errors", {}).items():
+        rows.append((f"{name}: ERROR", err.splitlines()[0][:60] if err else "", "", "FAIL"))
+    m = out["machine"]
+    head = (
+        f"engagementd load benchmark  {m['time']}  nproc={m['nproc']}  load avg start "
+        f"{' '.join(f'{x:.2f}' for x in m['loadavg_start'])}  end "
+        f"{' '.join(f'{x:.2f}' for x in m.get('loadavg_end', []))}"
+    )
+    lines = [head, "", *table(("measure", "value", "target", ""), rows)]
+    if bm and "valid" in bm:
+        lines += ["", matrix_table(bm)]
+    return "\n".join(lines)
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]], left: int = 1) -> list[str]:
+    """Rows of cells, the first ``left`` columns left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [header, *rows]
+    ]
+
+
+def matrix_table(bm: dict[str, Any]) -> str:
+    """One row per body shape: median events/s and events per server CPU-second."""
+    rows = []
+    for c in bm["combinations"]:
+        per_cpu = c.get("median_events_per_server_cpu_s")
+        rows.append(
+            (
+                c["items"],
+                c["ids"],
+                f"{c['pool']:,}",
+                f"{c['median_distinct_ids']:,.0f}",
+                f"{c['median_events_per_s']:,.0f}",
+                f"{per_cpu:,.0f}" if per_cpu else "-",
+                str(c["valid"]),
+            )
+        )
+    head = (
+        f"bulk matrix: median of {bm['runs']} round(s) of {bm['duration_s']} s each, "
+        f"{bm['bodies']} bodies of {bm['events_per_body']:,} events, -c{bm['connections']}"
+    )
+    header = ("items", "ids", "id pool", "distinct ids", "events/s", "events per server CPU-s", "valid")
+    return "\n".join([head, "", *table(header, rows, left=2)])
