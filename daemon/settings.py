@@ -26,6 +26,13 @@ class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/engagement"
     # Unset: events disabled (a warning at start). "mock": librdkafka's in-process mock cluster.
     kafka_bootstrap: str = ""
+    kafka_queue_max_messages: int = 100_000  # librdkafka's local queue
+    kafka_retry_max_events: int = 100_000  # events kept in process for retry when that queue is full
+    kafka_delivery_attempts: int = 3
+    kafka_message_timeout_ms: int = 30_000
+    kafka_linger_ms: int = 5
+    kafka_poll_interval_ms: int = 50
+    kafka_flush_timeout_s: float = 10.0  # on shutdown, how long to keep delivering
     jwt_secret: str = ""
     jwt_public_key: str = ""  # path to an RS256 public key PEM
     jwt_cache_size: int = 10_000

@@ -1,0 +1,76 @@
+"""Kafka fixtures on librdkafka's mock cluster (no broker package exists here; see DESIGN.md).
+
+``kafka_cluster`` is a fresh mock cluster per test (3 brokers; auto-created topics get 4 partitions),
+so the fixed topic names never carry events between tests. ``consume`` reads N messages back with a
+real consumer group from the beginning of a topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Consumer, KafkaError
+
+from daemon.kafka_mock import MockCluster
+
+_rdkafka_log = logging.getLogger("librdkafka.test-consumer")
+
+Record = tuple[bytes | None, bytes | None, int]  # key, value, partition
+
+
+@pytest.fixture
+def kafka_cluster() -> Iterator[MockCluster]:
+    with MockCluster(num_brokers=3) as cluster:
+        yield cluster
+
+
+def consume(
+    bootstrap_servers: str,
+    topic: str,
+    n: int,
+    timeout_s: float = 30.0,
+    settle_s: float = 0.5,
+    group_protocol: str = "consumer",
+) -> list[Record]:
+    """Exactly the first ``n`` messages of ``topic``, read with a new consumer group from the earliest
+    offset; fails if fewer arrive before the deadline or more arrive within ``settle_s`` after.
+
+    The KIP-848 ``consumer`` group protocol joins the mock cluster's group in ~0.1 s; ``classic``
+    works too but waits out the mock coordinator's ~3 s initial rebalance delay."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"test-{uuid.uuid4()}",
+            "group.protocol": group_protocol,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "logger": _rdkafka_log,
+        }
+    )
+    records: list[Record] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout_s
+        settle_until: float | None = None
+        while True:
+            now = time.monotonic()
+            if len(records) >= n and settle_until is None:
+                settle_until = now + settle_s
+            if (settle_until is not None and now >= settle_until) or now >= deadline:
+                break
+            for msg in consumer.consume(num_messages=max(n - len(records), 1), timeout=0.1):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise AssertionError(f"consumer error on {topic}: {err}")
+                records.append((msg.key(), msg.value(), msg.partition() or 0))
+    finally:
+        consumer.close()
+    if len(records) != n:
+        raise AssertionError(f"read {len(records)} messages from {topic}, expected exactly {n}")
+    return records
