@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from api.auth import Authenticator
 from api.buffer import ViewBuffer
@@ -23,6 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def make_redis(settings: Settings) -> aioredis.Redis:
+    """A Redis client; with ``redis_cluster`` a cluster client (every script touches one slot)."""
+    if settings.redis_cluster:
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            decode_responses=True,
+        )
     return aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,

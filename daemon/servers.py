@@ -15,6 +15,7 @@ import errno
 import glob
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -42,9 +43,12 @@ class RedisServer(ChildServer):
     name = "redis-server"
     stop_signal = signal.SIGTERM  # redis flushes and fsyncs the AOF on SIGTERM
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, appendonly: bool = True, cluster: bool = False
+    ) -> None:
         super().__init__(data_dir, port)
         self.appendonly = appendonly
+        self.cluster = cluster
         self.binary = shutil.which("redis-server") or (
             "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
         )
@@ -70,6 +74,8 @@ class RedisServer(ChildServer):
             cmd += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
             cmd += ["--appendonly", "no"]
+        if self.cluster:
+            cmd += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.data_dir / "nodes.conf")]
         return cmd
 
     def _ready(self) -> bool:
@@ -266,3 +272,53 @@ def _check_db_name(name: str) -> None:
 
 
 __all__ = ["MissingBinaryError", "PostgresServer", "RedisServer", "ServerError", "free_port"]
+
+
+def _cluster_port() -> int:
+    """A free port P with P + 10000 (the cluster bus) free too; Redis refuses P > 55535."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20_000, 55_000)
+        if not port_in_use(port) and not port_in_use(port + 10_000):
+            return port
+    raise ServerError("no free port pair for a Redis Cluster node")
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``size`` masters (no replicas) on 127.0.0.1, for tests of the key layout."""
+
+    def __init__(self, data_dir: Path, size: int = 3) -> None:
+        self.nodes = [
+            RedisServer(data_dir / f"node{i}", _cluster_port(), appendonly=False, cluster=True)
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+        out = subprocess.run(create, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise ServerError(f"redis-cli --cluster create failed:\n{out.stdout}{out.stderr}")
+
+        def ready() -> bool:
+            for node in self.nodes:
+                info = subprocess.run(
+                    [cli, "-p", str(node.port), "cluster", "info"], capture_output=True, text=True, timeout=10
+                ).stdout
+                if "cluster_state:ok" not in info:
+                    return False
+            return True
+
+        if not poll_until(ready, 30):
+            raise ServerError("the Redis Cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -23,6 +23,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # ENGAGEMENT_REDIS_URL names one node of a Redis Cluster
     database_url: str = "postgresql://postgres@127.0.0.1:5432/engagement"
     # Unset: events disabled (a warning at start). "mock": librdkafka's in-process mock cluster.
     kafka_bootstrap: str = ""

@@ -62,7 +62,9 @@ async def _pipelined(
 ) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for command, script, keys, args in calls:
-        getattr(pipe, command)(script, len(keys), *keys, *args)
+        # execute_command, not pipe.evalsha(): redis-py's cluster pipeline refuses the named methods
+        # for scripts but routes EVAL/EVALSHA by their keys' slot.
+        pipe.execute_command(command.upper(), script, len(keys), *keys, *args)
     return list(await pipe.execute(raise_on_error=False))
 
 

@@ -1,0 +1,70 @@
+"""The key layout on Redis Cluster: every script touches one slot, so the whole pipeline runs
+unchanged on a cluster of three masters (DESIGN.md decision 1)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from service_fixtures import ApiProcess, counters_in_postgres, run_flusher_once, token, wait_until
+
+from daemon.servers import RedisClusterServers
+from daemon.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    path = Path(tempfile.mkdtemp(prefix="engagementd-cluster-", dir="/tmp"))
+    cluster = RedisClusterServers(path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_views_flow_through_a_redis_cluster_exactly(
+    redis_cluster: RedisClusterServers, migrated: Settings
+) -> None:
+    # Given the api and the flusher on a three-master Redis Cluster, with 64 shards spread over its slots
+    settings = migrated.replace(redis_url=redis_cluster.url, redis_cluster=True, shards=64)
+    with redis.RedisCluster.from_url(redis_cluster.url) as client:
+        client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    api = ApiProcess(settings)
+    try:
+        # When single views and a batch arrive for 300 items, and the scripts are flushed midway
+        for i in range(600):
+            assert api.client.post(f"/api/v1/content/c-{i % 300}/views").status_code == 202
+        for node in redis_cluster.nodes:
+            with redis.Redis.from_url(node.url) as client:
+                client.script_flush()
+        batch = [{"content_id": f"c-{i % 300}", "watch_seconds": 2} for i in range(3000)]
+        headers = {"Authorization": f"Bearer {token(scope='ingest')}"}
+        assert api.client.post("/api/v1/views/batch", json=batch, headers=headers).status_code == 202
+
+        # Then live counts are exact on the cluster
+        def live_views(content_id: str) -> int:
+            return api.client.get(f"/api/v1/content/{content_id}/stats").json()["views"]
+
+        wait_until(lambda: all(live_views(f"c-{i}") == 12 for i in range(0, 300, 37)), what="drains")
+        assert api.stop() == 0
+    finally:
+        api.kill()
+
+    # And the flusher, on the cluster too, writes Postgres exactly once
+    run_flusher_once(settings)
+    rows = counters_in_postgres(settings.database_url)
+    assert {c: (r["views"], r["watch_seconds"]) for c, r in rows.items()} == {
+        f"c-{i}": (12, 20) for i in range(300)
+    }
+    sizes = []
+    for node in redis_cluster.nodes:
+        with redis.Redis.from_url(node.url) as client:
+            sizes.append(client.dbsize())
+    assert all(sizes), sizes  # the shards really were spread over all three masters
