@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import health, stats, views
+from api import health, reactions, stats, views
 from api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
 from api.services import Services
 from daemon.settings import Settings
@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 ROUTES = [
     Route(views.VIEW_ROUTE, views.SingleView(), methods=["POST"]),
     Route(views.BATCH_ROUTE, views.BatchViews(), methods=["POST"]),
+    Route(reactions.LIKE_ROUTE, reactions.like, methods=["POST"]),
+    Route(reactions.LIKE_ROUTE, reactions.unlike, methods=["DELETE"]),
+    Route(reactions.DISLIKE_ROUTE, reactions.dislike, methods=["POST"]),
+    Route(reactions.DISLIKE_ROUTE, reactions.undislike, methods=["DELETE"]),
     Route("/api/v1/content/{contentId}/stats", stats.get_stats, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),

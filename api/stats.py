@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from api.errors import ApiError, json_response
 from api.instrument import instrumented
+from api.reactions import STATE_NAMES
 from api.services import Services
 from daemon import keys
 
@@ -23,21 +24,43 @@ STAT_FIELDS = ("views", "likes", "dislikes", "comments", "shares")
 async def get_stats(request: Request) -> Response:
     services: Services = request.app.state.services
     content_id = services.bodies.content_id(request.path_params["contentId"])
-    services.auth.authenticate(request.headers.get("authorization"))
+    principal = services.auth.authenticate(request.headers.get("authorization"))
     counts: dict[str, int] | None = None
+    viewer: int | None = None
     try:
         shard = keys.shard_of(content_id, services.settings.shards)
-        fields = [keys.field(f, content_id) for f in STAT_FIELDS]
-        live = await services.redis.hmget(keys.live_key(shard), fields)
-        if any(v is not None for v in live):
-            counts = {f: int(v or 0) for f, v in zip(STAT_FIELDS, live, strict=True)}
+        pipe = services.redis.pipeline(transaction=False)
+        pipe.hmget(keys.live_key(shard), [keys.field(f, content_id) for f in STAT_FIELDS])
+        if principal is not None:
+            pipe.hget(keys.state_key(shard), keys.state_field(content_id, principal.sub))
+        results = await pipe.execute()
+        if any(v is not None for v in results[0]):
+            counts = {f: int(v or 0) for f, v in zip(STAT_FIELDS, results[0], strict=True)}
+        if principal is not None:
+            viewer = int(results[1] or 0)
     except (RedisError, OSError) as exc:
         log.warning("stats from Postgres: Redis unavailable (%s)", exc)
     source = "redis"
     if counts is None:  # Redis down, or it holds no live counts for this item
         counts = await _from_postgres(services, content_id)
         source = "postgres"
-    return json_response({"content_id": content_id, **counts}, headers={"X-Counts-Source": source})
+        if principal is not None and viewer is None:
+            viewer = await _viewer_from_postgres(services, content_id, principal.sub)
+    body: dict[str, object] = {"content_id": content_id, **counts}
+    if principal is not None:
+        body["viewer_state"] = STATE_NAMES[viewer or 0]
+    return json_response(body, headers={"X-Counts-Source": source})
+
+
+async def _viewer_from_postgres(services: Services, content_id: str, user_id: str) -> int:
+    try:
+        pool = await services.pool()
+        value = await pool.fetchval(
+            "SELECT value FROM likes WHERE user_id = $1 AND content_id = $2", user_id, content_id
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return 0
+    return int(value or 0)
 
 
 async def _from_postgres(services: Services, content_id: str) -> dict[str, int]:

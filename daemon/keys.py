@@ -11,6 +11,11 @@ eng:{s:N}:live                  hash    "<counter>:<content_id>" -> live count: 
                                         watch_seconds, likes, ... (the seed's view_count:{id},
                                         like_count:{id}); one hash per shard, not a key per item
 eng:{s:N}:delta                 hash    "<counter>:<content_id>" -> increment not yet flushed
+eng:{s:N}:state                 hash    "<content_id>|<user_id>" -> 1 liked / -1 disliked (the
+                                        seed's like_state:{userId}:{contentId})
+eng:{s:N}:sdelta                hash    "<content_id>|<user_id>" -> like state not yet flushed
+eng:{s:N}:sbatch                hash    like states captured by a flusher, until Postgres has them
+eng:{s:N}:idem:<c>|<u>|<key>    string  first answer to an Idempotency-Key (expires after 24 h)
 eng:{s:N}:batch                 hash    deltas captured by a flusher, until Postgres has them
 eng:{s:N}:batch_id              string  id of that batch (key of the flush_batches ledger)
 eng:{s:N}:lease                 string  owner of the shard's flush lease
@@ -76,6 +81,27 @@ def batch_key(shard: int) -> str:
 
 def batch_id_key(shard: int) -> str:
     return f"{PREFIX}:{{s:{shard}}}:batch_id"
+
+
+def state_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:state"
+
+
+def sdelta_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:sdelta"
+
+
+def sbatch_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:sbatch"
+
+
+def idem_key(shard: int, content_id: str, user_id: str, key: str) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:idem:{content_id}|{user_id}|{key}"
+
+
+def state_field(content_id: str, user_id: str) -> str:
+    """Content ids never hold '|' (their charset is A-Za-z0-9_.:-); user ids may: split on the first."""
+    return f"{content_id}|{user_id}"
 
 
 def lease_key(shard: int) -> str:

@@ -50,6 +50,8 @@ class Settings:
     drain_marker_ttl_s: int = 86_400  # how long Redis remembers an applied drain id
     shutdown_drain_timeout_s: float = 30.0  # on SIGTERM, how long the api keeps trying to drain
 
+    idempotency_ttl_s: int = 86_400  # how long an Idempotency-Key's first answer is kept
+
     # Request limits.
     batch_max_items: int = 10_000
     batch_max_bytes: int = 4 * 1024 * 1024

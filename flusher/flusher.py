@@ -57,6 +57,8 @@ class Flusher:
                         keys.batch_key(shard),
                         keys.batch_id_key(shard),
                         keys.lease_key(shard),
+                        keys.sdelta_key(shard),
+                        keys.sbatch_key(shard),
                     ],
                     [self.owner, self.settings.flush_lease_ms, f"{shard}-{uuid.uuid4().hex}"],
                 )
@@ -68,14 +70,19 @@ class Flusher:
                 raise result
             if not result:  # None: leased by another flusher; []: nothing to flush
                 continue
-            batch_id, flat = result
-            batches.append(CapturedBatch(shard, batch_id, _parse_rows(flat)))
+            batch_id, flat, states = result
+            batches.append(CapturedBatch(shard, batch_id, _parse_rows(flat), _parse_states(states)))
         return batches
 
     async def finish(self, batches: Sequence[CapturedBatch]) -> None:
         calls = [
             (
-                [keys.batch_key(b.shard), keys.batch_id_key(b.shard), keys.lease_key(b.shard)],
+                [
+                    keys.batch_key(b.shard),
+                    keys.batch_id_key(b.shard),
+                    keys.lease_key(b.shard),
+                    keys.sbatch_key(b.shard),
+                ],
                 [b.batch_id, self.owner],
             )
             for b in batches
@@ -169,3 +176,12 @@ def _parse_rows(flat: Sequence[str]) -> dict[str, list[int]]:
             row = rows[content_id] = [0] * width
         row[index] += int(flat[i + 1])
     return rows
+
+
+def _parse_states(flat: Sequence[str]) -> dict[tuple[str, str], int]:
+    """{(user_id, content_id): 1 | -1 | 0} from the captured like-state hash."""
+    states = {}
+    for i in range(0, len(flat), 2):
+        content_id, _, user_id = flat[i].partition("|")
+        states[(user_id, content_id)] = int(flat[i + 1])
+    return states

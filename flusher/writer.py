@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -30,6 +30,22 @@ SELECT * FROM unnest($1::text[], $2::integer[], $3::integer[])
 ON CONFLICT (batch_id) DO NOTHING
 RETURNING batch_id
 """
+_STATES = "like_changes"
+_CREATE_STATES = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS {_STATES} (
+    user_id text NOT NULL, content_id text NOT NULL, value smallint NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+_DELETE_STATES = f"""
+DELETE FROM likes l USING {_STATES} s
+WHERE s.value = 0 AND l.user_id = s.user_id AND l.content_id = s.content_id
+"""
+_UPSERT_STATES = f"""
+INSERT INTO likes AS l (user_id, content_id, value)
+SELECT user_id, content_id, value FROM {_STATES} WHERE value <> 0
+ON CONFLICT (user_id, content_id) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+WHERE l.value <> EXCLUDED.value
+"""
 _PRUNE = "DELETE FROM flush_batches WHERE flushed_at < now() - make_interval(days => $1)"
 
 
@@ -39,6 +55,8 @@ class CapturedBatch:
     batch_id: str
     # content_id -> [views, likes, dislikes, comments, shares, watch_seconds]
     rows: dict[str, list[int]]
+    # (user_id, content_id) -> 1 like, -1 dislike, 0 none: the latest state, last write wins
+    states: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -67,6 +85,14 @@ async def write_batches(conn: asyncpg.Connection, batches: Sequence[CapturedBatc
         if records:
             await conn.copy_records_to_table(_TEMP, records=records, columns=_COLUMNS)
             await conn.execute(_UPSERT)
+        states = [(user, content, value) for b in committed for (user, content), value in b.states.items()]
+        if states:
+            await conn.execute(_CREATE_STATES)
+            await conn.copy_records_to_table(
+                _STATES, records=states, columns=("user_id", "content_id", "value")
+            )
+            await conn.execute(_DELETE_STATES)
+            await conn.execute(_UPSERT_STATES)
     return WriteResult(committed, already, len(records))
 
 

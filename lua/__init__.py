@@ -71,6 +71,7 @@ async def _pipelined(
 @dataclass(frozen=True, slots=True)
 class Scripts:
     apply_views: LuaScript
+    set_reaction: LuaScript
     capture_batch: LuaScript
     finish_batch: LuaScript
     release_lease: LuaScript
