@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ApiError, json_response
 from api.instrument import instrumented
+from api.ratelimit import refusal
 from api.services import Services
 from daemon import keys
 
@@ -61,6 +63,22 @@ async def set_reaction(services: Services, content_id: str, user_id: str, action
     }
 
 
+async def check_rate(services: Services, action: str, user_id: str, request_id: str | None) -> None:
+    """429 past the user's limit for ``action``. Fails open: a Redis error lets the request through
+    (counted), since the limit guards against abuse while correctness never depends on it."""
+    limit = services.limits.get(action)
+    if limit is None or services.limiter is None:
+        return
+    try:
+        decision = await services.limiter.check(user_id, limit, request_id=request_id)
+    except (RedisError, OSError):
+        services.metrics.rate_limit_errors.labels(action=action).inc()
+        return
+    if not decision.allowed:
+        services.metrics.rate_limited.labels(action=action).inc()
+        raise refusal(decision)
+
+
 def _endpoint(route: str, method: str):  # type: ignore[no-untyped-def]
     action = _ACTIONS[(route, method)]
 
@@ -69,6 +87,12 @@ def _endpoint(route: str, method: str):  # type: ignore[no-untyped-def]
         principal = services.auth.require(request.headers.get("authorization"))
         content_id = services.bodies.content_id(request.path_params["contentId"])
         key = idempotency_key(request)
+        await check_rate(
+            services,
+            "like" if action in ("like", "unlike") else "dislike",
+            principal.sub,
+            f"{content_id}|{key}" if key else None,
+        )
         result = await set_reaction(services, content_id, principal.sub, action, key)
         headers = {"Idempotent-Replayed": "true"} if result["status"] == "replayed" else None
         return json_response(result["body"], headers=headers)

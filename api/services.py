@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 import asyncpg
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from api.auth import Authenticator
 from api.buffer import ViewBuffer
 from api.ingest import BodyReader
+from api.ratelimit import Limit, RateLimiter, parse_limits
 from daemon import db
 from daemon.metrics import Metrics
 from daemon.metrics_share import SharedMetrics
@@ -31,14 +33,18 @@ def make_redis(settings: Settings) -> aioredis.Redis:
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
             decode_responses=True,
+            max_connections=settings.redis_max_connections,
         )
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_s,  # waiting for a free connection
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         decode_responses=True,
         health_check_interval=30,
     )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
 @dataclass
@@ -50,6 +56,8 @@ class Services:
     buffer: ViewBuffer
     auth: Authenticator
     bodies: BodyReader
+    limits: dict[str, Limit] = field(default_factory=dict)
+    limiter: RateLimiter | None = None
     shared_metrics: SharedMetrics | None = None
     _pool: asyncpg.Pool | None = None
     _pool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -63,6 +71,9 @@ class Services:
         services = cls(
             settings, metrics, redis, scripts, buffer, Authenticator(settings), BodyReader(settings)
         )
+        services.limits = parse_limits(settings.rate_limits)
+        services.limiter = RateLimiter(redis, scripts.rate_limit)
+        metrics.label_actions(sorted(services.limits))
         if settings.metrics_dir:
             services.shared_metrics = SharedMetrics(settings.metrics_dir, metrics.registry)
         return services
@@ -84,6 +95,11 @@ class Services:
         gc.set_threshold(self.settings.gc_gen0_threshold, 20, 50)
         if not self.settings.kafka_bootstrap:
             log.warning("ENGAGEMENT_KAFKA_BOOTSTRAP is not set: engagement events are disabled")
+        if self.settings.redis_cluster:
+            try:  # the cluster client must learn the slots before a burst of concurrent commands
+                await self.redis.initialize()  # type: ignore[attr-defined]
+            except (RedisError, OSError) as exc:
+                log.warning("Redis Cluster not reachable at start (%s); will retry on use", exc)
         self.buffer.start()
         if self.shared_metrics is not None:
             self.shared_metrics.start()

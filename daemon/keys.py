@@ -21,6 +21,8 @@ eng:{s:N}:batch_id              string  id of that batch (key of the flush_batch
 eng:{s:N}:lease                 string  owner of the shard's flush lease
 eng:{s:N}:drain:<drain_id>      string  marker: a view drain was applied (expires after 24 h)
 eng:config:shards               string  the shard count the data was written with
+eng:{u:<user_id>}:rl:<action>   zset    request id -> admission time (ms): one user's sliding-window
+                                        log for one action; expires one window after the last one
 ==============================  ======  =================================================
 """
 
@@ -102,6 +104,11 @@ def idem_key(shard: int, content_id: str, user_id: str, key: str) -> str:
 def state_field(content_id: str, user_id: str) -> str:
     """Content ids never hold '|' (their charset is A-Za-z0-9_.:-); user ids may: split on the first."""
     return f"{content_id}|{user_id}"
+
+
+def rate_limit_key(user_id: str, action: str) -> str:
+    """Per-user keys carry the user's hash tag: a user's limits live in one slot."""
+    return f"{PREFIX}:{{u:{user_id}}}:rl:{action}"
 
 
 def lease_key(shard: int) -> str:

@@ -121,6 +121,18 @@ class Metrics:
             "Buffer drains to Redis that failed and will be retried.",
             registry=r,
         )
+        self.rate_limited = Counter(
+            "engagement_rate_limited",
+            "Requests refused with 429 by the per-user rate limits.",
+            ["action"],
+            registry=r,
+        )
+        self.rate_limit_errors = Counter(
+            "engagement_rate_limit_errors",
+            "Rate-limit checks that failed on a Redis error; the request was let through (fail open).",
+            ["action"],
+            registry=r,
+        )
         self.redis_flushed_views = Counter(
             "engagement_redis_flushed_views", "View events applied to Redis by buffer drains.", registry=r
         )
@@ -153,6 +165,12 @@ class Metrics:
         )
         self._last_flush = time.monotonic()
         self.flush_lag.set_function(lambda: time.monotonic() - self._last_flush)
+
+    def label_actions(self, actions: list[str]) -> None:
+        """Create the per-action series at zero, so that rates exist before the first refusal."""
+        for action in actions:
+            self.rate_limited.labels(action=action)
+            self.rate_limit_errors.labels(action=action)
 
     def flush_completed(self) -> None:
         self._last_flush = time.monotonic()

@@ -278,7 +278,7 @@ def _cluster_port() -> int:
     """A free port P with P + 10000 (the cluster bus) free too; Redis refuses P > 55535."""
     rng = random.Random()
     for _ in range(200):
-        port = rng.randint(20_000, 55_000)
+        port = rng.randint(20_000, 22_000)  # below the ephemeral range, bus port too
         if not port_in_use(port) and not port_in_use(port + 10_000):
             return port
     raise ServerError("no free port pair for a Redis Cluster node")

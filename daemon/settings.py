@@ -50,6 +50,8 @@ class Settings:
     drain_marker_ttl_s: int = 86_400  # how long Redis remembers an applied drain id
     shutdown_drain_timeout_s: float = 30.0  # on SIGTERM, how long the api keeps trying to drain
 
+    # Per-user sliding-window rate limits: "<action>=<limit>/<window>" with units ms, s, m, h.
+    rate_limits: str = "like=100/60s,dislike=100/60s,subscribe=30/60s,share=60/60s,comment=20/60s"
     idempotency_ttl_s: int = 86_400  # how long an Idempotency-Key's first answer is kept
 
     # Request limits.
@@ -69,6 +71,7 @@ class Settings:
     db_pool_max: int = 10
     db_timeout_s: float = 5.0
     redis_timeout_s: float = 2.0
+    redis_max_connections: int = 64  # per process; past it a command waits for a free connection
 
     # Set by `engagementd api --workers N` (N > 1): where workers share metric snapshots.
     metrics_dir: str = ""
@@ -99,6 +102,12 @@ class Settings:
             raise SettingsError("flush intervals must be at least 1 ms")
         if self.buffer_max_items < 1 or self.batch_max_items < 1:
             raise SettingsError("buffer and batch limits must be at least 1")
+        from api.ratelimit import parse_limits  # here, not at the top: api pulls in starlette
+
+        try:
+            parse_limits(self.rate_limits)
+        except ValueError as exc:
+            raise SettingsError(f"ENGAGEMENT_RATE_LIMITS: {exc}") from exc
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -72,6 +72,7 @@ async def _pipelined(
 class Scripts:
     apply_views: LuaScript
     set_reaction: LuaScript
+    rate_limit: LuaScript
     capture_batch: LuaScript
     finish_batch: LuaScript
     release_lease: LuaScript

@@ -117,6 +117,7 @@ def exposition() -> dict[str, tuple[str, set[str]]]:
     metrics = Metrics()
     ViewBuffer(Settings.from_env({}), None, Scripts.load().apply_views, metrics)  # registers itself
     metrics.requests.observe("/api/v1/content/{contentId}/views", "POST", 202, 0.001)
+    metrics.label_actions(["like"])  # as Services does for the configured rate limits
     text = metrics.render().decode()
     return {
         family.name: (family.type, {s.name for s in family.samples if not s.name.endswith("_created")})

@@ -102,7 +102,8 @@ async def _storm(base_url: str, requests: list[tuple[str, str, str, str]], concu
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
 
 
-def test_hundreds_of_concurrent_likes_by_one_user_count_once(api: ApiProcess, migrated: Settings) -> None:
+def test_hundreds_of_concurrent_likes_by_one_user_count_once(start_api, migrated: Settings) -> None:
+    api = start_api(migrated.replace(rate_limits=""))  # a storm, not abuse: no per-user limit here
     asyncio.run(_storm(api.base_url, [("POST", "like", "viral", "eager-fan")] * 400))
     assert api.client.get("/api/v1/content/viral/stats").json()["likes"] == 1
     run_flusher_once(migrated)
@@ -111,8 +112,9 @@ def test_hundreds_of_concurrent_likes_by_one_user_count_once(api: ApiProcess, mi
 
 
 def test_a_storm_of_likes_switches_and_removals_ends_exact_in_stats_and_postgres(
-    api: ApiProcess, migrated: Settings
+    start_api, migrated: Settings
 ) -> None:
+    api = start_api(migrated)
     # Given 300 users each sending a random sequence of reactions to 5 items, concurrently
     rng = random.Random(11)
     items = [f"item-{i}" for i in range(5)]
@@ -167,3 +169,21 @@ async def _ordered_storm(base_url: str, per_pair: dict[tuple[str, str], list[tup
                 assert r.status_code == 200, r.text
 
         await asyncio.gather(*(run(pair, seq) for pair, seq in per_pair.items()))
+
+
+def test_likes_past_the_per_user_limit_get_429_with_retry_after(start_api, migrated: Settings) -> None:
+    # Given a limit of 3 like actions a minute per user
+    api = start_api(migrated.replace(rate_limits="like=3/60s,dislike=100/60s"))
+    for what, method in [("like", "POST"), ("like", "DELETE"), ("like", "POST")]:
+        assert _react(api, method, what, "limited", "alice").status_code == 200
+
+    # When a fourth arrives
+    r = _react(api, "POST", "like", "other-item", "alice")
+
+    # Then it is refused, counted, and changes nothing; other users and other actions go on
+    assert (r.status_code, r.json()["error"]) == (429, "rate_limited")
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert api.client.get("/api/v1/content/other-item/stats").json()["likes"] == 0
+    assert _react(api, "POST", "like", "other-item", "bob").status_code == 200
+    assert _react(api, "POST", "dislike", "other-item", "alice").status_code == 200
+    assert 'engagement_rate_limited_total{action="like"} 1.0' in api.client.get("/metrics").text
