@@ -1,8 +1,11 @@
-"""The reference for the single-view benchmark: a bare Starlette app with the same route as the real one.
+"""The reference for the single-view and likes benchmarks: a bare Starlette app with the same routes as
+the real one.
 
-It does nothing but answer ``202 Accepted`` with an empty body, so requests/sec against it is the ceiling
-that Starlette + granian (ASGI, uvloop, one worker) can reach on this machine. The real service is
-measured as a ratio of it. ``python -m loadtest.bare_app --port 8081`` serves it with the granian
+``POST /api/v1/content/{contentId}/views`` answers ``202 Accepted`` with an empty body;
+``POST|DELETE /api/v1/content/{contentId}/like`` answers 200 with a constant JSON body of the real
+one's shape (no token check, no Redis). Requests/sec against them is the ceiling that Starlette +
+granian (ASGI, uvloop, one worker) can reach on this machine; the real service is measured as a ratio
+of it. ``python -m loadtest.bare_app --port 8081`` serves it with the granian
 options of ``engagementd api`` (daemon/server.py); the CLI equivalent is::
 
     granian --interface asgi --loop uvloop --workers 1 --backlog 2048 --port 8081 loadtest.bare_app:app
@@ -15,12 +18,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+LIKE_BODY = b'{"state":"liked","likes":1,"dislikes":0}'
+
 
 async def post_view(request: Request) -> Response:
     return Response(status_code=202)
 
 
-app = Starlette(routes=[Route("/api/v1/content/{contentId}/views", post_view, methods=["POST"])])
+async def like(request: Request) -> Response:
+    return Response(LIKE_BODY, media_type="application/json")
+
+
+app = Starlette(
+    routes=[
+        Route("/api/v1/content/{contentId}/views", post_view, methods=["POST"]),
+        Route("/api/v1/content/{contentId}/like", like, methods=["POST", "DELETE"]),
+    ]
+)
 
 
 def serve(host: str, port: int) -> None:

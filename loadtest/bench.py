@@ -1,6 +1,6 @@
 """The load benchmark of one api process, with private Redis and Postgres, in one command.
 
-    python -m loadtest.bench [--runs 5] [--duration 10] [--only single|bulk|viral|bulk-matrix]
+    python -m loadtest.bench [--runs 5] [--duration 10] [--only single|likes|bulk|viral|bulk-matrix]
                              [--bulk-items mixed|ids] [--bulk-ids uniform|zipf] [--viral-views 200000]
 
 What it measures (targets in brackets; loadtest/README.md explains each):
@@ -11,6 +11,11 @@ single  requests/sec of ``POST /api/v1/content/{id}/views`` (no body, ~10,000 id
         rounds; medians and the median of the per-round ratios [>= 0.85]. Every real round checks
         the count in Redis against wrk's 2xx count, and one exact-count run (fixed N, nothing in
         flight at the end) must match exactly.
+likes   requests/sec of ``POST|DELETE /api/v1/content/{id}/like`` with Bearer HS256 tokens of 2,000
+        users over 1,000 ids (ENGAGEMENT_RATE_LIMITS="") on the real api vs the bare app's like route
+        and vs loadtest/naive_likes_app.py (PyJWT decode + one awaited EVALSHA of set_reaction.lua per
+        request); the three alternate for --runs rounds; medians of the per-round ratios real/bare
+        [>= 0.5] and real/naive [>= 1.5]. No non-2xx allowed; Redis's like counts = liked states.
 bulk    events/s through ``POST /api/v1/views/batch``: 1,000-event msgpack bodies; by default ids
         uniform from 100,000 and mixed events (some user_id / watch_seconds); --bulk-items ids sends
         content ids only, --bulk-ids zipf draws ids Zipf-like (s = 1.1) from 1,000,000
@@ -38,6 +43,7 @@ from typing import Any
 
 from loadtest.bodies import IDS, ITEMS
 from loadtest.bulk import bench_bulk, bench_bulk_matrix
+from loadtest.likes import bench_likes
 from loadtest.procs import CHILDREN, RESULTS, BenchError, install_cleanup, log, pin_cpus
 from loadtest.report import machine_info, summary
 from loadtest.servers import AppServer, Backends
@@ -45,7 +51,7 @@ from loadtest.single import SINGLE_POOL, bench_single
 from loadtest.viral import bench_viral
 from loadtest.wrkrun import CONNECTIONS, WARMUP_S, run_wrk
 
-PARTS = ["single", "bulk", "viral", "bulk-matrix"]
+PARTS = ["single", "likes", "bulk", "viral", "bulk-matrix"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -107,6 +113,16 @@ def run_parts(ns: argparse.Namespace, backends: Backends | None, workdir: Path, 
         except BenchError as exc:
             out["errors"]["single"] = str(exc)
             log(f"single failed: {exc}")
+    if ns.only in (None, "likes"):
+        if backends is None:  # --bare-only, or the setup failed (already in out["errors"])
+            if ns.only == "likes":
+                out["errors"]["likes"] = "needs the private Redis (not with --bare-only)"
+        else:
+            try:
+                bench_likes(ns, backends, workdir, out)
+            except BenchError as exc:
+                out["errors"]["likes"] = str(exc)
+                log(f"likes failed: {exc}")
     real: AppServer | None = None
     if backends is not None and ns.only in (None, "bulk", "viral", "bulk-matrix"):
         try:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loadtest.likes import TARGET_BARE, TARGET_NAIVE
 from loadtest.procs import REPO
 from loadtest.single import EXACT_VIEWS
 
@@ -91,6 +92,7 @@ def summary(out: dict[str, Any]) -> str:
         rows.append(
             ("single: run valid (no non-2xx, counts)", str(s.get("valid")), "True", verdict(s.get("valid")))
         )
+    rows += likes_rows(out.get("likes"))
     b = out.get("bulk")
     if b and b.get("rounds"):
         # The default shape keeps the old labels; another one is named in each label.
@@ -159,6 +161,44 @@ def summary(out: dict[str, Any]) -> str:
     if bm and "valid" in bm:
         lines += ["", matrix_table(bm)]
     return "\n".join(lines)
+
+
+def likes_rows(lk: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """The likes part: req/s and CPU share of each server, the two ratios and their targets."""
+    if not lk or "real_median_rps" not in lk:
+        return []
+    names = {"bare": "bare like route", "naive": "naive (PyJWT + EVALSHA)", "real": "engagementd"}
+    rows: list[tuple[str, str, str, str]] = []
+    for kind, name in names.items():
+        rows.append((f"likes: {name} req/s (median)", f"{lk[f'{kind}_median_rps']:,.0f}", "", "-"))
+        rows.append(
+            (f"likes: {name} CPU share (median)", f"{lk[f'{kind}_median_cpu_share']:.2f}", "~1.0", "-")
+        )
+    for ref, target in (("bare", TARGET_BARE), ("naive", TARGET_NAIVE)):
+        ratio = lk[f"ratio_{ref}_median"]
+        rows.append(
+            (f"likes: ratio real/{ref} (median)", f"{ratio:.3f}", f">= {target}", verdict(ratio >= target))
+        )
+        if lk.get(f"cpu_ratio_{ref}_median") is not None:
+            rows.append(
+                (
+                    f"likes: ratio real/{ref} per server CPU-second",
+                    f"{lk[f'cpu_ratio_{ref}_median']:.3f}",
+                    "(noise check)",
+                    "-",
+                )
+            )
+    c = lk.get("consistency", {})
+    rows.append(
+        (
+            "likes: Redis like counts = liked states",
+            f"{c.get('likes_counted')}/{c.get('liked_states')}",
+            "equal",
+            verdict(c.get("ok")),
+        )
+    )
+    rows.append(("likes: run valid (no non-2xx)", str(lk.get("valid")), "True", verdict(lk.get("valid"))))
+    return rows
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]], left: int = 1) -> list[str]:

@@ -25,16 +25,20 @@ from loadtest.procs import (
 )
 from loadtest.wrkrun import run_wrk
 
+# The reference servers of loadtest/ (anything else is ``engagementd api``).
+REFERENCE_APPS = {"bare": "loadtest.bare_app", "naive": "loadtest.naive_likes_app"}
+
 
 class AppServer:
-    """One granian server (bare reference or engagementd api) pinned to the server CPU."""
+    """One granian server (a reference app or engagementd api) pinned to the server CPU."""
 
     def __init__(self, kind: str, env: dict[str, str], workdir: Path) -> None:
         self.kind = kind
         self.port = free_port()
         self.log_path = workdir / f"{kind}.log"
-        if kind == "bare":
-            cmd = [sys.executable, "-m", "loadtest.bare_app", "--host", "127.0.0.1", "--port", str(self.port)]
+        if kind in REFERENCE_APPS:
+            module = REFERENCE_APPS[kind]
+            cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port)]
         else:
             cmd = engagementd_cmd() + [
                 "api",

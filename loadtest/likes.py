@@ -1,0 +1,131 @@
+"""likes: requests/sec of like/unlike by many users on the real api vs a bare route and a naive endpoint.
+
+Three servers, each one granian process (ASGI, uvloop, one worker) pinned to the server CPU:
+
+- ``bare``: loadtest/bare_app.py's ``POST|DELETE /api/v1/content/{id}/like`` (a constant 200 JSON
+  body; no token check, no Redis): the ceiling of Starlette + granian on this machine;
+- ``naive``: loadtest/naive_likes_app.py, the straightforward implementation (PyJWT decode and one
+  awaited EVALSHA of lua/set_reaction.lua per request);
+- ``real``: ``engagementd api`` with ENGAGEMENT_RATE_LIMITS="" (so no request is refused).
+
+wrk/post_like.lua sends, on 64 connections, POST or DELETE like at random with a random token of
+2,000 users and a random content id of 1,000. Rounds measure the three in turn, the order rotating
+every round; reported: median req/s and CPU share of each, and the medians of the per-round ratios
+real/bare [>= 0.5] and real/naive [>= 1.5]. A round with any non-2xx answer or socket error is invalid.
+After the rounds, Redis must agree with itself: the live like counts of the ids equal the liked states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from loadtest.procs import BenchError, log
+from loadtest.servers import AppServer, Backends
+from loadtest.wrkrun import CONNECTIONS, WARMUP_S, run_wrk
+
+USERS = 2_000
+LIKE_POOL = 1_000
+LIKE_PREFIX = "lk-"
+KINDS = ("bare", "naive", "real")
+TARGET_BARE = 0.5
+TARGET_NAIVE = 1.5
+
+
+def write_tokens(path: Path, secret: str, users: int = USERS, ttl_s: int = 86_400) -> Path:
+    """One HS256 token per line for users u-0 .. u-<users-1>, signed with ``secret``."""
+    import jwt
+
+    now = int(time.time())
+    path.write_text(
+        "".join(
+            jwt.encode({"sub": f"u-{i}", "iat": now, "exp": now + ttl_s}, secret, algorithm="HS256") + "\n"
+            for i in range(users)
+        )
+    )
+    return path
+
+
+def bench_likes(ns: argparse.Namespace, backends: Backends, workdir: Path, out: dict[str, Any]) -> None:
+    env = {**backends.env, "ENGAGEMENT_RATE_LIMITS": ""}
+    tokens = write_tokens(workdir / "like-tokens.txt", env["ENGAGEMENT_JWT_SECRET"])
+    args = [str(tokens), LIKE_PREFIX, str(LIKE_POOL)]
+    res: dict[str, Any] = {
+        "connections": CONNECTIONS,
+        "users": USERS,
+        "pool": LIKE_POOL,
+        "duration_s": ns.duration,
+        "bare_route": "bare_app.py POST|DELETE /api/v1/content/{contentId}/like: 200, constant JSON",
+        "rounds": [],
+    }
+    out["likes"] = res
+    servers: dict[str, AppServer] = {}
+    try:
+        for kind in KINDS:
+            servers[kind] = AppServer(kind, env, workdir)
+        for kind, server in servers.items():
+            log(f"likes: warming up {kind}")
+            run_wrk("post_like.lua", server.url, WARMUP_S, CONNECTIONS, args)
+        for r in range(ns.runs):
+            order = [KINDS[(r + i) % len(KINDS)] for i in range(len(KINDS))]
+            row: dict[str, Any] = {"round": r + 1, "order": order}
+            for kind in order:
+                w = servers[kind].measure("post_like.lua", ns.duration, CONNECTIONS, args)
+                row[kind] = w
+                log(
+                    f"likes round {r + 1} {kind}: {w['requests_per_s']:.0f} req/s, non-2xx {w['non_2xx']}, "
+                    f"socket errors {w['socket_errors']}, server CPU share {w['server_cpu_share']:.2f}, "
+                    f"{w['ok_per_server_cpu_s'] or 0:.0f} req per CPU-second"
+                )
+            for ref in ("bare", "naive"):
+                row[f"ratio_{ref}"] = row["real"]["requests_per_s"] / row[ref]["requests_per_s"]
+                if row["real"]["ok_per_server_cpu_s"] and row[ref]["ok_per_server_cpu_s"]:
+                    row[f"cpu_ratio_{ref}"] = (
+                        row["real"]["ok_per_server_cpu_s"] / row[ref]["ok_per_server_cpu_s"]
+                    )
+            res["rounds"].append(row)
+    finally:
+        for server in servers.values():
+            server.stop()
+    _summarise(res)
+    res["consistency"] = consistency(backends)
+    res["valid"] = res["valid"] and res["consistency"]["ok"]
+
+
+def _summarise(res: dict[str, Any]) -> None:
+    rounds = res["rounds"]
+    if not rounds:
+        raise BenchError("likes: no round ran")
+    for kind in KINDS:
+        res[f"{kind}_rps"] = [row[kind]["requests_per_s"] for row in rounds]
+        res[f"{kind}_median_rps"] = statistics.median(res[f"{kind}_rps"])
+        res[f"{kind}_median_cpu_share"] = statistics.median(row[kind]["server_cpu_share"] for row in rounds)
+    for ref in ("bare", "naive"):
+        res[f"ratio_{ref}_median"] = statistics.median(row[f"ratio_{ref}"] for row in rounds)
+        cpu = [row[f"cpu_ratio_{ref}"] for row in rounds if f"cpu_ratio_{ref}" in row]
+        res[f"cpu_ratio_{ref}_median"] = statistics.median(cpu) if cpu else None
+    res["valid"] = all(
+        row[k]["non_2xx"] == 0 and row[k]["socket_errors"] == 0 for row in rounds for k in KINDS
+    )
+
+
+def consistency(backends: Backends) -> dict[str, Any]:
+    """The live like counts of the benchmark's ids against the liked states in Redis (must be equal)."""
+    shards = sorted({zlib.crc32(f"{LIKE_PREFIX}{i}".encode()) % backends.shards for i in range(LIKE_POOL)})
+    pipe = backends.redis.pipeline(transaction=False)
+    for s in shards:
+        pipe.hgetall(f"eng:{{s:{s}}}:state")
+    liked = 0
+    for states in pipe.execute():
+        liked += sum(1 for f, v in states.items() if f.startswith(LIKE_PREFIX) and v == "1")
+    pipe = backends.redis.pipeline(transaction=False)
+    for i in range(LIKE_POOL):
+        cid = f"{LIKE_PREFIX}{i}"
+        pipe.hget(f"eng:{{s:{zlib.crc32(cid.encode()) % backends.shards}}}:live", f"likes:{cid}")
+    counted = sum(int(v) for v in pipe.execute() if v is not None)
+    log(f"likes: {counted} likes counted in Redis, {liked} liked states")
+    return {"likes_counted": counted, "liked_states": liked, "ok": counted == liked}

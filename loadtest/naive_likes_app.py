@@ -1,0 +1,131 @@
+"""The reference for the likes benchmark: a straightforward implementation of the like endpoint.
+
+``POST|DELETE /api/v1/content/{contentId}/like`` with a Bearer HS256 token: ``jwt.decode`` (PyJWT,
+no cache) on every request, then ONE awaited ``EVALSHA`` of the project's own ``lua/set_reaction.lua``
+with the keys and arguments of ``api/reactions.py`` ``set_reaction()`` on a ``redis.asyncio`` client
+with its default connection pool, and the same 200 JSON body ``{"state", "likes", "dislikes"}``
+(serialised with orjson like the real api, so the comparison is about auth and Redis, not JSON).
+No rate limits, no metrics, no Idempotency-Key validation beyond passing the header on.
+
+It reads the service's environment (ENGAGEMENT_REDIS_URL, ENGAGEMENT_JWT_SECRET, ENGAGEMENT_SHARDS,
+ENGAGEMENT_IDEMPOTENCY_TTL_S) through daemon.settings, so it writes the same keys in the same Redis.
+``python -m loadtest.naive_likes_app --port 8082`` serves it with the granian options of
+``engagementd api`` (daemon/server.py). ``GET /healthz`` answers 200 once Redis answers PING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+import jwt
+import orjson
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from daemon import keys
+from daemon.settings import Settings
+from lua import LuaScript
+
+SETTINGS = Settings.from_env(os.environ)
+SET_REACTION = LuaScript.load("set_reaction")
+STATE_NAMES = {1: "liked", -1: "disliked", 0: "none"}
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+def _endpoint(action: str):  # type: ignore[no-untyped-def]
+    async def react(request: Request) -> Response:
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return _json({"error": "missing_token"}, 401)
+        try:
+            claims = jwt.decode(token, SETTINGS.jwt_secret, algorithms=["HS256"])
+        except jwt.InvalidTokenError:
+            return _json({"error": "invalid_token"}, 401)
+        user_id = claims.get("sub")
+        if not isinstance(user_id, str) or not user_id:
+            return _json({"error": "invalid_token"}, 401)
+        content_id = request.path_params["contentId"]
+        key = request.headers.get("idempotency-key") or ""
+        shard = keys.shard_of(content_id, SETTINGS.shards)
+        idem = keys.idem_key(shard, content_id, user_id, key) if key else keys.idem_key(shard, "-", "-", "-")
+        status, state, likes, dislikes = await request.app.state.redis.evalsha(
+            SET_REACTION.sha,
+            5,
+            keys.live_key(shard),
+            keys.delta_key(shard),
+            keys.state_key(shard),
+            keys.sdelta_key(shard),
+            idem,
+            content_id,
+            user_id,
+            action,
+            SETTINGS.idempotency_ttl_s,
+            action if key else "",
+        )
+        if status == "conflict":
+            return _json({"error": "idempotency_key_reused"}, 422)
+        return _json({"state": STATE_NAMES[int(state)], "likes": int(likes), "dislikes": int(dislikes)})
+
+    return react
+
+
+async def healthz(request: Request) -> Response:
+    await request.app.state.redis.ping()
+    return Response(b"ok")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    client = aioredis.Redis.from_url(SETTINGS.redis_url, decode_responses=True)
+    await client.script_load(SET_REACTION.text)  # so that every request is one EVALSHA
+    app.state.redis = client
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+app = Starlette(
+    routes=[
+        Route("/api/v1/content/{contentId}/like", _endpoint("like"), methods=["POST"]),
+        Route("/api/v1/content/{contentId}/like", _endpoint("unlike"), methods=["DELETE"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ],
+    lifespan=lifespan,
+)
+
+
+def serve(host: str, port: int) -> None:
+    """Serve :data:`app` with the options ``engagementd api`` gives granian (daemon/server.py)."""
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian(
+        "loadtest.naive_likes_app:app",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=1,
+        loop=Loops.uvloop,
+        log_access=False,
+        backlog=2048,
+        websockets=False,
+    ).serve()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve the naive like endpoint like engagementd api.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8082)
+    ns = parser.parse_args()
+    serve(ns.host, ns.port)
