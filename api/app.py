@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import health, reactions, stats, views
+from api import health, internal, reactions, shares, stats, subscriptions, views
 from api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
 from api.services import Services
 from daemon.settings import Settings
@@ -27,6 +27,11 @@ ROUTES = [
     Route(reactions.DISLIKE_ROUTE, reactions.dislike, methods=["POST"]),
     Route(reactions.DISLIKE_ROUTE, reactions.undislike, methods=["DELETE"]),
     Route("/api/v1/content/{contentId}/stats", stats.get_stats, methods=["GET"]),
+    Route(internal.REGISTRY_ROUTE, internal.put_content, methods=["PUT"]),
+    Route(shares.SHARES_ROUTE, shares.share, methods=["POST"]),
+    Route(subscriptions.SUBSCRIBE_ROUTE, subscriptions.subscribe, methods=["POST"]),
+    Route(subscriptions.SUBSCRIBE_ROUTE, subscriptions.unsubscribe, methods=["DELETE"]),
+    Route(subscriptions.CREATOR_ROUTE, subscriptions.get_creator, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", health.metrics, methods=["GET"]),

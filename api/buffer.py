@@ -49,12 +49,18 @@ class Drain:
     drain_id: str
     views: dict[str, int]
     watch: dict[str, int]
+    # playback signals: counter (completions, skips, replays) -> {content_id: n}; usually empty
+    signals: dict[str, dict[str, int]] = field(default_factory=dict)
     total_views: int = field(init=False)
-    _args: tuple[bytes, bytes] = field(init=False)
+    items: int = field(init=False)  # entries it holds, for the buffer bound
+    _args: tuple[bytes, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.total_views = sum(self.views.values())
+        self.items = len(self.views) + sum(map(len, self.signals.values()))
         self._args = (msgpack.packb(self.views), msgpack.packb(self.watch))
+        if self.signals:
+            self._args += (msgpack.packb(self.signals),)
 
     def call(self, settings: Settings) -> tuple[list[str], list[str | int | bytes]]:
         shard = self.shard
@@ -79,6 +85,33 @@ def _chunks(views: dict[str, int]) -> list[dict[str, int]]:
     return [dict(items[i : i + step]) for i in range(0, len(items), step)]
 
 
+Signals = dict[str, dict[str, int]]  # counter -> {content_id: n}
+
+
+def _split(
+    views: dict[str, int], watch: dict[str, int], signals: Signals
+) -> list[tuple[dict[str, int], dict[str, int], Signals]]:
+    """One shard's increments as calls of at most MAX_ITEMS_PER_CALL distinct items each."""
+    ids = set(views).union(watch, *signals.values()) if signals or len(watch) > len(views) else views
+    if len(ids) <= MAX_ITEMS_PER_CALL:
+        return [(views, watch, signals)]
+    if not signals and watch.keys() <= views.keys():  # views only (the usual shape): as before
+        return [(chunk, {c: watch[c] for c in chunk if c in watch}, {}) for chunk in _chunks(views)]
+    ordered = list(ids)
+    out = []
+    for i in range(0, len(ordered), MAX_ITEMS_PER_CALL):
+        part = ordered[i : i + MAX_ITEMS_PER_CALL]
+        sub: Signals = {}
+        for counter, counts in signals.items():
+            found = {c: counts[c] for c in part if c in counts}
+            if found:
+                sub[counter] = found
+        out.append(
+            ({c: views[c] for c in part if c in views}, {c: watch[c] for c in part if c in watch}, sub)
+        )
+    return out
+
+
 class ViewBuffer:
     def __init__(self, settings: Settings, redis: object, script: LuaScript, metrics: Metrics) -> None:
         self._settings = settings
@@ -92,6 +125,10 @@ class ViewBuffer:
         self._bulk_ids: list[str] = []
         self._bulk_watch_ids: list[str] = []
         self._bulk_watch_seconds: list[int] = []
+        # Playback signals (completions, skips, replays): counter -> {content_id: n}, and bulk ids.
+        self._signals: Signals = {}
+        self._bulk_signals: dict[str, list[str]] = {}
+        self._queued_signals = 0  # entries of both (an upper bound of distinct signal entries)
         self._inflight: list[Drain] = []
         self._inflight_items = 0
         self._inflight_ids: set[str] | None = None  # built on demand, near the bound only
@@ -132,9 +169,34 @@ class ViewBuffer:
         self.accepted += 1
         return True
 
-    def add_many(self, ids: list[str], watch_ids: list[str], watch_seconds: list[int]) -> bool:
-        """Count a batch of view events (one id per event), all or nothing. False when refused."""
+    def add_signal(self, counter: str, content_id: str, watch_seconds: int = 0) -> bool:
+        """Count one playback signal (``counter`` in completions, skips, replays), not a view."""
+        counts = self._signals.get(counter)
+        n = None if counts is None else counts.get(content_id)
+        if self._closing or (n is None and self._full(1) and not self._room_for([content_id])):
+            self.refused += 1
+            return False
+        counts = self._signals.setdefault(counter, {})  # _room_for may have compacted the queues
+        if n is None:
+            self._queued_signals += 1
+        counts[content_id] = counts.get(content_id, 0) + 1
+        if watch_seconds:
+            self._watch[content_id] = self._watch.get(content_id, 0) + watch_seconds
+        self.accepted += 1
+        return True
+
+    def add_many(
+        self,
+        ids: list[str],
+        watch_ids: list[str],
+        watch_seconds: list[int],
+        signals: dict[str, list[str]] | None = None,
+    ) -> bool:
+        """Count a batch of view events (one id per event) and playback signals (counter -> one id per
+        event), all or nothing. False when refused."""
         events = len(ids)
+        if signals:
+            events += sum(map(len, signals.values()))
         if self._closing or (self._full(events) and not self._room_for(ids)):
             self.refused += events
             return False
@@ -142,14 +204,19 @@ class ViewBuffer:
         if watch_ids:
             self._bulk_watch_ids += watch_ids
             self._bulk_watch_seconds += watch_seconds
+        if signals:
+            for counter, signal_ids in signals.items():
+                self._bulk_signals.setdefault(counter, []).extend(signal_ids)
+                self._queued_signals += len(signal_ids)
         self.accepted += events
-        if len(self._bulk_ids) >= self._flush_items:
+        if len(self._bulk_ids) + self._queued_signals >= self._flush_items:
             self._wake.set()
         return True
 
     def _full(self, adding: int) -> bool:
         # Bulk ids count as one item each until they are counted: an upper bound of distinct items.
-        return len(self._views) + len(self._bulk_ids) + self._inflight_items + adding > self._max_items
+        queued = len(self._views) + len(self._bulk_ids) + self._queued_signals
+        return queued + self._inflight_items + adding > self._max_items
 
     def _room_for(self, ids: list[str]) -> bool:
         """The exact check behind the cheap bound: fold the bulk ids into per-item counts, then count
@@ -162,18 +229,24 @@ class ViewBuffer:
         in_flight = self._inflight_ids
         queued_only = sum(1 for c in views if c not in in_flight)
         new = {c for c in ids if c not in views and c not in in_flight}
-        return queued_only + self._inflight_items + len(new) <= self._max_items
+        return queued_only + self._queued_signals + self._inflight_items + len(new) <= self._max_items
 
     # -- introspection ------------------------------------------------------------------------
 
     def depth(self) -> int:
         """Distinct items queued plus items in flight (read at scrape time, so exact, not cheap)."""
         queued = self._views.keys() | set(self._bulk_ids) if self._bulk_ids else self._views.keys()
-        return len(queued) + self._inflight_items
+        return len(queued) + self._queued_signals + self._inflight_items
 
     def pending_views(self) -> int:
         queued = sum(self._views.values()) + len(self._bulk_ids)
         return queued + sum(d.total_views for d in self._inflight)
+
+    def pending_signals(self) -> int:
+        """Playback signals (completions, skips, replays) not yet applied to Redis."""
+        queued = sum(sum(c.values()) for c in self._signals.values())
+        queued += sum(map(len, self._bulk_signals.values()))
+        return queued + sum(sum(c.values()) for d in self._inflight for c in d.signals.values())
 
     @property
     def closing(self) -> bool:
@@ -210,14 +283,22 @@ class ViewBuffer:
                 if not await self._apply_inflight():
                     self._compact()
                     return False
-            return not self._views and not self._bulk_ids
+            return not self._views and not self._bulk_ids and not self._queued_signals
 
-    def _take_queued(self) -> tuple[dict[str, int], dict[str, int]]:
+    def _take_queued(self) -> tuple[dict[str, int], dict[str, int], Signals]:
         """Swap the queues for empty ones (no await in between: nothing arriving is lost) and count."""
         views, watch = self._views, self._watch
         ids, watch_ids, watch_seconds = self._bulk_ids, self._bulk_watch_ids, self._bulk_watch_seconds
+        signals, bulk_signals = self._signals, self._bulk_signals
         self._views, self._watch = {}, {}
         self._bulk_ids, self._bulk_watch_ids, self._bulk_watch_seconds = [], [], []
+        self._signals, self._bulk_signals, self._queued_signals = {}, {}, 0
+        for counter, signal_ids in bulk_signals.items():
+            counts = Counter(signal_ids)
+            for content_id, n in signals.get(counter, {}).items():
+                counts[content_id] += n
+            signals[counter] = dict(counts)
+        signals = {counter: counts for counter, counts in signals.items() if counts}
         if ids:
             counts = Counter(ids)
             for content_id, n in views.items():
@@ -225,28 +306,37 @@ class ViewBuffer:
             views = dict(counts)
         for content_id, seconds in zip(watch_ids, watch_seconds, strict=True):
             watch[content_id] = watch.get(content_id, 0) + seconds
-        return views, watch
+        return views, watch, signals
 
     def _compact(self) -> None:
         """While Redis fails, fold bulk ids into the per-item dicts so memory stays per item."""
-        if self._bulk_ids:
-            self._views, self._watch = self._take_queued()
+        if self._bulk_ids or self._bulk_signals:
+            self._views, self._watch, self._signals = self._take_queued()
+            self._queued_signals = sum(map(len, self._signals.values()))
 
     def _cut(self) -> None:
-        if not self._views and not self._bulk_ids:
+        if not self._views and not self._bulk_ids and not self._queued_signals:
             return
-        views, watch = self._take_queued()
+        views, watch, signals = self._take_queued()
         shards = self._settings.shards
+        views_by_shard = dict(group_by_shard(views, shards))
         watch_by_shard = dict(group_by_shard(watch, shards)) if watch else {}
+        signals_by_shard: dict[int, Signals] = {}
+        for counter, counts in signals.items():
+            for shard, group in group_by_shard(counts, shards):
+                signals_by_shard.setdefault(shard, {})[counter] = group
+        shard_list = views_by_shard.keys()
+        if signals_by_shard:
+            shard_list = sorted(shard_list | watch_by_shard.keys() | signals_by_shard.keys())
         prefix = self._drain_prefix
-        for shard, shard_views in group_by_shard(views, shards):
-            shard_watch = watch_by_shard.get(shard, {})
-            for chunk in _chunks(shard_views):
-                chunk_watch = shard_watch
-                if len(chunk) < len(shard_views):
-                    chunk_watch = {c: shard_watch[c] for c in chunk if c in shard_watch}
-                self._inflight.append(Drain(shard, f"{prefix}-{next(self._drain_seq)}", chunk, chunk_watch))
-                self._inflight_items += len(chunk)
+        for shard in shard_list:
+            parts = _split(
+                views_by_shard.get(shard, {}), watch_by_shard.get(shard, {}), signals_by_shard.get(shard, {})
+            )
+            for chunk, chunk_watch, chunk_signals in parts:
+                drain = Drain(shard, f"{prefix}-{next(self._drain_seq)}", chunk, chunk_watch, chunk_signals)
+                self._inflight.append(drain)
+                self._inflight_items += drain.items
         self._inflight_ids = None
 
     async def _apply_inflight(self) -> bool:
@@ -276,7 +366,7 @@ class ViewBuffer:
                 applied_views += drain.total_views
         self._metrics.redis_flushed_views.inc(applied_views)
         self._inflight = remaining
-        self._inflight_items = sum(len(d.views) for d in remaining)
+        self._inflight_items = sum(d.items for d in remaining)
         self._inflight_ids = None
         if remaining:
             self._metrics.redis_flush_errors.inc()
@@ -297,6 +387,12 @@ class ViewBuffer:
             await asyncio.sleep(delay)  # backoff between retries, not a wait for a condition
             delay = min(delay * 2, self._settings.buffer_retry_max_ms / 1000)
         lost = self.pending_views()
-        if lost:
-            log.error("shutting down with %d buffered views not applied to Redis (Redis unreachable)", lost)
+        signals = self.pending_signals()
+        if lost or signals:
+            log.error(
+                "shutting down with %d buffered views and %d playback signals not applied to Redis"
+                " (Redis unreachable)",
+                lost,
+                signals,
+            )
         return lost

@@ -8,7 +8,7 @@ to name the first bad item's index. A batch is all or nothing: any bad item reje
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import contains, itemgetter
 from typing import Any
@@ -18,28 +18,58 @@ import orjson
 from starlette.requests import Request
 
 from api.errors import ApiError
+from daemon.keys import PLAYBACK_COUNTERS
 from daemon.settings import Settings
 
 ID_CHARS = r"[A-Za-z0-9_.:\-]"
-ITEM_FIELDS = frozenset({"content_id", "user_id", "watch_seconds"})
-SINGLE_FIELDS = frozenset({"watch_seconds"})
+ITEM_FIELDS = frozenset({"content_id", "user_id", "watch_seconds", "event_type", "session_id"})
+SINGLE_FIELDS = frozenset({"watch_seconds", "event_type", "session_id"})
+SESSION_ID_MAX_LEN = 128
+MEDIA_STARTED = "media_started"  # the default event_type: a view
+# event_type values of the view endpoints (null means media_started); the others count as signals
+EVENT_TYPES = frozenset({MEDIA_STARTED, *PLAYBACK_COUNTERS})
+_EVENT_TYPES_OR_NULL = frozenset({*EVENT_TYPES, None})
 _SECONDS_TYPES = {int, type(None)}
 _get_content_id = itemgetter("content_id")
+
+# A view or playback signal to publish: user_id, content_id, event_type, watch_seconds (None when
+# absent), session_id ("" when absent).
+Playback = tuple[str, str, str, int | None, str]
+
+
+@dataclass(slots=True)
+class SingleView:
+    watch_seconds: int = 0
+    event_type: str = MEDIA_STARTED
+    session_id: str = ""
+    given_seconds: int | None = None  # watch_seconds as sent (None when absent)
+
+
+NO_BODY = SingleView()
 
 
 def id_pattern(max_len: int) -> re.Pattern[str]:
     return re.compile(f"{ID_CHARS}{{1,{max_len}}}")
 
 
+def _lines_pattern(max_len: int) -> re.Pattern[str]:
+    """Valid ids joined by newlines: one fullmatch checks a whole list."""
+    return re.compile(f"(?:{ID_CHARS}{{1,{max_len}}}\n)*{ID_CHARS}{{1,{max_len}}}")
+
+
 @dataclass(slots=True)
 class Batch:
-    ids: list[str]  # one content id per event
+    ids: list[str]  # one content id per view (media_started) event
     watch_ids: list[str]  # the events with watch seconds: their ids ...
     watch_seconds: list[int]  # ... and seconds (> 0)
+    # playback signals: counter (completions, skips, replays) -> one content id per event
+    signals: dict[str, list[str]] = field(default_factory=dict)
+    items: int = -1  # events in the batch (views + signals); -1: len(ids)
+    playback: list[Playback] = field(default_factory=list)  # items with a user_id, when asked for
 
     @property
     def events(self) -> int:
-        return len(self.ids)
+        return len(self.ids) if self.items < 0 else self.items
 
 
 class _Slow(Exception):
@@ -50,6 +80,8 @@ class BodyReader:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.id_re = id_pattern(settings.content_id_max_len)
+        self.session_re = id_pattern(SESSION_ID_MAX_LEN)
+        self._sessions_re = _lines_pattern(SESSION_ID_MAX_LEN)
         self._ids_re = re.compile(
             f"(?:{ID_CHARS}{{1,{settings.content_id_max_len}}}\n)*{ID_CHARS}{{1,{settings.content_id_max_len}}}"
         )
@@ -77,8 +109,12 @@ class BodyReader:
 
     def single(self, body: bytes) -> int:
         """The optional JSON body of a single view; returns watch_seconds (0 when absent)."""
+        return self.single_view(body).watch_seconds
+
+    def single_view(self, body: bytes) -> SingleView:
+        """The optional JSON body of a single view: watch_seconds, event_type, session_id."""
         if not body.strip():
-            return 0
+            return NO_BODY
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -88,7 +124,32 @@ class BodyReader:
         unknown = doc.keys() - SINGLE_FIELDS
         if unknown:
             raise ApiError(422, "unknown_field", f"Unknown field '{sorted(unknown)[0]}'.")
-        return self._watch_seconds(doc.get("watch_seconds"), "watch_seconds")
+        given = doc.get("watch_seconds")
+        view = SingleView(self._watch_seconds(given, "watch_seconds"), given_seconds=given)
+        if len(doc) > 1 or given is None:
+            event_type = doc.get("event_type")
+            if event_type is not None:
+                view.event_type = self._event_type(event_type, "event_type")
+            session_id = doc.get("session_id")
+            if session_id is not None:
+                view.session_id = self._session_id(session_id, "session_id")
+        return view
+
+    def _event_type(self, value: Any, where: str, index: int | None = None) -> str:
+        if type(value) is not str or value not in EVENT_TYPES:
+            message = f"{where} must be one of {', '.join(sorted(EVENT_TYPES))}."
+            if index is None:
+                raise ApiError(422, "invalid_event_type", message)
+            raise _invalid(index, "invalid_event_type", message)
+        return value
+
+    def _session_id(self, value: Any, where: str, index: int | None = None) -> str:
+        if not isinstance(value, str) or not self.session_re.fullmatch(value):
+            message = f"{where} must be 1 to {SESSION_ID_MAX_LEN} characters of A-Z a-z 0-9 _ . : -"
+            if index is None:
+                raise ApiError(422, "invalid_session_id", message)
+            raise _invalid(index, "invalid_session_id", message)
+        return value
 
     def content_id(self, content_id: str) -> str:
         if not self.id_re.fullmatch(content_id):
@@ -127,7 +188,8 @@ class BodyReader:
                 raise ApiError(400, "malformed_body", "The body is not valid JSON.") from None
         raise ApiError(415, "unsupported_media_type", "Send application/json or application/msgpack.")
 
-    def batch(self, items: Any) -> Batch:
+    def batch(self, items: Any, playback: bool = False) -> Batch:
+        """Validate a batch. With ``playback``, also list the items that carry a user_id as events."""
         if type(items) is not list:
             raise ApiError(422, "invalid_body", "The body must be an array of view items.")
         n = len(items)
@@ -138,12 +200,12 @@ class BodyReader:
         if n == 0:
             return Batch([], [], [])
         try:
-            return self._fast(items, n)
+            return self._fast(items, n, playback)
         except (_Slow, KeyError, TypeError, ValueError):
             self._slow(items)
             raise  # unreachable: _slow raises for the item the fast check tripped on
 
-    def _fast(self, items: list[Any], n: int) -> Batch:
+    def _fast(self, items: list[Any], n: int, playback: bool) -> Batch:
         # itemgetter raises TypeError for anything but a mapping (msgpack and JSON give no others)
         # and KeyError for an item without content_id.
         ids = list(map(_get_content_id, items))
@@ -156,8 +218,29 @@ class BodyReader:
         # (map over dict.get / contains with repeat() runs in C; methodcaller is 4x slower)
         with_user = sum(map(contains, items, repeat("user_id", n)))
         with_seconds = sum(map(contains, items, repeat("watch_seconds", n)))
-        if keys != n + with_user + with_seconds:  # some item has an unknown field
-            raise _Slow
+        extra = keys - n - with_user - with_seconds
+        types: list[Any] = []
+        sessions: list[Any] = []
+        if extra:  # event_type / session_id (or an unknown field): counted only when present
+            with_type = sum(map(contains, items, repeat("event_type", n)))
+            with_session = sum(map(contains, items, repeat("session_id", n)))
+            if extra != with_type + with_session:  # some item has an unknown field
+                raise _Slow
+            if with_type:
+                types = list(map(dict.get, items, repeat("event_type", n)))
+                if not set(types) <= _EVENT_TYPES_OR_NULL:  # (an unhashable value: TypeError)
+                    raise _Slow
+            if with_session:
+                sessions = list(map(dict.get, items, repeat("session_id", n)))
+                given_sessions = [s for s in sessions if s is not None]
+                if set(map(type, given_sessions)) - {str}:
+                    raise _Slow
+                joined = "\n".join(given_sessions)
+                if given_sessions and (
+                    joined.count("\n") != len(given_sessions) - 1 or not self._sessions_re.fullmatch(joined)
+                ):
+                    raise _Slow
+        users: list[Any] = []
         if with_user:
             users = list(map(dict.get, items, repeat("user_id", n), repeat("-", n)))  # absent: valid "-"
             if set(map(type, users)) != {str}:
@@ -175,7 +258,13 @@ class BodyReader:
             if given and (min(given) < 0 or max(given) > self.settings.watch_seconds_max):
                 raise _Slow
             watch_ids = list(compress(ids, seconds))
-        return Batch(ids, watch_ids, given)
+        batch = Batch(ids, watch_ids, given)
+        if types:
+            batch.items = n
+            batch.ids, batch.signals = _split_signals(ids, types)
+        if playback and with_user:
+            batch.playback = _playback(items, n, ids, types, sessions)
+        return batch
 
     def _slow(self, items: list[Any]) -> None:
         for index, item in enumerate(items):
@@ -194,6 +283,10 @@ class BodyReader:
                 user_id = item["user_id"]
                 if not isinstance(user_id, str) or not self.id_re.fullmatch(user_id):
                     raise _invalid(index, "invalid_user_id", f"{where}: user_id must be a valid id string.")
+            if item.get("event_type") is not None:
+                self._event_type(item["event_type"], f"{where}: event_type", index)
+            if item.get("session_id") is not None:
+                self._session_id(item["session_id"], f"{where}: session_id", index)
             seconds = item.get("watch_seconds")
             if seconds is not None and (
                 type(seconds) is not int or not 0 <= seconds <= self.settings.watch_seconds_max
@@ -204,6 +297,38 @@ class BodyReader:
                     f"{where}: watch_seconds must be an integer from 0 to {self.settings.watch_seconds_max}.",
                 )
         raise ApiError(422, "invalid_body", "The batch could not be validated.")
+
+
+def _split_signals(ids: list[str], types: list[str | None]) -> tuple[list[str], dict[str, list[str]]]:
+    """Views (media_started or no event_type) apart from playback signals, per counter."""
+    views: list[str] = []
+    signals: dict[str, list[str]] = {}
+    for content_id, event_type in zip(ids, types, strict=True):
+        if event_type is None or event_type == MEDIA_STARTED:
+            views.append(content_id)
+        else:
+            counter = PLAYBACK_COUNTERS[event_type]
+            found = signals.get(counter)
+            if found is None:
+                signals[counter] = [content_id]
+            else:
+                found.append(content_id)
+    return views, signals
+
+
+def _playback(
+    items: list[dict[str, Any]], n: int, ids: list[str], types: list[Any], sessions: list[Any]
+) -> list[Playback]:
+    """The events of the items that carry a user_id (anonymous items publish nothing)."""
+    has_user = list(map(contains, items, repeat("user_id", n)))
+    users = list(map(dict.get, items, repeat("user_id", n)))
+    seconds = list(map(dict.get, items, repeat("watch_seconds", n)))
+    return [
+        (user, content_id, event_type or MEDIA_STARTED, given, session or "")
+        for user, content_id, event_type, given, session in compress(
+            zip(users, ids, types or repeat(None), seconds, sessions or repeat(None), strict=False), has_user
+        )
+    ]
 
 
 def _invalid(index: int, code: str, message: str) -> ApiError:

@@ -94,6 +94,9 @@ def _endpoint(route: str, method: str):  # type: ignore[no-untyped-def]
             f"{content_id}|{key}" if key else None,
         )
         result = await set_reaction(services, content_id, principal.sub, action, key)
+        if result["status"] == "changed" and services.events is not None:
+            # media_liked / media_disliked; a removal emits nothing (seed 003 has no such event)
+            services.events.reaction(principal.sub, content_id, result["body"]["state"])
         headers = {"Idempotent-Replayed": "true"} if result["status"] == "replayed" else None
         return json_response(result["body"], headers=headers)
 

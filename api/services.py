@@ -15,8 +15,10 @@ from redis.exceptions import RedisError
 from api.auth import Authenticator
 from api.buffer import ViewBuffer
 from api.ingest import BodyReader
+from api.internal import ContentRegistry, EngagementEvents
 from api.ratelimit import Limit, RateLimiter, parse_limits
 from daemon import db
+from daemon.events import EventProducer
 from daemon.metrics import Metrics
 from daemon.metrics_share import SharedMetrics
 from daemon.settings import Settings
@@ -56,6 +58,9 @@ class Services:
     buffer: ViewBuffer
     auth: Authenticator
     bodies: BodyReader
+    producer: EventProducer | None = None
+    registry: ContentRegistry | None = None
+    events: EngagementEvents | None = None
     limits: dict[str, Limit] = field(default_factory=dict)
     limiter: RateLimiter | None = None
     shared_metrics: SharedMetrics | None = None
@@ -71,6 +76,9 @@ class Services:
         services = cls(
             settings, metrics, redis, scripts, buffer, Authenticator(settings), BodyReader(settings)
         )
+        services.producer = EventProducer(settings, metrics)
+        services.registry = ContentRegistry(settings, redis, services.pool)
+        services.events = EngagementEvents(settings, services.producer, services.registry, metrics)
         services.limits = parse_limits(settings.rate_limits)
         services.limiter = RateLimiter(redis, scripts.rate_limit)
         metrics.label_actions(sorted(services.limits))
@@ -93,8 +101,10 @@ class Services:
         # would run on every request. Request data holds no cycles; collect far less often.
         gc.freeze()
         gc.set_threshold(self.settings.gc_gen0_threshold, 20, 50)
-        if not self.settings.kafka_bootstrap:
-            log.warning("ENGAGEMENT_KAFKA_BOOTSTRAP is not set: engagement events are disabled")
+        if self.producer is not None:  # warns when ENGAGEMENT_KAFKA_BOOTSTRAP is not set
+            await self.producer.start()
+        if self.events is not None:
+            self.events.start()
         if self.settings.redis_cluster:
             try:  # the cluster client must learn the slots before a burst of concurrent commands
                 await self.redis.initialize()  # type: ignore[attr-defined]
@@ -110,6 +120,10 @@ class Services:
 
     async def stop(self) -> None:
         await self.buffer.close(self.settings.shutdown_drain_timeout_s)
+        if self.events is not None:  # after the buffer drained, before the producer closes
+            await self.events.close()
+        if self.producer is not None:
+            await self.producer.close()
         if self.shared_metrics is not None:
             await self.shared_metrics.stop()
         await self.redis.aclose()

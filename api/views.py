@@ -14,7 +14,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.errors import ApiError, json_response
+from api.ingest import MEDIA_STARTED, NO_BODY
 from api.services import Services
+from daemon.keys import PLAYBACK_COUNTERS
 
 VIEW_ROUTE = "/api/v1/content/{contentId}/views"
 BATCH_ROUTE = "/api/v1/views/batch"
@@ -45,14 +47,24 @@ class SingleView:
                 chunked = True
         try:
             content_id = services.bodies.content_id(scope["path_params"]["contentId"])
+            principal = None
             if authorization is not None:
-                services.auth.authenticate(authorization.decode("latin-1"))
-            watch_seconds = 0
+                principal = services.auth.authenticate(authorization.decode("latin-1"))
+            view = NO_BODY
             if chunked or (length is not None and length != b"0"):
                 body = await services.bodies.read(Request(scope, receive), services.settings.body_max_bytes)
-                watch_seconds = services.bodies.single(body)
-            if not services.buffer.add(content_id, watch_seconds):
+                view = services.bodies.single_view(body)
+            if view.event_type == MEDIA_STARTED:  # a view (the default)
+                accepted = services.buffer.add(content_id, view.watch_seconds)
+            else:
+                counter = PLAYBACK_COUNTERS[view.event_type]
+                accepted = services.buffer.add_signal(counter, content_id, view.watch_seconds)
+            if not accepted:
                 raise _full(services)
+            if principal is not None and services.events.enabled:  # type: ignore[union-attr]
+                services.events.playback(  # type: ignore[union-attr]
+                    (principal.sub, content_id, view.event_type, view.given_seconds, view.session_id)
+                )
         except ApiError as exc:
             await exc.response()(scope, receive, send)
             services.metrics.requests.observe(VIEW_ROUTE, "POST", exc.status, perf_counter() - started)
@@ -84,7 +96,12 @@ class BatchViews:
         services.auth.require(request.headers.get("authorization"), scope="ingest")
         body = await services.bodies.read(request, services.settings.batch_max_bytes)
         items = services.bodies.decode_batch(body, request.headers.get("content-type", ""))
-        batch = services.bodies.batch(items)
-        if batch.ids and not services.buffer.add_many(batch.ids, batch.watch_ids, batch.watch_seconds):
+        events = services.events
+        batch = services.bodies.batch(items, playback=events is not None and events.enabled)
+        if batch.events and not services.buffer.add_many(
+            batch.ids, batch.watch_ids, batch.watch_seconds, batch.signals
+        ):
             raise _full(services)
+        if batch.playback and events is not None:
+            events.playback_many(batch.playback)
         return json_response({"accepted": batch.events}, 202)

@@ -16,10 +16,20 @@ eng:{s:N}:state                 hash    "<content_id>|<user_id>" -> 1 liked / -1
 eng:{s:N}:sdelta                hash    "<content_id>|<user_id>" -> like state not yet flushed
 eng:{s:N}:sbatch                hash    like states captured by a flusher, until Postgres has them
 eng:{s:N}:idem:<c>|<u>|<key>    string  first answer to an Idempotency-Key (expires after 24 h)
+eng:{s:N}:subs                  hash    "<creator_id>|<user_id>" -> 1 subscribed (absent: none);
+                                        N = shard of the creator id (the seed's sub_count:{id}
+                                        is the live field "subscribers:<creator_id>")
+eng:{s:N}:subdelta              hash    "<creator_id>|<user_id>" -> subscription not yet flushed
+                                        (1 subscribed, 0 removed)
+eng:{s:N}:subbatch              hash    subscriptions captured by a flusher, until Postgres has them
+eng:{s:N}:subidem:<cr>|<u>|<k>  string  first answer to a subscription's Idempotency-Key
+eng:{s:N}:shareidem:<c>|<u>|<k> string  first answer to a share's Idempotency-Key
 eng:{s:N}:batch                 hash    deltas captured by a flusher, until Postgres has them
 eng:{s:N}:batch_id              string  id of that batch (key of the flush_batches ledger)
 eng:{s:N}:lease                 string  owner of the shard's flush lease
 eng:{s:N}:drain:<drain_id>      string  marker: a view drain was applied (expires after 24 h)
+eng:{s:N}:registry              hash    content_id -> "<creator_id>|<content_type>": the content
+                                        registry (Postgres content_registry), read to enrich events
 eng:config:shards               string  the shard count the data was written with
 eng:{u:<user_id>}:rl:<action>   zset    request id -> admission time (ms): one user's sliding-window
                                         log for one action; expires one window after the last one
@@ -34,7 +44,14 @@ from typing import Any
 PREFIX = "eng"
 
 # Counter columns of content_counters that deltas may carry, in table order.
-COUNTERS = ("views", "likes", "dislikes", "comments", "shares", "watch_seconds")
+COUNTERS = (
+    "views", "likes", "dislikes", "comments", "shares", "watch_seconds",
+    "completions", "skips", "replays",
+)  # fmt: skip
+# Playback signals counted instead of a view (event_type -> counter); see api/ingest.py.
+PLAYBACK_COUNTERS = {"media_completed": "completions", "media_skipped": "skips", "media_replay": "replays"}
+# Counter of creator_counters that deltas may carry: "subscribers:<creator_id>" (the creator's shard).
+CREATOR_COUNTERS = ("subscribers",)
 
 
 SHARDS_KEY = f"{PREFIX}:config:shards"
@@ -101,6 +118,27 @@ def idem_key(shard: int, content_id: str, user_id: str, key: str) -> str:
     return f"{PREFIX}:{{s:{shard}}}:idem:{content_id}|{user_id}|{key}"
 
 
+def subs_key(shard: int) -> str:
+    """Subscription state; N is the shard of the creator id (``shard_of(creator_id, shards)``)."""
+    return f"{PREFIX}:{{s:{shard}}}:subs"
+
+
+def subdelta_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:subdelta"
+
+
+def subbatch_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:subbatch"
+
+
+def sub_idem_key(shard: int, creator_id: str, user_id: str, key: str) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:subidem:{creator_id}|{user_id}|{key}"
+
+
+def share_idem_key(shard: int, content_id: str, user_id: str, key: str) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:shareidem:{content_id}|{user_id}|{key}"
+
+
 def state_field(content_id: str, user_id: str) -> str:
     """Content ids never hold '|' (their charset is A-Za-z0-9_.:-); user ids may: split on the first."""
     return f"{content_id}|{user_id}"
@@ -113,6 +151,11 @@ def rate_limit_key(user_id: str, action: str) -> str:
 
 def lease_key(shard: int) -> str:
     return f"{PREFIX}:{{s:{shard}}}:lease"
+
+
+def registry_key(shard: int) -> str:
+    """The content registry cache: content_id -> "<creator_id>|<content_type>" (N: the content's shard)."""
+    return f"{PREFIX}:{{s:{shard}}}:registry"
 
 
 def drain_key(shard: int, drain_id: str) -> str:

@@ -34,6 +34,11 @@ class Settings:
     kafka_linger_ms: int = 5
     kafka_poll_interval_ms: int = 50
     kafka_flush_timeout_s: float = 10.0  # on shutdown, how long to keep delivering
+    # Playback and like events wait in a list (built and sent in bulk by a background task): its bound.
+    events_pending_max: int = 100_000
+    # Content registry (creator_id, content_type of events): per-process cache in front of Redis.
+    registry_cache_size: int = 10_000
+    registry_cache_ttl_s: float = 60.0
     jwt_secret: str = ""
     jwt_public_key: str = ""  # path to an RS256 public key PEM
     jwt_cache_size: int = 10_000

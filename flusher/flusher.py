@@ -59,6 +59,8 @@ class Flusher:
                         keys.lease_key(shard),
                         keys.sdelta_key(shard),
                         keys.sbatch_key(shard),
+                        keys.subdelta_key(shard),
+                        keys.subbatch_key(shard),
                     ],
                     [self.owner, self.settings.flush_lease_ms, f"{shard}-{uuid.uuid4().hex}"],
                 )
@@ -70,8 +72,10 @@ class Flusher:
                 raise result
             if not result:  # None: leased by another flusher; []: nothing to flush
                 continue
-            batch_id, flat, states = result
-            batches.append(CapturedBatch(shard, batch_id, _parse_rows(flat), _parse_states(states)))
+            batch_id, flat, states, subscriptions = result
+            rows, creators = _parse_rows(flat)
+            subs = _parse_states(subscriptions)
+            batches.append(CapturedBatch(shard, batch_id, rows, _parse_states(states), creators, subs))
         return batches
 
     async def finish(self, batches: Sequence[CapturedBatch]) -> None:
@@ -82,6 +86,7 @@ class Flusher:
                     keys.batch_id_key(b.shard),
                     keys.lease_key(b.shard),
                     keys.sbatch_key(b.shard),
+                    keys.subbatch_key(b.shard),
                 ],
                 [b.batch_id, self.owner],
             )
@@ -162,24 +167,31 @@ class Flusher:
             log.info("pruned %d flush ledger entries", pruned)
 
 
-def _parse_rows(flat: Sequence[str]) -> dict[str, list[int]]:
+def _parse_rows(flat: Sequence[str]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """content_counters rows {content_id: [views, likes, ...]} and creator_counters deltas
+    {creator_id: subscribers} from the captured delta hash."""
     rows: dict[str, list[int]] = {}
+    creators: dict[str, int] = {}
     width = len(keys.COUNTERS)
     for i in range(0, len(flat), 2):
         counter, content_id = keys.parse_delta_field(flat[i])
         index = _COUNTER_INDEX.get(counter)
         if index is None:
-            log.error("unknown delta field %r kept out of Postgres", flat[i])
+            if counter == "subscribers":  # keys.CREATOR_COUNTERS: the id is a creator id
+                creators[content_id] = creators.get(content_id, 0) + int(flat[i + 1])
+            else:
+                log.error("unknown delta field %r kept out of Postgres", flat[i])
             continue
         row = rows.get(content_id)
         if row is None:
             row = rows[content_id] = [0] * width
         row[index] += int(flat[i + 1])
-    return rows
+    return rows, creators
 
 
 def _parse_states(flat: Sequence[str]) -> dict[tuple[str, str], int]:
-    """{(user_id, content_id): 1 | -1 | 0} from the captured like-state hash."""
+    """{(user_id, content_id): 1 | -1 | 0} from the captured like-state hash, or
+    {(user_id, creator_id): 1 | 0} from the captured subscription hash (same field layout)."""
     states = {}
     for i in range(0, len(flat), 2):
         content_id, _, user_id = flat[i].partition("|")

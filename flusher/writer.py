@@ -46,6 +46,20 @@ SELECT user_id, content_id, value FROM {_STATES} WHERE value <> 0
 ON CONFLICT (user_id, content_id) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
 WHERE l.value <> EXCLUDED.value
 """
+_CREATORS = """
+INSERT INTO creator_counters AS c (creator_id, subscribers, updated_at)
+SELECT creator_id, subscribers, now() FROM unnest($1::text[], $2::bigint[]) AS d (creator_id, subscribers)
+ON CONFLICT (creator_id) DO UPDATE SET subscribers = c.subscribers + EXCLUDED.subscribers, updated_at = now()
+"""
+_SUBSCRIBE = """
+INSERT INTO creator_subscriptions (user_id, creator_id)
+SELECT * FROM unnest($1::text[], $2::text[])
+ON CONFLICT (user_id, creator_id) DO NOTHING
+"""
+_UNSUBSCRIBE = """
+DELETE FROM creator_subscriptions s USING unnest($1::text[], $2::text[]) AS d (user_id, creator_id)
+WHERE s.user_id = d.user_id AND s.creator_id = d.creator_id
+"""
 _PRUNE = "DELETE FROM flush_batches WHERE flushed_at < now() - make_interval(days => $1)"
 
 
@@ -57,6 +71,10 @@ class CapturedBatch:
     rows: dict[str, list[int]]
     # (user_id, content_id) -> 1 like, -1 dislike, 0 none: the latest state, last write wins
     states: dict[tuple[str, str], int] = field(default_factory=dict)
+    # creator_id -> subscribers delta (the "subscribers:<creator_id>" fields of the delta hash)
+    creators: dict[str, int] = field(default_factory=dict)
+    # (user_id, creator_id) -> 1 subscribed, 0 unsubscribed: the latest state, last write wins
+    subscriptions: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -93,6 +111,7 @@ async def write_batches(conn: asyncpg.Connection, batches: Sequence[CapturedBatc
             )
             await conn.execute(_DELETE_STATES)
             await conn.execute(_UPSERT_STATES)
+        await _write_creators(conn, committed)
     return WriteResult(committed, already, len(records))
 
 
@@ -109,6 +128,25 @@ def _merge(batches: Iterable[CapturedBatch]) -> Iterable[tuple[object, ...]]:
                     acc[i] += v
     for content_id, values in merged.items():
         yield (content_id, *values)
+
+
+async def _write_creators(conn: asyncpg.Connection, batches: Sequence[CapturedBatch]) -> None:
+    """Subscriber count deltas into creator_counters and subscription records into
+    creator_subscriptions (insert on 1, delete on 0; both idempotent), in the caller's transaction."""
+    deltas: dict[str, int] = {}
+    subscriptions: dict[tuple[str, str], int] = {}
+    for batch in batches:  # one batch per shard, and a creator lives in one shard: no overlap
+        for creator_id, amount in batch.creators.items():
+            deltas[creator_id] = deltas.get(creator_id, 0) + amount
+        subscriptions.update(batch.subscriptions)
+    if deltas:
+        await conn.execute(_CREATORS, list(deltas), list(deltas.values()))
+    added = [pair for pair, state in subscriptions.items() if state == 1]
+    removed = [pair for pair, state in subscriptions.items() if state == 0]
+    if added:
+        await conn.execute(_SUBSCRIBE, [u for u, _ in added], [c for _, c in added])
+    if removed:
+        await conn.execute(_UNSUBSCRIBE, [u for u, _ in removed], [c for _, c in removed])
 
 
 async def prune_ledger(conn: asyncpg.Connection, retention_days: int) -> int:

@@ -72,6 +72,8 @@ async def _pipelined(
 class Scripts:
     apply_views: LuaScript
     set_reaction: LuaScript
+    set_subscription: LuaScript
+    add_share: LuaScript
     rate_limit: LuaScript
     capture_batch: LuaScript
     finish_batch: LuaScript

@@ -8,6 +8,8 @@
 --   ARGV[1]  marker TTL, seconds
 --   ARGV[2]  msgpack map content_id -> views (integer > 0)
 --   ARGV[3]  msgpack map content_id -> watch seconds (integer > 0); may be an empty map
+--   ARGV[4]  optional: msgpack map counter -> {content_id -> increment} for the other counters of a
+--            drain (completions, skips, replays: playback signals that are not views)
 -- Returns 1 when the increments were applied, 0 when this drain id had already been applied
 -- (a retry after a lost reply), so a retried drain never counts twice.
 -- The items travel as msgpack blobs, not as one ARGV per value: the client packs a whole shard in C.
@@ -30,6 +32,11 @@ end
 
 apply('views', cmsgpack.unpack(ARGV[2]))
 apply('watch_seconds', cmsgpack.unpack(ARGV[3]))
+if ARGV[4] then
+  for counter, increments in pairs(cmsgpack.unpack(ARGV[4])) do
+    apply(counter, increments)
+  end
+end
 
 redis.call('SET', marker_key, '1', 'EX', ttl_seconds)
 return 1

@@ -22,7 +22,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.buffer import ViewBuffer
+from api.internal import ContentRegistry, EngagementEvents
 from daemon.cli import build_parser
+from daemon.events import USER_ENGAGEMENT_EVENTS, EventProducer, _event_metrics
 from daemon.metrics import Metrics
 from daemon.settings import PREFIX, Settings
 from lua import Scripts
@@ -118,6 +120,14 @@ def exposition() -> dict[str, tuple[str, set[str]]]:
     ViewBuffer(Settings.from_env({}), None, Scripts.load().apply_views, metrics)  # registers itself
     metrics.requests.observe("/api/v1/content/{contentId}/views", "POST", 202, 0.001)
     metrics.label_actions(["like"])  # as Services does for the configured rate limits
+    settings = Settings.from_env({})
+    registry = ContentRegistry(settings, None, None)  # type: ignore[arg-type]
+    EngagementEvents(settings, EventProducer(settings, metrics), registry, metrics)  # registers itself
+    # what an api with ENGAGEMENT_KAFKA_BOOTSTRAP set exports once it emitted
+    producer = _event_metrics(metrics)
+    for counter in (producer.produced, producer.delivered, producer.failures, producer.queue_full):
+        counter.labels(USER_ENGAGEMENT_EVENTS)
+    producer.dropped.labels(USER_ENGAGEMENT_EVENTS, "shutdown")
     text = metrics.render().decode()
     return {
         family.name: (family.type, {s.name for s in family.samples if not s.name.endswith("_created")})

@@ -33,6 +33,9 @@ def counter_row(views: int, watch_seconds: int = 0) -> dict[str, int]:
         "comments": 0,
         "shares": 0,
         "watch_seconds": watch_seconds,
+        "completions": 0,
+        "skips": 0,
+        "replays": 0,
     }
 
 

@@ -1,0 +1,296 @@
+"""The content registry and the engagement events that need it.
+
+``PUT /internal/v1/content/{contentId}`` (scope ``internal``) records who created an item and what it
+is: in Postgres (``content_registry``, the record) and in Redis (``eng:{s:N}:registry``, the copy read to
+enrich events), so that enriching an event never costs a Postgres query. A small per-process cache
+(bounded, entries kept ``registry_cache_ttl_s``) sits in front of Redis.
+
+``EngagementEvents`` publishes ``user.engagement.events`` (seed 003). Request handlers only append a
+small tuple to a bounded list (views: no envelope, no lookup on the request path); a background task
+takes the list every ``buffer_flush_interval_ms``, looks the items up in the registry in bulk (one
+pipelined HMGET per shard for what the cache misses), and hands the enveloped events to the
+``EventProducer``. An item the registry does not know gives ``creator_id`` and ``content_type`` "".
+Events that do not fit in the list are counted in ``engagement_events_pending_dropped_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
+
+import asyncpg
+import orjson
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.errors import ApiError, json_response
+from api.ingest import Playback
+from api.instrument import instrumented
+from daemon import keys
+from daemon.events import MEDIA_DISLIKED, MEDIA_LIKED, USER_ENGAGEMENT_EVENTS, EventProducer
+from daemon.metrics import Metrics
+from daemon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REGISTRY_ROUTE = "/internal/v1/content/{contentId}"
+CONTENT_TYPES = ("VIDEO", "AUDIO")
+REGISTRY_FIELDS = frozenset({"creator_id", "content_type"})
+UNKNOWN = ("", "")  # creator_id, content_type of an item the registry does not know
+_REACTION_EVENTS = {"liked": MEDIA_LIKED, "disliked": MEDIA_DISLIKED}
+_EMIT_SLICE = 2000  # events emitted between two yields to the event loop
+
+_UPSERT = """
+INSERT INTO content_registry AS r (content_id, creator_id, content_type, updated_at)
+VALUES ($1, $2, $3, now())
+ON CONFLICT (content_id) DO UPDATE SET
+    creator_id = EXCLUDED.creator_id, content_type = EXCLUDED.content_type, updated_at = now()
+RETURNING content_id, creator_id, content_type, updated_at
+"""
+
+
+class ContentRegistry:
+    """content_id -> (creator_id, content_type): Postgres is the record, Redis the copy events read."""
+
+    def __init__(self, settings: Settings, redis: Any, pool: Callable[[], Awaitable[asyncpg.Pool]]) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._pool = pool
+        self._cache: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        self._cache_size = settings.registry_cache_size
+        self._ttl_s = settings.registry_cache_ttl_s
+
+    async def put(self, content_id: str, creator_id: str, content_type: str) -> dict[str, Any]:
+        """Store the record in Postgres, then its Redis copy; raises on either failure (the PUT is
+        idempotent: the caller retries)."""
+        pool = await self._pool()
+        row = await pool.fetchrow(_UPSERT, content_id, creator_id, content_type)
+        shard = keys.shard_of(content_id, self._settings.shards)
+        await self._redis.hset(keys.registry_key(shard), content_id, f"{creator_id}|{content_type}")
+        self._remember(content_id, creator_id, content_type)
+        return {
+            "content_id": row["content_id"],
+            "creator_id": row["creator_id"],
+            "content_type": row["content_type"],
+            "updated_at": row["updated_at"].isoformat(),
+        }
+
+    def _remember(self, content_id: str, creator_id: str, content_type: str) -> None:
+        cache = self._cache
+        cache[content_id] = (creator_id, content_type, time.monotonic() + self._ttl_s)
+        cache.move_to_end(content_id)
+        while len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+    async def lookup(self, content_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """(creator_id, content_type) of each id; UNKNOWN for ids the registry does not hold.
+        Cache misses cost one pipelined round trip (an HMGET per shard). Raises on Redis errors."""
+        found: dict[str, tuple[str, str]] = {}
+        misses: dict[int, list[str]] = {}
+        now = time.monotonic()
+        cache = self._cache
+        shards = self._settings.shards
+        for content_id in content_ids:
+            hit = cache.get(content_id)
+            if hit is not None and hit[2] > now:
+                found[content_id] = (hit[0], hit[1])
+                cache.move_to_end(content_id)
+            else:
+                misses.setdefault(keys.shard_of(content_id, shards), []).append(content_id)
+        if not misses:
+            return found
+        pipe = self._redis.pipeline(transaction=False)
+        for shard, ids in misses.items():
+            pipe.hmget(keys.registry_key(shard), ids)
+        results = await pipe.execute()
+        for ids, values in zip(misses.values(), results, strict=True):
+            for content_id, value in zip(ids, values, strict=True):
+                if value is None:  # not cached: a record registered later must be seen soon
+                    found[content_id] = UNKNOWN
+                    continue
+                creator_id, _, content_type = value.partition("|")
+                found[content_id] = (creator_id, content_type)
+                self._remember(content_id, creator_id, content_type)
+        return found
+
+
+class EngagementEvents:
+    """Bounded list of events to publish, drained in bulk by a background task."""
+
+    def __init__(
+        self, settings: Settings, producer: EventProducer, registry: ContentRegistry, metrics: Metrics
+    ) -> None:
+        self.enabled = producer.enabled
+        self._settings = settings
+        self._producer = producer
+        self._registry = registry
+        self._pending: list[Playback] = []
+        self._max = settings.events_pending_max
+        self._interval_s = settings.buffer_flush_interval_ms / 1000
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.dropped = 0  # events that did not fit in the list, or were lost at shutdown
+        self.published = 0  # events handed to the producer
+        metrics.registry.register(_EventsCollector(self))
+
+    # -- request path: append only ------------------------------------------------------------
+
+    def playback(self, event: Playback) -> None:
+        """One view or playback signal with a user (the caller checked ``enabled``)."""
+        if len(self._pending) < self._max:
+            self._pending.append(event)
+        else:
+            self.dropped += 1
+
+    def playback_many(self, events: list[Playback]) -> None:
+        room = self._max - len(self._pending)
+        if room >= len(events):
+            self._pending += events
+        else:
+            self.dropped += len(events) - max(room, 0)
+            if room > 0:
+                self._pending += events[:room]
+
+    def reaction(self, user_id: str, content_id: str, state: str) -> None:
+        """A like state that changed: media_liked / media_disliked. A removal (state "none") emits
+        nothing: seed 003 has no event type for it."""
+        event_type = _REACTION_EVENTS.get(state)
+        if self.enabled and event_type is not None:
+            self.playback((user_id, content_id, event_type, None, ""))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # -- background -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="engagement-events")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.publish_once()
+            except (RedisError, OSError) as exc:
+                log.warning("registry lookup failed (%s); %d events kept for retry", exc, self.pending)
+            except Exception:
+                log.exception("publishing engagement events failed; %d events kept", self.pending)
+
+    async def publish_once(self) -> int:
+        """Enrich and emit what is pending; on a Redis error the events stay pending (bounded)."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return 0
+        try:
+            info = await self._registry.lookup({event[1] for event in batch})
+        except BaseException:
+            self._requeue(batch)
+            raise
+        emit = self._producer.emit
+        for start in range(0, len(batch), _EMIT_SLICE):
+            if start:
+                await asyncio.sleep(0)  # a big backlog must not hold the loop for long
+            for user_id, content_id, event_type, watch_seconds, session_id in batch[
+                start : start + _EMIT_SLICE
+            ]:
+                creator_id, content_type = info.get(content_id, UNKNOWN)
+                emit(
+                    USER_ENGAGEMENT_EVENTS,
+                    user_id,
+                    {
+                        "user_id": user_id,
+                        "content_id": content_id,
+                        "creator_id": creator_id,
+                        "event_type": event_type,
+                        "watch_duration_seconds": watch_seconds,
+                        "content_type": content_type,
+                        "session_id": session_id,
+                    },
+                )
+            self.published += min(_EMIT_SLICE, len(batch) - start)
+        return len(batch)
+
+    def _requeue(self, batch: list[Playback]) -> None:
+        """Put a batch back in front of what arrived meanwhile, within the bound (oldest kept)."""
+        merged = batch + self._pending
+        if len(merged) > self._max:
+            self.dropped += len(merged) - self._max
+            merged = merged[: self._max]
+        self._pending = merged
+
+    async def close(self) -> None:
+        """Stop the task and publish what is left (before the producer closes)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if not self.enabled:
+            return
+        try:
+            await self.publish_once()
+        except (RedisError, OSError) as exc:
+            lost = len(self._pending)
+            self.dropped += lost
+            self._pending = []
+            log.error("shutting down: %d engagement events lost, registry unreachable (%s)", lost, exc)
+
+
+class _EventsCollector(Collector):
+    def __init__(self, events: EngagementEvents) -> None:
+        self._events = events
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "engagement_events_pending",
+            "Engagement events waiting to be enriched and handed to the Kafka producer.",
+            value=self._events.pending,
+        )
+        yield CounterMetricFamily(
+            "engagement_events_pending_dropped",
+            "Engagement events dropped because the pending list was full (or lost at shutdown).",
+            value=self._events.dropped,
+        )
+
+
+# -- PUT /internal/v1/content/{contentId} ------------------------------------------------------
+
+
+@instrumented(REGISTRY_ROUTE)
+async def put_content(request: Request) -> Response:
+    services = request.app.state.services
+    services.auth.require(request.headers.get("authorization"), scope="internal")
+    content_id = services.bodies.content_id(request.path_params["contentId"])
+    body = await services.bodies.read(request, services.settings.body_max_bytes)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "malformed_body", "The body is not valid JSON.") from None
+    if not isinstance(doc, dict):
+        raise ApiError(422, "invalid_body", "The body must be a JSON object.")
+    unknown = doc.keys() - REGISTRY_FIELDS
+    if unknown:
+        raise ApiError(422, "unknown_field", f"Unknown field '{sorted(unknown)[0]}'.")
+    creator_id = doc.get("creator_id")
+    if not isinstance(creator_id, str) or not services.bodies.id_re.fullmatch(creator_id):
+        raise ApiError(422, "invalid_creator_id", "creator_id must be a valid id string.")
+    content_type = doc.get("content_type")
+    if content_type not in CONTENT_TYPES:
+        raise ApiError(422, "invalid_content_type", "content_type must be VIDEO or AUDIO.")
+    try:
+        record = await services.registry.put(content_id, creator_id, content_type)
+    except (RedisError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        log.warning("content registry write failed: %s", exc)
+        retry = {"Retry-After": str(services.settings.buffer_retry_after_s)}
+        raise ApiError(503, "unavailable", "The content registry is unavailable; retry.", retry) from None
+    return json_response(record)

@@ -1,0 +1,134 @@
+"""The content registry: PUT /internal/v1/content/{contentId}, Postgres record, Redis copy, lookups."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import asyncpg
+import pytest
+import redis
+import redis.asyncio as aioredis
+from service_fixtures import ApiProcess, token
+
+from api.internal import UNKNOWN, ContentRegistry
+from daemon import keys
+from daemon.settings import Settings
+
+ROUTE = "/internal/v1/content/{}"
+INTERNAL = {"Authorization": f"Bearer {token('catalog', scope='read internal')}"}
+
+
+def _registry_rows(database_url: str) -> dict[str, tuple[str, str]]:
+    async def fetch() -> dict[str, tuple[str, str]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch("SELECT content_id, creator_id, content_type FROM content_registry")
+        finally:
+            await conn.close()
+        return {r["content_id"]: (r["creator_id"], r["content_type"]) for r in rows}
+
+    return asyncio.run(fetch())
+
+
+def test_a_registered_item_is_stored_in_postgres_and_redis(api: ApiProcess) -> None:
+    r = api.client.put(
+        ROUTE.format("clip-7"), json={"creator_id": "creator-1", "content_type": "VIDEO"}, headers=INTERNAL
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {k: body[k] for k in ("content_id", "creator_id", "content_type")} == {
+        "content_id": "clip-7",
+        "creator_id": "creator-1",
+        "content_type": "VIDEO",
+    }
+    datetime.fromisoformat(body["updated_at"])
+    # a second PUT replaces the record
+    r = api.client.put(
+        ROUTE.format("clip-7"), json={"creator_id": "creator-2", "content_type": "AUDIO"}, headers=INTERNAL
+    )
+    assert (r.status_code, r.json()["creator_id"], r.json()["content_type"]) == (200, "creator-2", "AUDIO")
+
+    assert _registry_rows(api.settings.database_url) == {"clip-7": ("creator-2", "AUDIO")}
+    shard = keys.shard_of("clip-7", api.settings.shards)
+    with redis.Redis.from_url(api.settings.redis_url, decode_responses=True) as client:
+        assert client.hget(keys.registry_key(shard), "clip-7") == "creator-2|AUDIO"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "missing_token"),
+        ({"Authorization": "Bearer not-a-jwt"}, 401, "invalid_token"),
+        ({"Authorization": f"Bearer {token('svc', scope='ingest')}"}, 403, "insufficient_scope"),
+        ({"Authorization": f"Bearer {token('svc')}"}, 403, "insufficient_scope"),
+        ({"Authorization": f"Bearer {token('svc', scope='internals')}"}, 403, "insufficient_scope"),
+    ],
+)
+def test_the_registry_needs_a_token_with_the_internal_scope(
+    api: ApiProcess, headers: dict[str, str], status: int, code: str
+) -> None:
+    r = api.client.put(
+        ROUTE.format("clip-1"), json={"creator_id": "c", "content_type": "VIDEO"}, headers=headers
+    )
+    assert (r.status_code, r.json()["error"]) == (status, code)
+    assert _registry_rows(api.settings.database_url) == {}
+
+
+def test_bad_registry_requests_get_their_documented_error(api: ApiProcess) -> None:
+    good = {"creator_id": "creator-1", "content_type": "VIDEO"}
+    cases: list[tuple[str, object, int, str]] = [
+        ("bad id", good, 422, "invalid_content_id"),
+        ("c1", b"{not json", 400, "malformed_body"),
+        ("c1", [good], 422, "invalid_body"),
+        ("c1", {**good, "title": "x"}, 422, "unknown_field"),
+        ("c1", {"content_type": "VIDEO"}, 422, "invalid_creator_id"),
+        ("c1", {**good, "creator_id": "has space"}, 422, "invalid_creator_id"),
+        ("c1", {**good, "creator_id": 12}, 422, "invalid_creator_id"),
+        ("c1", {**good, "creator_id": "c" * 129}, 422, "invalid_creator_id"),
+        ("c1", {"creator_id": "creator-1"}, 422, "invalid_content_type"),
+        ("c1", {**good, "content_type": "video"}, 422, "invalid_content_type"),
+        ("c1", {**good, "content_type": ["VIDEO"]}, 422, "invalid_content_type"),
+        ("c1", b"x" * 5000, 413, "body_too_large"),
+    ]
+    problems = []
+    for content_id, body, status, code in cases:
+        if isinstance(body, bytes):
+            r = api.client.put(ROUTE.format(content_id), content=body, headers=INTERNAL)
+        else:
+            r = api.client.put(ROUTE.format(content_id), json=body, headers=INTERNAL)
+        if (r.status_code, r.json().get("error")) != (status, code):
+            problems.append((content_id, body, r.status_code, r.text))
+    assert problems == []
+    assert api.client.get(ROUTE.format("c1"), headers=INTERNAL).status_code == 405
+    assert _registry_rows(api.settings.database_url) == {}
+
+
+async def test_lookups_read_redis_once_then_the_bounded_cache(redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url, shards=16, registry_cache_size=2)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+
+    async def no_postgres() -> asyncpg.Pool:
+        raise AssertionError("lookups never query Postgres")
+
+    try:
+        for content_id, value in [("a", "cr-a|VIDEO"), ("b", "cr-b|AUDIO"), ("c", "cr-c|VIDEO")]:
+            await client.hset(keys.registry_key(keys.shard_of(content_id, 16)), content_id, value)
+        registry = ContentRegistry(settings, client, no_postgres)
+        assert await registry.lookup(["a", "b", "c", "zz"]) == {
+            "a": ("cr-a", "VIDEO"),
+            "b": ("cr-b", "AUDIO"),
+            "c": ("cr-c", "VIDEO"),
+            "zz": UNKNOWN,
+        }
+        assert len(registry._cache) == 2  # bounded: the oldest entry went
+        await client.flushall()
+        # cached entries need no Redis; the evicted one and unknown ones are read again
+        assert await registry.lookup(["b", "c", "a", "zz"]) == {
+            "b": ("cr-b", "AUDIO"),
+            "c": ("cr-c", "VIDEO"),
+            "a": UNKNOWN,
+            "zz": UNKNOWN,
+        }
+    finally:
+        await client.aclose()
