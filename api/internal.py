@@ -35,7 +35,16 @@ from api.errors import ApiError, json_response
 from api.ingest import Playback
 from api.instrument import instrumented
 from daemon import keys
-from daemon.events import MEDIA_DISLIKED, MEDIA_LIKED, USER_ENGAGEMENT_EVENTS, EventProducer
+from daemon.events import (
+    MEDIA_DISLIKED,
+    MEDIA_LIKED,
+    MEDIA_SHARED,
+    SUBSCRIBED,
+    SUBSCRIPTION_CHANGED,
+    UNSUBSCRIBED,
+    USER_ENGAGEMENT_EVENTS,
+    EventProducer,
+)
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 
@@ -165,6 +174,19 @@ class EngagementEvents:
         event_type = _REACTION_EVENTS.get(state)
         if self.enabled and event_type is not None:
             self.playback((user_id, content_id, event_type, None, ""))
+
+    def share(self, user_id: str, content_id: str) -> None:
+        """A share that was recorded: media_shared."""
+        if self.enabled:
+            self.playback((user_id, content_id, MEDIA_SHARED, None, ""))
+
+    def subscription(self, user_id: str, creator_id: str, subscribed: bool) -> None:
+        """engagement.subscription.changed, keyed on creator_id, for the Notification Service fan-out.
+        Rare next to views, so it is emitted at once rather than through the pending list."""
+        if self.enabled:
+            action = SUBSCRIBED if subscribed else UNSUBSCRIBED
+            payload = {"user_id": user_id, "creator_id": creator_id, "action": action}
+            self._producer.emit(SUBSCRIPTION_CHANGED, creator_id, payload)
 
     @property
     def pending(self) -> int:

@@ -154,5 +154,7 @@ async def share(request: Request) -> Response:
     platform, external = parse_share(await services.bodies.read(request, services.settings.body_max_bytes))
     await check_rate(services, "share", principal.sub, f"{content_id}|{key}" if key else None)
     result = await add_share(services, content_id, principal.sub, platform, external, key)
+    if result["status"] == "added" and services.events is not None:
+        services.events.share(principal.sub, content_id)
     headers = {"Idempotent-Replayed": "true"} if result["status"] == "replayed" else None
     return json_response(result["body"], 201, headers=headers)

@@ -88,6 +88,8 @@ def _endpoint(action: str):  # type: ignore[no-untyped-def]
         key = idempotency_key(request)
         await check_rate(services, "subscribe", principal.sub, f"{creator}|{key}" if key else None)
         result = await set_subscription(services, creator, principal.sub, action, key)
+        if result["status"] == "changed" and services.events is not None:
+            services.events.subscription(principal.sub, creator, action == "subscribe")
         headers = {"Idempotent-Replayed": "true"} if result["status"] == "replayed" else None
         return json_response(result["body"], headers=headers)
 

@@ -300,3 +300,38 @@ def test_an_invalid_event_type_is_a_422_over_http(api: ApiProcess) -> None:
         headers=INGEST,
     )
     assert (r.status_code, r.json()["error"], r.json()["index"]) == (422, "invalid_event_type", 1)
+
+
+# -- shares and subscriptions -----------------------------------------------------------------------
+
+
+def test_shares_emit_media_shared_and_subscriptions_reach_their_own_topic(
+    kafka_api: ApiProcess, kafka_cluster: MockCluster
+) -> None:
+    api = kafka_api
+    _register(api, "clip-s", "creator-1", "AUDIO")
+    share = api.client.post(
+        "/api/v1/content/clip-s/shares",
+        json={"platform": "whatsapp", "external": True},
+        headers=_auth("dora"),
+    )
+    assert share.status_code == 201, share.text
+    for method, user in [("POST", "dora"), ("POST", "dora"), ("POST", "erin"), ("DELETE", "dora")]:
+        r = api.client.request(method, "/api/v1/creators/creator-1/subscribe", headers=_auth(user))
+        assert r.status_code == 200, r.text
+    assert api.stop() == 0
+
+    # Then one media_shared event, enveloped and enriched from the registry
+    got = _events(kafka_cluster, 1)
+    known = {"creator_id": "creator-1", "content_type": "AUDIO", "content_id": "clip-s"}
+    assert _payloads(got) == [_payload(user_id="dora", event_type="media_shared", **known)]
+
+    # And one engagement.subscription.changed per change (the repeat emits nothing), keyed on creator_id
+    changes = consume(kafka_cluster.bootstrap_servers, "engagement.subscription.changed", 3)
+    assert {key for key, _, _ in changes} == {b"creator-1"}
+    payloads = [orjson.loads(value)["payload"] for _, value, _ in changes]
+    assert payloads == [
+        {"user_id": "dora", "creator_id": "creator-1", "action": "SUBSCRIBED"},
+        {"user_id": "erin", "creator_id": "creator-1", "action": "SUBSCRIBED"},
+        {"user_id": "dora", "creator_id": "creator-1", "action": "UNSUBSCRIBED"},
+    ]
