@@ -46,6 +46,12 @@ def cmd_flusher(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.reconcile import run_reconcile
+
+    return asyncio.run(run_reconcile(settings))
+
+
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.dev import run_dev
 
@@ -71,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     flusher.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     flusher.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics server")
     flusher.set_defaults(func=cmd_flusher)
+
+    sub.add_parser(
+        "reconcile", help="rebuild Redis live counts and states from Postgres plus pending deltas"
+    ).set_defaults(func=cmd_reconcile)
 
     dev = sub.add_parser("dev", help="private Redis and Postgres, migrate, api and flusher in one command")
     dev.add_argument("--host", default="127.0.0.1")

@@ -163,6 +163,20 @@ class Metrics:
             "Seconds since the flusher last completed a pass (how stale Postgres may be).",
             registry=r,
         )
+        # Reconcile (`engagementd reconcile`, and periodically in the flusher).
+        self.reconcile_runs = Counter(
+            "engagement_reconcile_runs", "Reconcile runs (live counts checked against Postgres).", registry=r
+        )
+        self.reconcile_repaired_fields = Counter(
+            "engagement_reconcile_repaired_fields",
+            "Live counter fields that reconcile found wrong and set to Postgres plus pending deltas.",
+            registry=r,
+        )
+        self.reconcile_drift = Counter(
+            "engagement_reconcile_drift",
+            "Total absolute difference between the live counts and the true counts, repaired by reconcile.",
+            registry=r,
+        )
         self._last_flush = time.monotonic()
         self.flush_lag.set_function(lambda: time.monotonic() - self._last_flush)
 

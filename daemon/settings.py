@@ -70,6 +70,7 @@ class Settings:
     flush_interval_ms: int = 1_000
     flush_lease_ms: int = 30_000
     flush_ledger_retention_days: int = 7
+    reconcile_interval_s: float = 300.0  # the flusher reconciles live counts this often; 0: never
 
     # Postgres pool.
     db_pool_min: int = 1
@@ -105,6 +106,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_SHARDS must be at least 1")
         if self.buffer_flush_interval_ms < 1 or self.flush_interval_ms < 1:
             raise SettingsError("flush intervals must be at least 1 ms")
+        if self.reconcile_interval_s < 0:
+            raise SettingsError("ENGAGEMENT_RECONCILE_INTERVAL_S must be 0 (disabled) or positive")
         if self.buffer_max_items < 1 or self.batch_max_items < 1:
             raise SettingsError("buffer and batch limits must be at least 1")
         from api.ratelimit import parse_limits  # here, not at the top: api pulls in starlette

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from daemon import keys
 from daemon.metrics import Metrics
+from daemon.reconcile import reconcile
 from daemon.settings import Settings
 from flusher.writer import CapturedBatch, WriteResult, prune_ledger, write_batches
 from lua import Scripts
@@ -44,6 +45,7 @@ class Flusher:
         self.owner = f"flusher-{uuid.uuid4().hex[:12]}"
         self._stopping = asyncio.Event()
         self._last_prune = 0.0
+        self._last_reconcile = time.monotonic()  # the first run one interval after start
 
     # -- one pass ---------------------------------------------------------------------------------
 
@@ -136,6 +138,7 @@ class Flusher:
             try:
                 await self.flush_once()
                 await self._maybe_prune()
+                await self._maybe_reconcile()
                 delay = interval
             except (RedisError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 self.metrics.flush_errors.inc()
@@ -155,6 +158,16 @@ class Flusher:
     async def release_leases(self) -> None:
         calls = [([keys.lease_key(s)], [self.owner]) for s in range(self.settings.shards)]
         await self.scripts.release_lease.call_many(self.redis, calls)
+
+    async def _maybe_reconcile(self) -> None:
+        """Every ENGAGEMENT_RECONCILE_INTERVAL_S (0: never), between passes: under this flusher's own
+        lease token, so it never races this flusher's flushes nor, through the lease, another's."""
+        every = self.settings.reconcile_interval_s
+        now = time.monotonic()
+        if every <= 0 or now - self._last_reconcile < every:
+            return
+        self._last_reconcile = now
+        await reconcile(self.settings, self.redis, self.pool, self.metrics, self.scripts, owner=self.owner)
 
     async def _maybe_prune(self) -> None:
         now = time.monotonic()

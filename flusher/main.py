@@ -37,10 +37,11 @@ async def run_flusher(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, flusher.stop)
         log.info(
-            "flusher %s running every %d ms over %d shards",
+            "flusher %s running every %d ms over %d shards, reconciling every %s",
             flusher.owner,
             settings.flush_interval_ms,
             settings.shards,
+            f"{settings.reconcile_interval_s:g} s" if settings.reconcile_interval_s > 0 else "never",
         )
         await flusher.run()
         await flusher.release_leases()
