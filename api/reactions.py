@@ -7,14 +7,17 @@ state, enforces like/dislike mutual exclusion and moves the counts, atomically i
 from __future__ import annotations
 
 import re
+from time import perf_counter
 
+import orjson
 from redis.exceptions import RedisError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from api.errors import ApiError, json_response
-from api.instrument import instrumented
-from api.ratelimit import refusal
+from api import fallback
+from api.errors import ApiError
+from api.pipeliner import pipeliner_for
+from api.ratelimit import RateLimiter, refusal
 from api.services import Services
 from daemon import keys
 
@@ -33,7 +36,11 @@ _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII, no spaces
 
 def idempotency_key(request: Request) -> str:
     """The request's Idempotency-Key, or "" when it has none."""
-    key = request.headers.get("idempotency-key")
+    return checked_idempotency_key(request.headers.get("idempotency-key"))
+
+
+def checked_idempotency_key(key: str | None) -> str:
+    """An Idempotency-Key header's value checked (400 when malformed), or "" when there is none."""
     if key is None:
         return ""
     if not _IDEMPOTENCY_KEY.fullmatch(key):
@@ -46,11 +53,17 @@ def idempotency_key(request: Request) -> str:
 async def set_reaction(services: Services, content_id: str, user_id: str, action: str, key: str) -> dict:
     shard = keys.shard_of(content_id, services.settings.shards)
     idem = keys.idem_key(shard, content_id, user_id, key) if key else keys.idem_key(shard, "-", "-", "-")
-    status, state, likes, dislikes = await services.scripts.set_reaction(
-        services.redis,
-        [keys.live_key(shard), keys.delta_key(shard), keys.state_key(shard), keys.sdelta_key(shard), idem],
-        [content_id, user_id, action, services.settings.idempotency_ttl_s, action if key else ""],
-    )
+    script_keys = [keys.live_key(shard), keys.delta_key(shard), keys.state_key(shard), keys.sdelta_key(shard)]
+    try:
+        status, state, likes, dislikes = await services.scripts.set_reaction(
+            pipeliner_for(services),
+            [*script_keys, idem],
+            [content_id, user_id, action, services.settings.idempotency_ttl_s, action if key else ""],
+        )
+    except (RedisError, OSError):
+        # Redis unreachable: written straight to Postgres (api/fallback.py). A lost reply whose script
+        # did run is harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.
+        return await fallback.set_reaction(services, content_id, user_id, action, key)
     if status == "conflict":
         raise ApiError(
             422,
@@ -70,7 +83,7 @@ async def check_rate(services: Services, action: str, user_id: str, request_id: 
     if limit is None or services.limiter is None:
         return
     try:
-        decision = await services.limiter.check(user_id, limit, request_id=request_id)
+        decision = await _pipelined_limiter(services).check(user_id, limit, request_id=request_id)
     except (RedisError, OSError):
         services.metrics.rate_limit_errors.labels(action=action).inc()
         return
@@ -79,32 +92,72 @@ async def check_rate(services: Services, action: str, user_id: str, request_id: 
         raise refusal(decision)
 
 
-def _endpoint(route: str, method: str):  # type: ignore[no-untyped-def]
-    action = _ACTIONS[(route, method)]
+def _pipelined_limiter(services: Services) -> RateLimiter:
+    """``services.limiter``'s script, called through the process's pipeliner: the rate-limit checks
+    of concurrent requests share round trips (each request still awaits its own decision first)."""
+    limiter: RateLimiter | None = services.__dict__.get("_pipelined_limiter")
+    pipeliner = pipeliner_for(services)
+    if limiter is None or limiter.redis is not pipeliner:
+        assert services.limiter is not None
+        limiter = RateLimiter(pipeliner, services.limiter.script)
+        services.__dict__["_pipelined_limiter"] = limiter
+    return limiter
 
-    async def react(request: Request) -> Response:
-        services: Services = request.app.state.services
-        principal = services.auth.require(request.headers.get("authorization"))
-        content_id = services.bodies.content_id(request.path_params["contentId"])
-        key = idempotency_key(request)
-        await check_rate(
-            services,
-            "like" if action in ("like", "unlike") else "dislike",
-            principal.sub,
-            f"{content_id}|{key}" if key else None,
-        )
-        result = await set_reaction(services, content_id, principal.sub, action, key)
-        if result["status"] == "changed" and services.events is not None:
+
+_JSON_TYPE = (b"content-type", b"application/json")
+_REPLAYED = (b"idempotent-replayed", b"true")
+
+
+class ReactionEndpoint:
+    """One of POST|DELETE .../like and .../dislike, as a raw ASGI endpoint (like views.SingleView).
+
+    It reads the two headers it needs straight from the scope, answers with prebuilt headers and an
+    orjson body, and records its metrics inline. Errors are the same ApiError responses as everywhere.
+    """
+
+    def __init__(self, route: str, method: str) -> None:
+        self.route = route
+        self.method = method
+        self.action = _ACTIONS[(route, method)]
+        self.limit_action = "like" if self.action in ("like", "unlike") else "dislike"
+        self.__name__ = f"{self.action}_content"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = perf_counter()
+        services: Services = scope["app"].state.services
+        authorization = key = None
+        for name, value in scope["headers"]:  # the first of repeated headers, as Request.headers.get
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value.decode("latin-1")
+            elif name == b"idempotency-key" and key is None:
+                key = value.decode("latin-1")
+        try:
+            principal = services.auth.require(authorization)
+            content_id = services.bodies.content_id(scope["path_params"]["contentId"])
+            key = checked_idempotency_key(key)
+            await check_rate(
+                services, self.limit_action, principal.sub, f"{content_id}|{key}" if key else None
+            )
+            result = await set_reaction(services, content_id, principal.sub, self.action, key)
+        except ApiError as exc:
+            await exc.response()(scope, receive, send)
+            services.metrics.requests.observe(self.route, self.method, exc.status, perf_counter() - started)
+            return
+        status = result["status"]
+        if status == "changed" and services.events is not None:
             # media_liked / media_disliked; a removal emits nothing (seed 003 has no such event)
             services.events.reaction(principal.sub, content_id, result["body"]["state"])
-        headers = {"Idempotent-Replayed": "true"} if result["status"] == "replayed" else None
-        return json_response(result["body"], headers=headers)
+        body = orjson.dumps(result["body"])
+        headers = [(b"content-length", b"%d" % len(body)), _JSON_TYPE]
+        if status == "replayed":
+            headers.append(_REPLAYED)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        services.metrics.requests.observe(self.route, self.method, 200, perf_counter() - started)
 
-    react.__name__ = f"{action}_content"
-    return instrumented(route)(react)
 
-
-like = _endpoint(LIKE_ROUTE, "POST")
-unlike = _endpoint(LIKE_ROUTE, "DELETE")
-dislike = _endpoint(DISLIKE_ROUTE, "POST")
-undislike = _endpoint(DISLIKE_ROUTE, "DELETE")
+like = ReactionEndpoint(LIKE_ROUTE, "POST")
+unlike = ReactionEndpoint(LIKE_ROUTE, "DELETE")
+dislike = ReactionEndpoint(DISLIKE_ROUTE, "POST")
+undislike = ReactionEndpoint(DISLIKE_ROUTE, "DELETE")

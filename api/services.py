@@ -126,6 +126,9 @@ class Services:
             await self.producer.close()
         if self.shared_metrics is not None:
             await self.shared_metrics.stop()
+        pipeliner = self.__dict__.get("_pipeliner")  # made on first use by api.pipeliner.pipeliner_for
+        if pipeliner is not None:
+            await pipeliner.aclose()
         await self.redis.aclose()
         if self._pool is not None:
             await self._pool.close()

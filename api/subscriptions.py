@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api import fallback
 from api.errors import ApiError, json_response
 from api.instrument import instrumented
 from api.reactions import check_rate, idempotency_key
@@ -57,11 +58,10 @@ async def set_subscription(services: Services, creator: str, user_id: str, actio
             [*script_keys, idem],
             [creator, user_id, action, services.settings.idempotency_ttl_s, action if key else ""],
         )
-    except (RedisError, OSError) as exc:
-        # No Postgres fallback yet. The change may or may not have been applied (a lost reply): a retry
-        # with the same Idempotency-Key is safe either way.
-        log.warning("subscription refused: Redis unavailable (%s)", exc)
-        raise unavailable(services, "Subscriptions are temporarily unavailable.") from None
+    except (RedisError, OSError):
+        # Redis unreachable: written straight to Postgres (api/fallback.py). A lost reply whose script
+        # did run is harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.
+        return await fallback.set_subscription(services, creator, user_id, action, key)
     if status == "conflict":
         raise ApiError(
             422,

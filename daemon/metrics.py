@@ -136,6 +136,14 @@ class Metrics:
         self.redis_flushed_views = Counter(
             "engagement_redis_flushed_views", "View events applied to Redis by buffer drains.", registry=r
         )
+        self.fallback_writes = Counter(
+            "engagement_fallback_writes",
+            "Likes, dislikes and subscriptions written straight to Postgres because Redis was unreachable.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("like", "subscription"):
+            self.fallback_writes.labels(kind=kind)
         # Flusher (Redis deltas -> Postgres).
         r = flusher
         self.flushed_rows = Counter(

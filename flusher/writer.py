@@ -60,6 +60,20 @@ _UNSUBSCRIBE = """
 DELETE FROM creator_subscriptions s USING unnest($1::text[], $2::text[]) AS d (user_id, creator_id)
 WHERE s.user_id = d.user_id AND s.creator_id = d.creator_id
 """
+# Pairs written by the api's Postgres fallback (api/fallback.py) and not yet settled by reconcile: what
+# Redis holds for them predates the fallback write, so their states are not written from Redis. SHARE
+# on fallback_log, taken first, waits for fallback transactions in flight and holds new ones back.
+_LOCK_FALLBACKS = "LOCK TABLE fallback_log IN SHARE MODE"
+_SKIP_FALLBACK_STATES = f"""
+DELETE FROM {_STATES} s USING fallback_log f
+WHERE NOT f.reconciled AND f.kind = 'like' AND f.user_id = s.user_id AND f.target_id = s.content_id
+"""
+_FALLBACK_SUBSCRIPTIONS = """
+SELECT DISTINCT f.user_id, f.target_id FROM fallback_log f
+JOIN unnest($1::text[], $2::text[]) AS d (user_id, creator_id)
+  ON f.user_id = d.user_id AND f.target_id = d.creator_id
+WHERE NOT f.reconciled AND f.kind = 'subscription'
+"""
 _PRUNE = "DELETE FROM flush_batches WHERE flushed_at < now() - make_interval(days => $1)"
 
 
@@ -87,6 +101,8 @@ class WriteResult:
 async def write_batches(conn: asyncpg.Connection, batches: Sequence[CapturedBatch]) -> WriteResult:
     """Write every batch not yet in the ledger, exactly once, in one transaction."""
     async with conn.transaction():
+        if any(b.states or b.subscriptions for b in batches):
+            await conn.execute(_LOCK_FALLBACKS)
         await conn.execute(_CREATE_TEMP)
         fresh_ids = {
             r["batch_id"]
@@ -109,6 +125,7 @@ async def write_batches(conn: asyncpg.Connection, batches: Sequence[CapturedBatc
             await conn.copy_records_to_table(
                 _STATES, records=states, columns=("user_id", "content_id", "value")
             )
+            await conn.execute(_SKIP_FALLBACK_STATES)
             await conn.execute(_DELETE_STATES)
             await conn.execute(_UPSERT_STATES)
         await _write_creators(conn, committed)
@@ -139,6 +156,12 @@ async def _write_creators(conn: asyncpg.Connection, batches: Sequence[CapturedBa
         for creator_id, amount in batch.creators.items():
             deltas[creator_id] = deltas.get(creator_id, 0) + amount
         subscriptions.update(batch.subscriptions)
+    if subscriptions:
+        pairs = list(subscriptions)
+        for user_id, creator_id in await conn.fetch(
+            _FALLBACK_SUBSCRIPTIONS, [u for u, _ in pairs], [c for _, c in pairs]
+        ):
+            del subscriptions[(user_id, creator_id)]
     if deltas:
         await conn.execute(_CREATORS, list(deltas), list(deltas.values()))
     added = [pair for pair, state in subscriptions.items() if state == 1]
