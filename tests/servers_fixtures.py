@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from daemon.servers import PostgresServer, RedisServer
+from daemon.servers import PostgresServer, RedisClusterServers, RedisServer
 from daemon.settings import Settings
 
 
@@ -69,3 +69,22 @@ def database_url(pg_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 def settings(redis_url: str, database_url: str) -> Settings:
     return Settings.from_env({}, redis_url=redis_url, database_url=database_url, shards=16)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_servers(servers_dir: Path) -> Iterator[RedisClusterServers]:
+    """A three-master Redis Cluster, started once for the session by the first test that needs it."""
+    cluster = RedisClusterServers(servers_dir / "cluster")
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_servers: RedisClusterServers) -> RedisClusterServers:
+    """The session's Redis Cluster, every master emptied (keys and scripts) for this test."""
+    for node in redis_cluster_servers.nodes:
+        with redis.Redis.from_url(node.url) as client:
+            client.flushall()
+            client.script_flush()
+    return redis_cluster_servers

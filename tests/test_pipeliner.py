@@ -5,11 +5,8 @@ bounded, and on Redis Cluster every call is routed by slot."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -197,18 +194,6 @@ async def test_a_cancelled_caller_is_not_sent(
     assert await kept == 1
     assert await redis_client.get("cancelled") is None
     assert pipeliner.commands == 2 and pipeliner.pending == 0
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[RedisClusterServers]:
-    path = Path(tempfile.mkdtemp(prefix="engagementd-cluster-", dir="/tmp"))
-    cluster = RedisClusterServers(path)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.slow

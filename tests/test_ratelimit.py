@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -214,18 +211,6 @@ def test_the_limits_setting_parses_one_limit_per_action() -> None:
 def test_the_limits_setting_rejects_bad_parts_by_name(text: str, named: str) -> None:
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         parse_limits(text)
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[RedisClusterServers]:
-    path = Path(tempfile.mkdtemp(prefix="engagementd-cluster-", dir="/tmp"))
-    cluster = RedisClusterServers(path)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.slow

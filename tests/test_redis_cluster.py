@@ -3,29 +3,12 @@ unchanged on a cluster of three masters (DESIGN.md decision 1)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import redis
 from service_fixtures import ApiProcess, counters_in_postgres, run_flusher_once, token, wait_until
 
 from daemon.servers import RedisClusterServers
 from daemon.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[RedisClusterServers]:
-    path = Path(tempfile.mkdtemp(prefix="engagementd-cluster-", dir="/tmp"))
-    cluster = RedisClusterServers(path)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.slow
