@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import asyncpg
-import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
@@ -32,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ApiError, json_response
-from api.ingest import Playback
+from api.ingest import Playback, json_object
 from api.instrument import instrumented
 from daemon import keys
 from daemon.events import (
@@ -294,15 +293,7 @@ async def put_content(request: Request) -> Response:
     services.auth.require(request.headers.get("authorization"), scope="internal")
     content_id = services.bodies.content_id(request.path_params["contentId"])
     body = await services.bodies.read(request, services.settings.body_max_bytes)
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "malformed_body", "The body is not valid JSON.") from None
-    if not isinstance(doc, dict):
-        raise ApiError(422, "invalid_body", "The body must be a JSON object.")
-    unknown = doc.keys() - REGISTRY_FIELDS
-    if unknown:
-        raise ApiError(422, "unknown_field", f"Unknown field '{sorted(unknown)[0]}'.")
+    doc = json_object(body, REGISTRY_FIELDS)
     creator_id = doc.get("creator_id")
     if not isinstance(creator_id, str) or not services.bodies.id_re.fullmatch(creator_id):
         raise ApiError(422, "invalid_creator_id", "creator_id must be a valid id string.")

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 import asyncpg
-import orjson
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ApiError, json_response
+from api.ingest import json_object
 from api.instrument import instrumented
 from api.reactions import check_rate, idempotency_key
 from api.services import Services
@@ -50,15 +49,7 @@ _INSERT = (
 
 def parse_share(body: bytes) -> tuple[str, bool]:
     """(platform, external) from the JSON body ``{"platform": str, "external"?: bool}``."""
-    try:
-        data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "malformed_body", "The body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, "invalid_body", "The body must be a JSON object.")
-    unknown = data.keys() - _FIELDS
-    if unknown:
-        raise ApiError(422, "unknown_field", f"Unknown field '{sorted(unknown)[0]}'.")
+    data = json_object(body, _FIELDS)
     platform = data.get("platform")
     if not isinstance(platform, str) or not _PLATFORM.fullmatch(platform):
         raise ApiError(422, "invalid_platform", "platform must be 1 to 32 characters of a-z 0-9 _ -.")
