@@ -153,15 +153,12 @@ def _by_shard(ids: Iterable[str], shards: int) -> dict[int, set[str]]:
     return grouped
 
 
-async def _take_lease(settings: Settings, redis: Any, owner: str, shard: int) -> None:
-    lease = keys.lease_key(shard)
+async def _take_lease(settings: Settings, redis: Any, scripts: Scripts, owner: str, shard: int) -> None:
+    lease = [keys.lease_key(shard)]
     for _ in range(_LEASE_ATTEMPTS):
-        if await redis.set(lease, owner, nx=True, px=settings.flush_lease_ms):
+        if await scripts.take_lease(redis, lease, [owner, settings.flush_lease_ms]):
             return
-        if await redis.get(lease) == owner:
-            await redis.set(lease, owner, px=settings.flush_lease_ms)
-            return
-        await asyncio.sleep(_LEASE_WAIT_S)
+        await asyncio.sleep(_LEASE_WAIT_S)  # the flusher holding it finishes its pass: poll briefly
     raise LeaseBusy(shard)
 
 
@@ -178,7 +175,7 @@ async def _reconcile_shard(
     fallbacks: list[asyncpg.Record],
 ) -> None:
     for _attempt in range(_SHARD_ATTEMPTS):
-        await _take_lease(settings, redis, owner, shard)
+        await _take_lease(settings, redis, scripts, owner, shard)
         try:
             if fallbacks:  # settled first, once: the normal pass then sets live counts and states
                 if not await _settle_fallbacks(settings, redis, pool, owner, shard, fallbacks):

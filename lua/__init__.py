@@ -78,6 +78,7 @@ class Scripts:
     capture_batch: LuaScript
     finish_batch: LuaScript
     release_lease: LuaScript
+    take_lease: LuaScript
     reconcile_live: LuaScript
 
     @classmethod
