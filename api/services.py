@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from api.auth import Authenticator
@@ -21,32 +20,11 @@ from daemon import db
 from daemon.events import EventProducer
 from daemon.metrics import Metrics
 from daemon.metrics_share import SharedMetrics
+from daemon.redis_client import make_redis
 from daemon.settings import Settings
 from lua import Scripts
 
 log = logging.getLogger(__name__)
-
-
-def make_redis(settings: Settings) -> aioredis.Redis:
-    """A Redis client; with ``redis_cluster`` a cluster client (every script touches one slot)."""
-    if settings.redis_cluster:
-        return RedisCluster.from_url(  # type: ignore[return-value]
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            decode_responses=True,
-            max_connections=settings.redis_max_connections,
-        )
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_timeout_s,  # waiting for a free connection
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        decode_responses=True,
-        health_check_interval=30,
-    )
-    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
 @dataclass

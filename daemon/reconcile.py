@@ -320,8 +320,8 @@ def _chunks(
 
 async def run_reconcile(settings: Settings) -> int:
     """``engagementd reconcile``: one run over every shard; prints the report, exits 0."""
-    from api.services import make_redis  # here: api pulls in starlette
     from daemon import db
+    from daemon.redis_client import make_redis
 
     redis = make_redis(settings)
     pool = await db.create_pool(settings)

@@ -8,9 +8,9 @@ import signal
 
 from prometheus_client import start_http_server
 
-from api.services import make_redis
 from daemon import db, keys
 from daemon.metrics import Metrics
+from daemon.redis_client import make_redis
 from daemon.settings import Settings
 from flusher.flusher import Flusher
 from lua import Scripts

@@ -72,15 +72,6 @@ def _fetch(database_url: str, query: str) -> list[asyncpg.Record]:
     return asyncio.run(run())
 
 
-def _fresh_api(api: ApiProcess, start_api: Callable[..., ApiProcess]) -> ApiProcess:
-    """A new api process once Redis is back. The old one's idle pooled Redis connections died with the
-    old Redis server, and the pipeliner does not health-check a connection before sending on it: the
-    first pipeline on each fails and its requests go to the Postgres fallback (correct, but then only
-    the next reconcile makes them visible in Redis, which would make the exact checks below racy)."""
-    api.kill()
-    return start_api()
-
-
 @pytest.fixture
 def redis_back(redis_server: RedisServer) -> Iterator[RedisServer]:
     """The session Redis, running again after the test whatever happened to it."""
@@ -148,11 +139,11 @@ def test_with_redis_stopped_likes_and_subscriptions_are_written_to_postgres(
     assert (r.json()["likes"], r.json()["dislikes"], r.json()["viewer_state"]) == (1, 0, "liked")
 
     # And every request answered from Postgres is counted (the 422 conflict is not)
-    assert _fallback_writes(api) == {"like": 9.0, "subscription": 3.0}
+    outage = {"like": 9.0, "subscription": 3.0}
+    assert _fallback_writes(api) == outage
 
     # When Redis returns and reconcile runs
     redis_back.start()
-    api = _fresh_api(api, start_api)
     out = _cli_reconcile(migrated)
     assert "10 fallback writes settled" in out, out  # the two replays wrote nothing
 
@@ -167,7 +158,7 @@ def test_with_redis_stopped_likes_and_subscriptions_are_written_to_postgres(
         1,
         "subscribed",
     )
-    assert _fallback_writes(api) == {"like": 0.0, "subscription": 0.0}  # Redis served every request
+    assert _fallback_writes(api) == outage  # the same process: Redis served every request since
     assert "fallback writes settled" not in _cli_reconcile(migrated)
 
 
@@ -255,11 +246,11 @@ def test_storm_with_redis_stopped_midway_converges_exactly_after_reconcile_and_f
     asyncio.run(_run_phase(api.base_url, phase_c))
     outage_requests = sum(len(steps) for steps in phase_c.values())
     sub_requests = sum(1 for steps in phase_c.values() for t, _ in steps if t in CREATORS)
-    assert _fallback_writes(api) == {"like": outage_requests - sub_requests, "subscription": sub_requests}
+    outage = {"like": outage_requests - sub_requests, "subscription": sub_requests}
+    assert _fallback_writes(api) == outage
 
     # And Redis returns, reconcile runs, then the flusher writes what was pending
     redis_back.start()
-    api = _fresh_api(api, start_api)
     assert f"{outage_requests} fallback writes settled" in _cli_reconcile(migrated)
 
     def check(source: str) -> None:
@@ -307,4 +298,23 @@ def test_storm_with_redis_stopped_midway_converges_exactly_after_reconcile_and_f
     run_flusher_once(migrated)
     check("redis")
     assert "0 fields repaired, drift 0, 0 like states and 0 subscriptions rebuilt" in _cli_reconcile(migrated)
-    assert _fallback_writes(api) == {"like": 0.0, "subscription": 0.0}  # Redis served every request
+    assert _fallback_writes(api) == outage  # the same process: Redis served every request since
+
+
+def test_after_redis_restarts_the_same_api_process_writes_likes_to_redis_again(
+    api: ApiProcess, redis_back: RedisServer
+) -> None:
+    # Given an api that has served likes through Redis
+    assert _react(api, "ra", "fb-0", "like").status_code == 200
+    assert api.client.get("/api/v1/content/fb-0/stats").headers["x-counts-source"] == "redis"
+    # When Redis restarts under it (its pooled and pipelined connections die)
+    redis_back.stop()
+    redis_back.start()
+    # Then the next like and the next stats read go to Redis, not to the Postgres fallback
+    r = _react(api, "rb", "fb-0", "like")
+    assert r.status_code == 200, r.text
+    assert _fallback_writes(api).get("like", 0.0) == 0.0
+    stats = api.client.get("/api/v1/content/fb-0/stats")
+    assert stats.headers["x-counts-source"] == "redis"
+    assert _react(api, "rc", "fb-0", "dislike").status_code == 200
+    assert _fallback_writes(api).get("like", 0.0) == 0.0
