@@ -6,16 +6,15 @@ state, enforces like/dislike mutual exclusion and moves the counts, atomically i
 
 from __future__ import annotations
 
-import re
 from time import perf_counter
 
 import orjson
 from redis.exceptions import RedisError
-from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from api import fallback
 from api.errors import ApiError
+from api.idempotency import REPLAYED_HEADER, checked_idempotency_key
 from api.pipeliner import pipeliner_for
 from api.ratelimit import RateLimiter, refusal
 from api.services import Services
@@ -31,23 +30,6 @@ _ACTIONS = {
     (DISLIKE_ROUTE, "POST"): "dislike",
     (DISLIKE_ROUTE, "DELETE"): "undislike",
 }
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII, no spaces
-
-
-def idempotency_key(request: Request) -> str:
-    """The request's Idempotency-Key, or "" when it has none."""
-    return checked_idempotency_key(request.headers.get("idempotency-key"))
-
-
-def checked_idempotency_key(key: str | None) -> str:
-    """An Idempotency-Key header's value checked (400 when malformed), or "" when there is none."""
-    if key is None:
-        return ""
-    if not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise ApiError(
-            400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 128 visible ASCII characters."
-        )
-    return key
 
 
 async def set_reaction(services: Services, content_id: str, user_id: str, action: str, key: str) -> dict:
@@ -105,7 +87,6 @@ def _pipelined_limiter(services: Services) -> RateLimiter:
 
 
 _JSON_TYPE = (b"content-type", b"application/json")
-_REPLAYED = (b"idempotent-replayed", b"true")
 
 
 class ReactionEndpoint:
@@ -151,7 +132,7 @@ class ReactionEndpoint:
         body = orjson.dumps(result["body"])
         headers = [(b"content-length", b"%d" % len(body)), _JSON_TYPE]
         if status == "replayed":
-            headers.append(_REPLAYED)
+            headers.append(REPLAYED_HEADER)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         services.metrics.requests.observe(self.route, self.method, 200, perf_counter() - started)

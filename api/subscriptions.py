@@ -17,8 +17,9 @@ from starlette.responses import Response
 
 from api import fallback
 from api.errors import ApiError, json_response
+from api.idempotency import idempotency_key
 from api.instrument import instrumented
-from api.reactions import check_rate, idempotency_key
+from api.reactions import check_rate
 from api.services import Services
 from daemon import keys
 

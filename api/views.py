@@ -13,9 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from api import idempotency
 from api.errors import ApiError, json_response
 from api.ingest import MEDIA_STARTED, NO_BODY
 from api.services import Services
+from daemon import keys
 from daemon.keys import PLAYBACK_COUNTERS
 
 VIEW_ROUTE = "/api/v1/content/{contentId}/views"
@@ -23,6 +25,7 @@ BATCH_ROUTE = "/api/v1/views/batch"
 
 _ACCEPTED_START = {"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]}
 _EMPTY_BODY = {"type": "http.response.body", "body": b""}
+_REPLAYED_START = {**_ACCEPTED_START, "headers": [*_ACCEPTED_START["headers"], idempotency.REPLAYED_HEADER]}
 
 
 def _full(services: Services) -> ApiError:
@@ -36,7 +39,7 @@ class SingleView:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = perf_counter()
         services: Services = scope["app"].state.services
-        authorization = length = None
+        authorization = length = idem_key = None
         chunked = False
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -45,21 +48,35 @@ class SingleView:
                 length = value
             elif name == b"transfer-encoding":
                 chunked = True
+            elif name == b"idempotency-key":
+                idem_key = value
         try:
             content_id = services.bodies.content_id(scope["path_params"]["contentId"])
             principal = None
             if authorization is not None:
                 principal = services.auth.authenticate(authorization.decode("latin-1"))
             view = NO_BODY
+            body = b""
             if chunked or (length is not None and length != b"0"):
                 body = await services.bodies.read(Request(scope, receive), services.settings.body_max_bytes)
                 view = services.bodies.single_view(body)
+            claim = None
+            if idem_key is not None:
+                user = principal.sub if principal is not None else "-"
+                claim = await _claim(services, content_id, user, idem_key, body)
+                if claim is _REPLAYED:
+                    await send(_REPLAYED_START)
+                    await send(_EMPTY_BODY)
+                    services.metrics.requests.observe(VIEW_ROUTE, "POST", 202, perf_counter() - started)
+                    return
             if view.event_type == MEDIA_STARTED:  # a view (the default)
                 accepted = services.buffer.add(content_id, view.watch_seconds)
             else:
                 counter = PLAYBACK_COUNTERS[view.event_type]
                 accepted = services.buffer.add_signal(counter, content_id, view.watch_seconds)
             if not accepted:
+                if claim is not None:
+                    await idempotency.release(services, *claim)
                 raise _full(services)
             if principal is not None and services.events.enabled:  # type: ignore[union-attr]
                 services.events.playback(  # type: ignore[union-attr]
@@ -72,6 +89,22 @@ class SingleView:
         await send(_ACCEPTED_START)
         await send(_EMPTY_BODY)
         services.metrics.requests.observe(VIEW_ROUTE, "POST", 202, perf_counter() - started)
+
+
+_REPLAYED = ("", "")
+
+
+async def _claim(
+    services: Services, content_id: str, user: str, header: bytes, body: bytes
+) -> tuple[str, str]:
+    """The single view's Idempotency-Key claimed: (record key, fingerprint), or ``_REPLAYED``."""
+    key = idempotency.checked_idempotency_key(header.decode("latin-1"))
+    shard = keys.shard_of(content_id, services.settings.shards)
+    record = keys.view_idem_key(shard, content_id, user, key)
+    request_fingerprint = idempotency.fingerprint(body)
+    if await idempotency.claim(services, record, request_fingerprint, "") is not None:
+        return _REPLAYED
+    return record, request_fingerprint
 
 
 class BatchViews:
@@ -93,14 +126,25 @@ class BatchViews:
 
     @staticmethod
     async def _handle(services: Services, request: Request) -> Response:
-        services.auth.require(request.headers.get("authorization"), scope="ingest")
+        principal = services.auth.require(request.headers.get("authorization"), scope="ingest")
+        key = idempotency.idempotency_key(request)
         body = await services.bodies.read(request, services.settings.batch_max_bytes)
-        items = services.bodies.decode_batch(body, request.headers.get("content-type", ""))
+        content_type = request.headers.get("content-type", "")
+        items = services.bodies.decode_batch(body, content_type)
         events = services.events
         batch = services.bodies.batch(items, playback=events is not None and events.enabled)
+        claim = None
+        if key:  # claimed after validation: a refused body claims nothing
+            request_fingerprint = idempotency.fingerprint(content_type.encode(), body)
+            claim = (keys.batch_idem_key(principal.sub, key), request_fingerprint)
+            first = await idempotency.claim(services, *claim, str(batch.events))
+            if first is not None:
+                return json_response({"accepted": int(first)}, 202, {"Idempotent-Replayed": "true"})
         if batch.events and not services.buffer.add_many(
             batch.ids, batch.watch_ids, batch.watch_seconds, batch.signals
         ):
+            if claim is not None:
+                await idempotency.release(services, *claim)
             raise _full(services)
         if batch.playback and events is not None:
             events.playback_many(batch.playback)

@@ -24,6 +24,7 @@ eng:{s:N}:subdelta              hash    "<creator_id>|<user_id>" -> subscription
 eng:{s:N}:subbatch              hash    subscriptions captured by a flusher, until Postgres has them
 eng:{s:N}:subidem:<cr>|<u>|<k>  string  first answer to a subscription's Idempotency-Key
 eng:{s:N}:shareidem:<c>|<u>|<k> string  first answer to a share's Idempotency-Key
+eng:{s:N}:videm:<c>|<u>|<k>     string  a single view's Idempotency-Key claim (<u> "-": anonymous)
 eng:{s:N}:batch                 hash    deltas captured by a flusher, until Postgres has them
 eng:{s:N}:batch_id              string  id of that batch (key of the flush_batches ledger)
 eng:{s:N}:lease                 string  owner of the shard's flush lease
@@ -31,6 +32,7 @@ eng:{s:N}:drain:<drain_id>      string  marker: a view drain was applied (expire
 eng:{s:N}:registry              hash    content_id -> "<creator_id>|<content_type>": the content
                                         registry (Postgres content_registry), read to enrich events
 eng:config:shards               string  the shard count the data was written with
+eng:{u:<user_id>}:bidem:<key>   string  a view batch's Idempotency-Key claim (the ingest client)
 eng:{u:<user_id>}:rl:<action>   zset    request id -> admission time (ms): one user's sliding-window
                                         log for one action; expires one window after the last one
 ==============================  ======  =================================================
@@ -137,6 +139,14 @@ def sub_idem_key(shard: int, creator_id: str, user_id: str, key: str) -> str:
 
 def share_idem_key(shard: int, content_id: str, user_id: str, key: str) -> str:
     return f"{PREFIX}:{{s:{shard}}}:shareidem:{content_id}|{user_id}|{key}"
+
+
+def view_idem_key(shard: int, content_id: str, user_id: str, key: str) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:videm:{content_id}|{user_id}|{key}"
+
+
+def batch_idem_key(user_id: str, key: str) -> str:
+    return f"{PREFIX}:{{u:{user_id}}}:bidem:{key}"
 
 
 def state_field(content_id: str, user_id: str) -> str:
