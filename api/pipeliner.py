@@ -35,15 +35,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from typing import Any
 
-import hiredis
-import redis.asyncio as aioredis
-from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
+
+from api.redis_channel import Channel, direct_settings, pack, resolve
 
 
 class PipelineFullError(RedisConnectionError):
@@ -79,10 +77,10 @@ class Pipeliner:
         # A plain TCP client: one connection of the pipeliner's own (settings of the client's pool),
         # commands packed here, replies dispatched as they arrive. Anything else (Redis Cluster, TLS,
         # unix sockets, RESP3, credential providers): redis-py's own pipelines.
-        self._direct = _direct_settings(client)
+        self._direct = direct_settings(client)
         self._encoding = self._direct.get("encoding", "utf-8") if self._direct else "utf-8"
-        self._channel: _Channel | None = None
-        self._connecting: asyncio.Future[_Channel] | None = None
+        self._channel: Channel | None = None
+        self._connecting: asyncio.Future[Channel] | None = None
 
     # -- the client-like interface ----------------------------------------------------------------
 
@@ -114,7 +112,7 @@ class Pipeliner:
 
     def _queue_now(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         # packed now: a command redis-py could not encode fails its own caller only, at once
-        command = _pack(args, self._encoding) if self._direct is not None else args
+        command = pack(args, self._encoding) if self._direct is not None else args
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.append((command, future))
@@ -220,9 +218,9 @@ class Pipeliner:
             pipe.execute_command(*args)
         replies = await pipe.execute(raise_on_error=False)
         for (_, future), reply in zip(live, replies, strict=True):
-            _resolve(future, reply)
+            resolve(future, reply)
 
-    def _write(self, channel: _Channel, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+    def _write(self, channel: Channel, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         live = [item for item in batch if not item[1].done()]  # callers cancelled meanwhile
         skipped = len(batch) - len(live)
         if skipped:
@@ -238,7 +236,7 @@ class Pipeliner:
         if self._room:
             self._wake()
 
-    async def _connected(self) -> _Channel:
+    async def _connected(self) -> Channel:
         """The pipeliner's connection; opened (once, however many batches wait for it) when needed."""
         channel = self._channel
         if channel is not None and not channel.closed:
@@ -263,11 +261,11 @@ class Pipeliner:
             return channel
         return await asyncio.shield(self._connecting)
 
-    async def _connect(self) -> _Channel:
+    async def _connect(self) -> Channel:
         settings = self._direct
         assert settings is not None
         loop = asyncio.get_running_loop()
-        channel = _Channel(self, settings)
+        channel = Channel(self, settings)
         async with asyncio.timeout(settings.get("socket_connect_timeout") or settings.get("socket_timeout")):
             await loop.create_connection(
                 lambda: channel, settings.get("host", "localhost"), settings.get("port", 6379)
@@ -282,135 +280,10 @@ class Pipeliner:
             if handshake:
                 futures = [loop.create_future() for _ in handshake]
                 self._pending += len(handshake)
-                channel.send([(_pack(c, self._encoding), f) for c, f in zip(handshake, futures, strict=True)])
+                channel.send([(pack(c, self._encoding), f) for c, f in zip(handshake, futures, strict=True)])
                 for f in futures:
                     await f
         return channel
-
-
-class _Channel(asyncio.Protocol):
-    """One Redis connection: commands written in batches, replies parsed by hiredis as bytes arrive and
-    handed to the futures in order. A lost connection, a protocol error or no reply for ``socket_timeout``
-    fails every call still waiting on it (and closes it: the next batch opens a new one)."""
-
-    def __init__(self, owner: Pipeliner, settings: dict[str, Any]) -> None:
-        kwargs: dict[str, Any] = {"replyError": BaseParser.parse_error}
-        if settings.get("decode_responses"):
-            kwargs["encoding"] = settings.get("encoding", "utf-8")
-            kwargs["errors"] = settings.get("encoding_errors", "strict")
-        self.reader = hiredis.Reader(**kwargs)
-        self.owner = owner
-        self.timeout = settings.get("socket_timeout")
-        self.waiting: deque[asyncio.Future[Any]] = deque()
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.replies = 0
-        self._watch: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def send(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
-        if self.closed or self.transport is None:
-            error = RedisConnectionError("Connection closed by server.")
-            for _, future in batch:
-                _resolve(future, error)
-            self.owner._answered(len(batch))
-            return
-        self.waiting.extend([future for _, future in batch])
-        self.transport.write(b"".join([command for command, _ in batch]))
-        if self._watch is None and self.timeout:
-            self._watch = asyncio.get_running_loop().call_later(self.timeout, self._check, self.replies)
-
-    def data_received(self, data: bytes) -> None:
-        reader = self.reader
-        reader.feed(data)
-        waiting = self.waiting
-        n = 0
-        try:
-            while (reply := reader.gets()) is not False:
-                n += 1
-                future = waiting.popleft()
-                if not future.done():
-                    if isinstance(reply, Exception):
-                        future.set_exception(reply)
-                    else:
-                        future.set_result(reply)
-        except (hiredis.ProtocolError, IndexError) as exc:
-            self.fail(RedisConnectionError(f"Protocol error from Redis: {exc}"))
-        finally:
-            self.replies += n
-            self.owner._answered(n)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.fail(
-            RedisConnectionError(
-                f"Connection to Redis lost: {exc}" if exc else "Connection closed by server."
-            )
-        )
-
-    def _check(self, replies: int) -> None:
-        self._watch = None
-        if not self.waiting or self.closed:
-            return
-        if self.replies == replies:  # no reply for a whole timeout
-            self.fail(RedisTimeoutError("Timeout reading from Redis"))
-        else:
-            self._watch = asyncio.get_running_loop().call_later(self.timeout, self._check, self.replies)
-
-    def fail(self, error: Exception) -> None:
-        self.closed = True
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
-        if self.transport is not None:
-            self.transport.abort()
-        waiting, self.waiting = self.waiting, deque()
-        for future in waiting:
-            _resolve(future, error)
-        if waiting:
-            self.owner._answered(len(waiting))
-
-
-def _direct_settings(client: Any) -> dict[str, Any] | None:
-    """The connection settings of a plain TCP client the pipeliner can open its own connection with."""
-    if type(client) is not aioredis.Redis:
-        return None
-    pool = client.connection_pool
-    settings = dict(pool.connection_kwargs)
-    if pool.connection_class is not aioredis.Connection or "path" in settings:
-        return None
-    if str(settings.get("protocol") or 2) != "2" or settings.get("credential_provider") is not None:
-        return None
-    return settings
-
-
-def _resolve(future: asyncio.Future[Any], reply: Any) -> None:
-    if future.done():  # the caller was cancelled
-        return
-    if isinstance(reply, Exception):
-        future.set_exception(reply)
-    else:
-        future.set_result(reply)
-
-
-def _pack(args: Sequence[Any], encoding: str) -> bytes:
-    """One command in RESP (the arguments redis-py's encoder accepts: bytes, str, int, float)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            data = arg.encode(encoding)
-        elif isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, int) and not isinstance(arg, bool):
-            data = b"%d" % arg
-        elif isinstance(arg, float):
-            data = repr(arg).encode()
-        else:
-            kind = type(arg).__name__
-            raise DataError(f"Invalid input of type {kind!r}: convert to bytes, str, int or float first.")
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
 
 
 def pipeliner_for(services: Any) -> Pipeliner:
