@@ -9,6 +9,9 @@ commands), and each caller's future gets its own reply or its own error.
   written as they leave; hiredis parses the replies as bytes arrive and hands them to the waiting
   futures in order. No pool checkout, no coroutine per reply: this is what makes it cheap per call.
   Close it with ``aclose()`` (Services.stop should, after the HTTP server stopped).
+  While a write's replies are outstanding, new commands wait for them (or until ``max_batch`` are
+  queued) and then leave together: under load one write carries tens of commands (measured: 33 on
+  average in the likes benchmark), an idle connection sends at once.
 - Anything else (Redis Cluster, TLS, unix sockets, RESP3, credential providers): redis-py pipelines
   (``transaction=False``), at most ``max_in_flight`` at once; Cluster routes every command by its keys'
   slot (execute_command routing, as ``LuaScript.call_many``).
@@ -161,6 +164,8 @@ class Pipeliner:
         self._scheduled = False
         channel = self._channel
         if channel is not None and not channel.closed and self._direct is not None:
+            if channel.waiting and len(self._queue) < self.max_batch:
+                return  # a write is in flight: the queue leaves with the next one, when it answered
             queue, self._queue = self._queue, []
             for i in range(0, len(queue), self.max_batch):
                 self._write(channel, queue[i : i + self.max_batch])
@@ -235,6 +240,10 @@ class Pipeliner:
         self._pending -= n
         if self._room:
             self._wake()
+        if self._queue and not self._scheduled:
+            channel = self._channel
+            if channel is not None and not channel.waiting:
+                self._flush()
 
     async def _connected(self) -> Channel:
         """The pipeliner's connection; opened (once, however many batches wait for it) when needed."""
