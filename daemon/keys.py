@@ -24,6 +24,8 @@ eng:{s:N}:subdelta              hash    "<creator_id>|<user_id>" -> subscription
 eng:{s:N}:subbatch              hash    subscriptions captured by a flusher, until Postgres has them
 eng:{s:N}:subidem:<cr>|<u>|<k>  string  first answer to a subscription's Idempotency-Key
 eng:{s:N}:shareidem:<c>|<u>|<k> string  first answer to a share's Idempotency-Key
+eng:{s:N}:cmtmark:<id>:<0|1>    string  marker: comment <id>'s count change (1: counted, 0: uncounted)
+                                        was applied; deleted once Postgres has the row's flag
 eng:{s:N}:batch                 hash    deltas captured by a flusher, until Postgres has them
 eng:{s:N}:batch_id              string  id of that batch (key of the flush_batches ledger)
 eng:{s:N}:lease                 string  owner of the shard's flush lease
@@ -137,6 +139,11 @@ def sub_idem_key(shard: int, creator_id: str, user_id: str, key: str) -> str:
 
 def share_idem_key(shard: int, content_id: str, user_id: str, key: str) -> str:
     return f"{PREFIX}:{{s:{shard}}}:shareidem:{content_id}|{user_id}|{key}"
+
+
+def comment_mark_key(shard: int, comment_id: int, counted: bool) -> str:
+    """Marker of one comment count change (N: the shard of the comment's content item)."""
+    return f"{PREFIX}:{{s:{shard}}}:cmtmark:{comment_id}:{int(counted)}"
 
 
 def state_field(content_id: str, user_id: str) -> str:

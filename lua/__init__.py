@@ -74,6 +74,7 @@ class Scripts:
     set_reaction: LuaScript
     set_subscription: LuaScript
     add_share: LuaScript
+    count_comments: LuaScript
     rate_limit: LuaScript
     capture_batch: LuaScript
     finish_batch: LuaScript
