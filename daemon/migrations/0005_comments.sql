@@ -8,6 +8,10 @@ ALTER TABLE comments
     -- one not. A row where the two disagree (counted = soft_delete_flag) has a count change still to
     -- apply; daemon/comment_counts.py applies it once (a Redis marker per change) and flips the flag.
     ADD COLUMN counted boolean NOT NULL DEFAULT false;
+-- Top-level comments newest first (the listing's keyset): comments_thread cannot give that order, since
+-- "parent_comment_id IS NULL" does not fix its second column the way an equality does.
+CREATE INDEX comments_top ON comments (content_id, created_at DESC, comment_id DESC)
+    WHERE parent_comment_id IS NULL;
 CREATE INDEX comments_count_pending ON comments (comment_id) WHERE counted = soft_delete_flag;
 
 -- Idempotency-Key records of comment posts, written in the same transaction as the comment row, so that
