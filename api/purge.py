@@ -18,7 +18,8 @@ from daemon.purge import PurgeIncomplete, purge_user
 log = logging.getLogger(__name__)
 
 PURGE_ROUTE = "/internal/v1/users/{userId}"
-_USER_ID = re.compile(r"[^\x00-\x1f\x7f]{1,256}")  # a token's sub: any text but control characters
+# A token's sub: any text but control characters (and lone surrogates, which no store can encode).
+_USER_ID = re.compile("[^\x00-\x1f\x7f\ud800-\udfff]{1,256}")
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 

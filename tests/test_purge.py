@@ -191,6 +191,9 @@ def test_a_purge_removes_every_record_of_the_user_and_moves_counts_exactly(
     r = api.client.delete("/internal/v1/users/alice", headers=_auth("gdpr-service"))
     assert (r.status_code, r.json()["error"]) == (403, "insufficient_scope")
     assert api.client.delete("/internal/v1/users/alice").status_code == 401
+    for bad in ("a" * 257, "al%01ice"):  # too long, a control character
+        r = api.client.delete(f"/internal/v1/users/{bad}", headers=INTERNAL)
+        assert (r.status_code, r.json()["error"]) == (422, "invalid_user_id"), bad
 
     # When alice is purged
     r = api.client.delete("/internal/v1/users/alice", headers=INTERNAL)
