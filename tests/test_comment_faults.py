@@ -3,6 +3,7 @@ wait on the rows and reconcile applies each exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -10,8 +11,11 @@ from collections.abc import Callable, Iterator
 import pytest
 from service_fixtures import ROOT, ApiProcess, counters_in_postgres, run_flusher_once, service_env, token
 
+from api.services import make_redis
+from daemon import comment_counts, db, keys
 from daemon.servers import RedisServer
 from daemon.settings import Settings
+from lua import Scripts
 
 
 def _auth(user: str) -> dict[str, str]:
@@ -97,3 +101,43 @@ def test_with_redis_stopped_comments_are_accepted_and_counts_end_exact_after_rec
     run_flusher_once(migrated)
     assert counters_in_postgres(migrated.database_url)["item-c"]["comments"] == 4
     assert _stats(api) == ("redis", 4)
+
+
+def test_a_count_change_applied_before_a_crash_is_applied_once(migrated: Settings) -> None:
+    scripts = Scripts.load()
+
+    async def scenario() -> list[int]:
+        redis = make_redis(migrated)
+        pool = await db.create_pool(migrated)
+        shard = keys.shard_of("item-m", migrated.shards)
+        live_field = (keys.live_key(shard), keys.field("comments", "item-m"))
+        try:
+            comment_id = await pool.fetchval(
+                "INSERT INTO comments (content_id, user_id, body) VALUES ('item-m', 'ann', 'x')"
+                " RETURNING comment_id"
+            )
+            # Given a settle that applied the +1 in Redis, then died before its flag committed
+            marker = keys.comment_mark_key(shard, comment_id, True)
+            script_keys = [keys.live_key(shard), keys.delta_key(shard), marker]
+            assert await scripts.count_comments(redis, script_keys, ["apply", 60, "item-m", 1]) == 1
+            seen = [int(await redis.hget(*live_field))]
+            # When the row is settled again, then the +1 is not applied a second time
+            assert await comment_counts.settle_pending(redis, scripts, pool, migrated) == 1
+            seen.append(int(await redis.hget(*live_field)))
+            assert not await redis.exists(marker)  # forgotten once the flag committed
+            assert await comment_counts.settle_pending(redis, scripts, pool, migrated) == 0
+            # And its deletion is applied once too
+            await pool.execute(
+                "UPDATE comments SET soft_delete_flag = true WHERE comment_id = $1", comment_id
+            )
+            assert await comment_counts.settle(redis, scripts, pool, migrated, [comment_id]) == 1
+            assert await comment_counts.settle(redis, scripts, pool, migrated, [comment_id]) == 0
+            seen.append(int(await redis.hget(*live_field)))
+            return seen
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    assert asyncio.run(scenario()) == [1, 1, 0]
+    run_flusher_once(migrated)
+    assert counters_in_postgres(migrated.database_url)["item-m"]["comments"] == 0
