@@ -115,14 +115,12 @@ async def post(
                     thread = await _thread_of(conn, content_id, parent_id)
                     await conn.execute(_REPLIES, thread, 1)
                 row = await conn.fetchrow(_INSERT, content_id, user_id, thread, body)
-                if (
-                    key
-                    and await conn.fetchval(
+                if key:
+                    saved = await conn.fetchval(
                         _SAVE_KEY, user_id, content_id, key, fp, row["comment_id"], float(key_ttl_s)
                     )
-                    is None
-                ):
-                    raise _KeyTaken
+                    if saved is None:  # another request with this key committed first
+                        raise _KeyTaken
         except _KeyTaken:
             continue  # rolled back: the first request's record answers
         return Posted("created", public(row))
