@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import health, internal, reactions, shares, stats, subscriptions, views
+from api import comments, health, internal, purge, reactions, shares, stats, subscriptions, views
 from api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
 from api.services import Services
 from daemon.settings import Settings
@@ -28,7 +28,11 @@ ROUTES = [
     Route(reactions.DISLIKE_ROUTE, reactions.undislike, methods=["DELETE"]),
     Route("/api/v1/content/{contentId}/stats", stats.get_stats, methods=["GET"]),
     Route(internal.REGISTRY_ROUTE, internal.put_content, methods=["PUT"]),
+    Route(purge.PURGE_ROUTE, purge.purge, methods=["DELETE"]),
     Route(shares.SHARES_ROUTE, shares.share, methods=["POST"]),
+    Route(comments.COMMENTS_ROUTE, comments.post_comment, methods=["POST"]),
+    Route(comments.COMMENTS_ROUTE, comments.list_comments, methods=["GET"]),
+    Route(comments.COMMENT_ROUTE, comments.delete_comment, methods=["DELETE"]),
     Route(subscriptions.SUBSCRIBE_ROUTE, subscriptions.subscribe, methods=["POST"]),
     Route(subscriptions.SUBSCRIBE_ROUTE, subscriptions.unsubscribe, methods=["DELETE"]),
     Route(subscriptions.CREATOR_ROUTE, subscriptions.get_creator, methods=["GET"]),

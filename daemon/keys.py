@@ -25,6 +25,10 @@ eng:{s:N}:subbatch              hash    subscriptions captured by a flusher, unt
 eng:{s:N}:subidem:<cr>|<u>|<k>  string  first answer to a subscription's Idempotency-Key
 eng:{s:N}:shareidem:<c>|<u>|<k> string  first answer to a share's Idempotency-Key
 eng:{s:N}:videm:<c>|<u>|<k>     string  a single view's Idempotency-Key claim (<u> "-": anonymous)
+
+
+eng:{s:N}:cmtmark:<id>:<0|1>    string  marker: comment <id>'s count change (1: counted, 0: uncounted)
+                                        was applied; deleted once Postgres has the row's flag
 eng:{s:N}:batch                 hash    deltas captured by a flusher, until Postgres has them
 eng:{s:N}:batch_id              string  id of that batch (key of the flush_batches ledger)
 eng:{s:N}:lease                 string  owner of the shard's flush lease
@@ -147,6 +151,11 @@ def view_idem_key(shard: int, content_id: str, user_id: str, key: str) -> str:
 
 def batch_idem_key(user_id: str, key: str) -> str:
     return f"{PREFIX}:{{u:{user_id}}}:bidem:{key}"
+
+
+def comment_mark_key(shard: int, comment_id: int, counted: bool) -> str:
+    """Marker of one comment count change (N: the shard of the comment's content item)."""
+    return f"{PREFIX}:{{s:{shard}}}:cmtmark:{comment_id}:{int(counted)}"
 
 
 def state_field(content_id: str, user_id: str) -> str:

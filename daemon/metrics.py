@@ -138,7 +138,7 @@ class Metrics:
         )
         self.fallback_writes = Counter(
             "engagement_fallback_writes",
-            "Likes, dislikes and subscriptions written straight to Postgres because Redis was unreachable.",
+            "Writes made in Postgres alone because Redis was unreachable (like, subscription, comment).",
             ["kind"],
             registry=r,
         )

@@ -18,6 +18,10 @@ it. Reconcile never holds more than one lease at a time.
 
 Pairs the api wrote straight to Postgres while Redis was unreachable (``fallback_log``, api/fallback.py)
 are settled first, under the same lease: see ``_settle_fallbacks``.
+
+Before the shards, comment rows whose count change is not in Redis yet (posted or deleted while Redis was
+unreachable, or by a process that died before applying it) get it applied exactly once
+(``daemon.comment_counts.settle_pending``); expired comment Idempotency-Key records are pruned.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 
 import asyncpg
 
-from daemon import keys
+from daemon import comment_counts, keys
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 from lua import LuaScript, Scripts
@@ -63,6 +67,7 @@ class Report:
     states_repaired: int = 0  # like-state entries set or removed
     subscriptions_repaired: int = 0  # subscription entries set or removed
     fallbacks_settled: int = 0  # fallback_log rows (writes made while Redis was down) settled
+    comments_settled: int = 0  # comment rows whose count change was applied by this run
     repairs: list[Repair] = field(default_factory=list)  # the first few, for the log and the CLI
 
     def summary(self) -> str:
@@ -72,6 +77,7 @@ class Report:
             f"{self.fields_repaired} fields repaired, drift {self.drift}, "
             f"{self.states_repaired} like states and {self.subscriptions_repaired} subscriptions rebuilt"
             + (f", {self.fallbacks_settled} fallback writes settled" if self.fallbacks_settled else "")
+            + (f", {self.comments_settled} comment counts settled" if self.comments_settled else "")
         )
 
 
@@ -95,7 +101,9 @@ async def reconcile(
     scripts = scripts or Scripts.load()
     owner = owner or f"reconcile-{uuid.uuid4().hex[:12]}"
     report = Report()
+    report.comments_settled = await comment_counts.settle_pending(redis, scripts, pool, settings)
     async with pool.acquire() as conn:
+        await conn.execute(_PRUNE_COMMENT_KEYS, float(settings.idempotency_ttl_s))
         content_ids = _by_shard(
             (
                 r[0]
@@ -340,6 +348,7 @@ async def run_reconcile(settings: Settings) -> int:
 # -- Pairs written by the api's Postgres fallback while Redis was unreachable (api/fallback.py) ------
 
 _FALLBACKS = "SELECT id, kind, user_id, target_id FROM fallback_log WHERE NOT reconciled ORDER BY id"
+_PRUNE_COMMENT_KEYS = "DELETE FROM comment_idempotency WHERE created_at < now() - make_interval(secs => $1)"
 _PRUNE_FALLBACK_KEYS = "DELETE FROM fallback_idempotency WHERE created_at < now() - make_interval(secs => $1)"
 _SET_CONTENT_COUNTS = """
 INSERT INTO content_counters AS c (content_id, likes, dislikes, updated_at)

@@ -58,6 +58,7 @@ class Settings:
     # Per-user sliding-window rate limits: "<action>=<limit>/<window>" with units ms, s, m, h.
     rate_limits: str = "like=100/60s,dislike=100/60s,subscribe=30/60s,share=60/60s,comment=20/60s"
     idempotency_ttl_s: int = 86_400  # how long an Idempotency-Key's first answer is kept
+    comment_max_chars: int = 10_000  # longest comment body, after trimming (characters)
 
     # Request limits.
     batch_max_items: int = 10_000
@@ -108,6 +109,8 @@ class Settings:
             raise SettingsError("flush intervals must be at least 1 ms")
         if self.reconcile_interval_s < 0:
             raise SettingsError("ENGAGEMENT_RECONCILE_INTERVAL_S must be 0 (disabled) or positive")
+        if self.comment_max_chars < 1:
+            raise SettingsError("ENGAGEMENT_COMMENT_MAX_CHARS must be at least 1")
         if self.buffer_max_items < 1 or self.batch_max_items < 1:
             raise SettingsError("buffer and batch limits must be at least 1")
         from api.ratelimit import parse_limits  # here, not at the top: api pulls in starlette

@@ -74,6 +74,9 @@ class Scripts:
     set_reaction: LuaScript
     set_subscription: LuaScript
     add_share: LuaScript
+    count_comments: LuaScript
+    clear_reactions: LuaScript
+    clear_subscriptions: LuaScript
     rate_limit: LuaScript
     capture_batch: LuaScript
     finish_batch: LuaScript

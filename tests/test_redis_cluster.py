@@ -59,3 +59,62 @@ def test_views_flow_through_a_redis_cluster_exactly(
         with redis.Redis.from_url(node.url) as client:
             sizes.append(client.dbsize())
     assert all(sizes), sizes  # the shards really were spread over all three masters
+
+
+@pytest.mark.slow
+def test_comments_and_a_user_purge_run_unchanged_on_a_redis_cluster(
+    redis_cluster: RedisClusterServers, migrated: Settings
+) -> None:
+    # Given the api on a three-master Redis Cluster, 64 shards
+    settings = migrated.replace(redis_url=redis_cluster.url, redis_cluster=True, shards=64, rate_limits="")
+    auth = {user: {"Authorization": f"Bearer {token(user)}"} for user in ("alice", "bob")}
+    api = ApiProcess(settings)
+    try:
+        # When alice and bob comment, like and subscribe over 30 items, the scripts are flushed midway,
+        # bob deletes one comment and alice is purged
+        bob_comments = {}
+        for i in range(30):
+            for user in ("alice", "bob"):
+                r = api.client.post(
+                    f"/api/v1/content/c-{i}/comments", json={"body": "hi"}, headers=auth[user]
+                )
+                assert r.status_code == 201, r.text
+                bob_comments[i] = r.json()["comment_id"]
+                assert api.client.post(f"/api/v1/content/c-{i}/like", headers=auth[user]).status_code == 200
+            if i % 3 == 0:
+                r = api.client.post(f"/api/v1/creators/s-{i}/subscribe", headers=auth["alice"])
+                assert r.status_code == 200
+            if i == 15:
+                for node in redis_cluster.nodes:
+                    with redis.Redis.from_url(node.url) as client:
+                        client.script_flush()
+        r = api.client.delete(f"/api/v1/content/c-0/comments/{bob_comments[0]}", headers=auth["bob"])
+        assert r.status_code == 204
+        internal = {"Authorization": f"Bearer {token('gdpr', scope='internal')}"}
+        r = api.client.delete("/internal/v1/users/alice", headers=internal)
+        assert r.status_code == 202, r.text
+        assert r.json()["removed"] == {
+            "likes": 30,
+            "dislikes": 0,
+            "subscriptions": 10,
+            "comments": 30,
+            "shares": 0,
+            "watch_history": 0,
+            "playlists": 0,
+            "idempotency_records": 0,
+        }
+
+        # Then the live counts hold only bob's
+        for i in range(30):
+            body = api.client.get(f"/api/v1/content/c-{i}/stats").json()
+            assert (body["likes"], body["comments"]) == (1, 0 if i == 0 else 1), i
+        assert api.stop() == 0
+    finally:
+        api.kill()
+
+    # And so does Postgres after the flusher
+    run_flusher_once(settings)
+    rows = counters_in_postgres(settings.database_url)
+    assert {c: (r["likes"], r["comments"]) for c, r in rows.items()} == {
+        f"c-{i}": (1, 0 if i == 0 else 1) for i in range(30)
+    }

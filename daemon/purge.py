@@ -1,0 +1,255 @@
+"""GDPR purge (seed 001): remove every engagement record of one user, in Postgres and Redis.
+
+``purge_user`` runs ``STEPS`` in order, one per domain. Every step is idempotent by construction, so a
+purge interrupted at any point (a crash, Redis or Postgres failing midway) and run again ends exact, and
+a purge run twice removes nothing the second time. A step that fails does not stop the others (the
+records they hold are removed anyway); ``purge_user`` then raises ``PurgeIncomplete`` and the caller
+runs it again. ``DELETE /internal/v1/users/{userId}`` (api/purge.py) and the ``user.deleted`` consumer
+call it.
+
+Counts move as if the user had taken each action back: likes, dislikes and subscriptions go through
+``clear_reactions.lua`` / ``clear_subscriptions.lua`` (live state, live count, delta and a pending state
+0, one atomic call per shard), so the flusher writes the counts and deletes the records exactly once,
+and states still pending in Redis (not yet flushed) are covered. The Redis call comes first and the
+Postgres delete second: an interruption between them leaves the Postgres rows that find the items again.
+Comments are anonymised (body and author removed, thread shape kept) and uncounted exactly once through
+``daemon.comment_counts``. Views and shares are counts of events, not per-user state: their counts stay,
+the ``shares`` rows (who shared what) go.
+
+To add a step (e.g. a Redis copy of watch history), append ``("name", coroutine)`` to ``STEPS``; the
+coroutine takes a ``PurgeContext`` and returns ``{"<what>": removed, ...}``, and must be idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from daemon import comment_counts, keys
+from daemon.settings import Settings
+from lua import Scripts
+
+log = logging.getLogger(__name__)
+
+_ERRORS = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+_CHUNK = 500
+_GLOB = str.maketrans({c: "\\" + c for c in "\\*?[]"})
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeContext:
+    redis: Any
+    scripts: Scripts
+    pool: asyncpg.Pool
+    settings: Settings
+    user_id: str
+
+
+Step = Callable[[PurgeContext], Awaitable[dict[str, int]]]
+
+
+class PurgeIncomplete(Exception):
+    """Some steps failed; what the others removed is in ``summary``. Run the purge again."""
+
+    def __init__(self, summary: dict[str, Any], failed: list[str]) -> None:
+        super().__init__(f"purge of a user incomplete: steps {', '.join(failed)} failed")
+        self.summary = summary
+        self.failed = failed
+
+
+async def purge_user(
+    redis: Any, scripts: Scripts, pool: asyncpg.Pool, settings: Settings, user_id: str
+) -> dict:
+    """Remove every engagement record of ``user_id``; returns ``{"user_id", "removed": {what: n}}``.
+    Raises ``PurgeIncomplete`` when a step failed (after running the others)."""
+    ctx = PurgeContext(redis, scripts, pool, settings, user_id)
+    removed: dict[str, int] = {}
+    failed: list[str] = []
+    for name, step in STEPS:
+        try:
+            for what, n in (await step(ctx)).items():
+                removed[what] = removed.get(what, 0) + n
+        except _ERRORS as exc:
+            log.warning("purge step %s failed (%s); the purge must be run again", name, exc)
+            failed.append(name)
+    summary = {"user_id": user_id, "removed": removed}
+    if failed:
+        raise PurgeIncomplete(summary, failed)
+    log.info("purged user: %s", removed)
+    return summary
+
+
+# -- Redis helpers ------------------------------------------------------------------------------------
+
+
+async def pending_targets(ctx: PurgeContext, hash_keys: Callable[[int], Iterable[str]]) -> set[str]:
+    """Targets (content or creator ids) of the user's fields ``"<target>|<user_id>"`` in the given
+    per-shard hashes (pending states: small, they hold only what the flusher has not written yet)."""
+    match = "*|" + ctx.user_id.translate(_GLOB)
+    scans = {(key, 0) for shard in range(ctx.settings.shards) for key in hash_keys(shard)}
+    found: set[str] = set()
+    while scans:
+        pipe = ctx.redis.pipeline(transaction=False)
+        order = sorted(scans)
+        for key, cursor in order:
+            pipe.hscan(key, cursor, match=match, count=1000)
+        scans = set()
+        for (key, _), (cursor, fields) in zip(order, await pipe.execute(), strict=True):
+            for name in fields:
+                target, _, user = name.partition("|")
+                if user == ctx.user_id:
+                    found.add(target)
+            if int(cursor):
+                scans.add((key, int(cursor)))
+    return found
+
+
+async def _clear(
+    ctx: PurgeContext, script: Any, targets: set[str], hashes: Callable[[int], list[str]]
+) -> list[Any]:
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    for target in sorted(targets):
+        by_shard[keys.shard_of(target, ctx.settings.shards)].append(target)
+    calls = []
+    for shard, ids in by_shard.items():
+        for start in range(0, len(ids), _CHUNK):
+            calls.append((hashes(shard), [ctx.user_id, *ids[start : start + _CHUNK]]))
+    results = await script.call_many(ctx.redis, calls) if calls else []
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+# -- the steps ---------------------------------------------------------------------------------------
+
+
+async def purge_likes(ctx: PurgeContext) -> dict[str, int]:
+    items = {
+        r[0] for r in await ctx.pool.fetch("SELECT content_id FROM likes WHERE user_id = $1", ctx.user_id)
+    }
+    items |= {
+        r[0]
+        for r in await ctx.pool.fetch(
+            "SELECT target_id FROM fallback_log WHERE user_id = $1 AND kind = 'like' AND NOT reconciled",
+            ctx.user_id,
+        )
+    }
+    items |= await pending_targets(ctx, lambda s: (keys.sdelta_key(s), keys.sbatch_key(s)))
+    results = await _clear(
+        ctx,
+        ctx.scripts.clear_reactions,
+        items,
+        lambda s: [keys.live_key(s), keys.delta_key(s), keys.state_key(s), keys.sdelta_key(s)],
+    )
+    await ctx.pool.execute("DELETE FROM likes WHERE user_id = $1", ctx.user_id)
+    return {"likes": sum(int(r[0]) for r in results), "dislikes": sum(int(r[1]) for r in results)}
+
+
+async def purge_subscriptions(ctx: PurgeContext) -> dict[str, int]:
+    creators = {
+        r[0]
+        for r in await ctx.pool.fetch(
+            "SELECT creator_id FROM creator_subscriptions WHERE user_id = $1", ctx.user_id
+        )
+    }
+    creators |= {
+        r[0]
+        for r in await ctx.pool.fetch(
+            "SELECT target_id FROM fallback_log"
+            " WHERE user_id = $1 AND kind = 'subscription' AND NOT reconciled",
+            ctx.user_id,
+        )
+    }
+    creators |= await pending_targets(ctx, lambda s: (keys.subdelta_key(s), keys.subbatch_key(s)))
+    results = await _clear(
+        ctx,
+        ctx.scripts.clear_subscriptions,
+        creators,
+        lambda s: [keys.live_key(s), keys.delta_key(s), keys.subs_key(s), keys.subdelta_key(s)],
+    )
+    await ctx.pool.execute("DELETE FROM creator_subscriptions WHERE user_id = $1", ctx.user_id)
+    return {"subscriptions": sum(int(r) for r in results)}
+
+
+_USER_COMMENTS = """
+SELECT comment_id, parent_comment_id, soft_delete_flag FROM comments WHERE user_id = $1
+ORDER BY comment_id LIMIT $2 FOR UPDATE
+"""
+_ANONYMISE = """
+UPDATE comments SET body = NULL, user_id = NULL, soft_delete_flag = true WHERE comment_id = ANY($1::bigint[])
+"""
+_REPLIES = "UPDATE comments SET reply_count = reply_count - $2 WHERE comment_id = $1"
+
+
+async def purge_comments(ctx: PurgeContext) -> dict[str, int]:
+    """Comments keep their place in their threads (other users' replies stay attached) but lose body
+    and author, and count as deleted; then every pending count change is applied (a rerun after an
+    interruption applies what the first run could not)."""
+    purged = 0
+    while True:
+        for attempt in range(3):
+            try:
+                async with ctx.pool.acquire() as conn, conn.transaction():
+                    rows = await conn.fetch(_USER_COMMENTS, ctx.user_id, _CHUNK)
+                    if rows:
+                        await conn.execute(_ANONYMISE, [r["comment_id"] for r in rows])
+                        replies = Counter(
+                            r["parent_comment_id"]
+                            for r in rows
+                            if r["parent_comment_id"] is not None and not r["soft_delete_flag"]
+                        )
+                        for parent in sorted(replies):
+                            await conn.execute(_REPLIES, parent, replies[parent])
+                break
+            except asyncpg.DeadlockDetectedError:
+                if attempt == 2:
+                    raise
+        purged += len(rows)
+        if len(rows) < _CHUNK:
+            break
+    await comment_counts.settle_pending(ctx.redis, ctx.scripts, ctx.pool, ctx.settings)
+    return {"comments": purged}
+
+
+async def purge_rows(ctx: PurgeContext) -> dict[str, int]:
+    """Shares, watch history, playlists (their items cascade), and the Idempotency-Key records and
+    fallback log rows that name the user."""
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        counts = {
+            what: int((await conn.execute(f"DELETE FROM {what} WHERE user_id = $1", ctx.user_id)).split()[-1])
+            for what in ("shares", "watch_history", "playlists")
+        }
+        records = 0
+        for table in ("comment_idempotency", "fallback_idempotency"):
+            records += int(
+                (await conn.execute(f"DELETE FROM {table} WHERE user_id = $1", ctx.user_id)).split()[-1]
+            )
+        # Settled rows are history: gone. Unsettled ones are still needed by reconcile, which then only
+        # uses their target (the item or creator it recounts): the user is taken off them.
+        await conn.execute("DELETE FROM fallback_log WHERE user_id = $1 AND reconciled", ctx.user_id)
+        await conn.execute("UPDATE fallback_log SET user_id = '' WHERE user_id = $1", ctx.user_id)
+    return {**counts, "idempotency_records": records}
+
+
+async def purge_rate_limits(ctx: PurgeContext) -> dict[str, int]:
+    """The user's sliding-window logs (``eng:{u:<user>}:rl:<action>``): one slot, one DEL."""
+    actions = {"like", "dislike", "subscribe", "share", "comment"}
+    actions |= {part.split("=", 1)[0].strip() for part in ctx.settings.rate_limits.split(",") if "=" in part}
+    await ctx.redis.delete(*(keys.rate_limit_key(ctx.user_id, a) for a in sorted(actions)))
+    return {}
+
+
+STEPS: list[tuple[str, Step]] = [
+    ("likes", purge_likes),
+    ("subscriptions", purge_subscriptions),
+    ("comments", purge_comments),
+    ("rows", purge_rows),
+    ("rate_limits", purge_rate_limits),
+]

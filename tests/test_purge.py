@@ -1,0 +1,346 @@
+"""GDPR purge (``DELETE /internal/v1/users/{userId}``, daemon/purge.py): every engagement record of one
+user removed in Postgres and Redis, counts adjusted exactly (states still pending in Redis included),
+other users untouched; a second run removes nothing; a purge interrupted midway ends exact when run again."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from urllib.parse import quote
+
+import asyncpg
+import pytest
+import redis
+from service_fixtures import ROOT, ApiProcess, run_flusher_once, service_env, token
+
+from api.services import make_redis
+from daemon import db, keys
+from daemon.purge import PurgeIncomplete, purge_user
+from daemon.servers import RedisServer
+from daemon.settings import Settings
+from lua import Scripts
+
+INTERNAL = {"Authorization": f"Bearer {token('gdpr-service', scope='internal')}"}
+ITEMS = ("clip-a", "clip-b", "clip-c")
+CREATORS = ("studio-1", "studio-2", "studio-3")
+
+
+def _auth(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(user)}"}
+
+
+def _ok(response) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+def _comment(api: ApiProcess, item: str, user: str, text: str, parent: int | None = None) -> int:
+    body: dict[str, object] = {"body": text}
+    if parent is not None:
+        body["parent_comment_id"] = parent
+    return _ok(api.client.post(f"/api/v1/content/{item}/comments", json=body, headers=_auth(user)))[
+        "comment_id"
+    ]
+
+
+def _sql(database_url: str, query: str, *args: object) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def _given_two_users(api: ApiProcess, settings: Settings) -> dict[str, int]:
+    """alice and bob with likes, dislikes, subscriptions, comments, shares, history and playlists, part
+    flushed to Postgres and part still pending in Redis. Returns the comment ids."""
+    c = api.client
+    _ok(c.post("/api/v1/content/clip-a/like", headers=_auth("alice")))
+    _ok(c.post("/api/v1/content/clip-b/dislike", headers=_auth("alice")))
+    _ok(c.post("/api/v1/content/clip-a/like", headers=_auth("bob")))
+    _ok(c.post("/api/v1/content/clip-b/like", headers=_auth("bob")))
+    for creator in ("studio-1", "studio-2"):
+        _ok(c.post(f"/api/v1/creators/{creator}/subscribe", headers=_auth("alice")))
+    _ok(c.post("/api/v1/creators/studio-1/subscribe", headers=_auth("bob")))
+    ids = {"a1": _comment(api, "clip-a", "alice", "alice on a")}
+    ids["b1"] = _comment(api, "clip-a", "bob", "bob replies to alice", ids["a1"])
+    ids["b2"] = _comment(api, "clip-a", "bob", "bob on a")
+    ids["a2"] = _comment(api, "clip-a", "alice", "alice replies to bob", ids["b2"])
+    ids["a3"] = _comment(api, "clip-b", "alice", "alice deletes this one")
+    assert c.delete(f"/api/v1/content/clip-b/comments/{ids['a3']}", headers=_auth("alice")).status_code == 204
+    ids["key"] = _ok(
+        c.post(
+            "/api/v1/content/clip-b/comments",
+            json={"body": "keyed"},
+            headers={**_auth("alice"), "Idempotency-Key": "k1"},
+        )
+    )["comment_id"]
+    for user in ("alice", "bob"):
+        _ok(c.post("/api/v1/content/clip-a/shares", json={"platform": "web"}, headers=_auth(user)))
+    run_flusher_once(settings)
+    # still pending in Redis when the purge comes
+    _ok(c.post("/api/v1/content/clip-c/dislike", headers=_auth("alice")))
+    _ok(c.post("/api/v1/content/clip-c/like", headers=_auth("bob")))
+    _ok(c.post("/api/v1/creators/studio-3/subscribe", headers=_auth("alice")))
+    _ok(c.post("/api/v1/creators/studio-2/subscribe", headers=_auth("bob")))
+    _sql(
+        settings.database_url,
+        "INSERT INTO watch_history (user_id, content_id, progress_pct) VALUES"
+        " ('alice', 'clip-a', 50), ('alice', 'clip-b', 10), ('bob', 'clip-a', 70)",
+    )
+    _sql(
+        settings.database_url,
+        "WITH p AS (INSERT INTO playlists (user_id, name) VALUES ('alice', 'mine'), ('bob', 'his')"
+        " RETURNING playlist_id) INSERT INTO playlist_items (playlist_id, content_id, position)"
+        " SELECT playlist_id, 'clip-a', 0 FROM p",
+    )
+    return ids
+
+
+EXPECTED_REMOVED = {
+    "likes": 1,
+    "dislikes": 2,
+    "subscriptions": 3,
+    "comments": 4,
+    "shares": 1,
+    "watch_history": 2,
+    "playlists": 1,
+    "idempotency_records": 1,
+}
+
+
+def _then_only_bob_is_left(api: ApiProcess, settings: Settings, ids: dict[str, int], source: str) -> None:
+    c = api.client
+    want = {"clip-a": (1, 0, 2, 2), "clip-b": (1, 0, 0, 0), "clip-c": (1, 0, 0, 0)}  # likes, dislikes, ...
+    for item, (likes, dislikes, comments, shares) in want.items():
+        r = c.get(f"/api/v1/content/{item}/stats", headers=_auth("alice"))
+        body = r.json()
+        assert r.headers["x-counts-source"] == source
+        assert (body["likes"], body["dislikes"], body["comments"], body["shares"]) == (
+            likes,
+            dislikes,
+            comments,
+            shares,
+        ), item
+        assert body["viewer_state"] == "none"
+    for creator, subscribers in zip(CREATORS, (1, 1, 0), strict=True):
+        r = c.get(f"/api/v1/creators/{creator}", headers=_auth("alice"))
+        assert (r.json()["subscribers"], r.json()["viewer_state"]) == (subscribers, "none"), creator
+    # Threads keep their shape: alice's comments are anonymous tombstones, bob's reply stays attached
+    top = c.get("/api/v1/content/clip-a/comments").json()["items"]
+    assert [(x["comment_id"], x["user_id"], x["body"], x["reply_count"]) for x in top] == [
+        (ids["b2"], "bob", "bob on a", 0),
+        (ids["a1"], None, None, 1),
+    ]
+    thread = c.get("/api/v1/content/clip-a/comments", params={"parent_comment_id": ids["a1"]}).json()
+    assert [(x["comment_id"], x["user_id"]) for x in thread["items"]] == [(ids["b1"], "bob")]
+
+
+def _then_postgres_holds_only_bob(settings: Settings) -> None:
+    url = settings.database_url
+    q = "SELECT user_id, {} FROM {} ORDER BY 1, 2"
+    assert [tuple(r) for r in _sql(url, q.format("content_id", "likes"))] == [
+        ("bob", "clip-a"),
+        ("bob", "clip-b"),
+        ("bob", "clip-c"),
+    ]
+    assert [tuple(r) for r in _sql(url, q.format("creator_id", "creator_subscriptions"))] == [
+        ("bob", "studio-1"),
+        ("bob", "studio-2"),
+    ]
+    counters = {
+        r["content_id"]: (r["likes"], r["dislikes"], r["comments"], r["shares"])
+        for r in _sql(url, "SELECT * FROM content_counters")
+    }
+    assert counters == {"clip-a": (1, 0, 2, 2), "clip-b": (1, 0, 0, 0), "clip-c": (1, 0, 0, 0)}
+    subscribers = dict(tuple(r) for r in _sql(url, "SELECT creator_id, subscribers FROM creator_counters"))
+    assert subscribers == {"studio-1": 1, "studio-2": 1, "studio-3": 0}
+    for table in ("shares", "watch_history", "playlists", "comment_idempotency", "fallback_idempotency"):
+        assert {r[0] for r in _sql(url, f"SELECT DISTINCT user_id FROM {table}")} <= {"bob"}, table
+    assert _sql(url, "SELECT count(*) FROM comments WHERE user_id = 'alice'")[0][0] == 0
+    assert _sql(url, "SELECT count(*) FROM comments WHERE user_id IS NULL AND body IS NULL")[0][0] == 4
+    assert _sql(url, "SELECT count(*) FROM comments WHERE counted = soft_delete_flag")[0][0] == 0
+    assert _sql(url, "SELECT count(*) FROM playlist_items")[0][0] == 1  # bob's
+
+
+def _then_redis_holds_nothing_of_alice(settings: Settings, flushed: bool) -> None:
+    """No key and no hash field names alice (before the flush, only her pending removals: state 0)."""
+    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as r:
+        for key in r.scan_iter("eng:*"):
+            assert "alice" not in key, key
+            if r.type(key) == "hash":
+                fields = {f: v for f, v in r.hgetall(key).items() if f.endswith("|alice")}
+                if flushed or not key.endswith((":sdelta", ":subdelta")):
+                    assert fields == {}, key
+                else:
+                    assert set(fields.values()) == {"0"}, key
+
+
+def test_a_purge_removes_every_record_of_the_user_and_moves_counts_exactly(
+    api: ApiProcess, migrated: Settings
+) -> None:
+    # Given alice and bob, partly flushed and partly pending
+    ids = _given_two_users(api, migrated)
+
+    # When a service without the internal scope asks, then nothing happens
+    r = api.client.delete("/internal/v1/users/alice", headers=_auth("gdpr-service"))
+    assert (r.status_code, r.json()["error"]) == (403, "insufficient_scope")
+    assert api.client.delete("/internal/v1/users/alice").status_code == 401
+    for bad in ("a" * 257, "al%01ice"):  # too long, a control character
+        r = api.client.delete(f"/internal/v1/users/{bad}", headers=INTERNAL)
+        assert (r.status_code, r.json()["error"]) == (422, "invalid_user_id"), bad
+
+    # When alice is purged
+    r = api.client.delete("/internal/v1/users/alice", headers=INTERNAL)
+    assert r.status_code == 202, r.text
+    assert r.json() == {"user_id": "alice", "removed": EXPECTED_REMOVED}
+
+    # Then the live counts and threads hold only bob, at once and after the flusher
+    _then_only_bob_is_left(api, migrated, ids, "redis")
+    _then_redis_holds_nothing_of_alice(migrated, flushed=False)
+    run_flusher_once(migrated)
+    _then_only_bob_is_left(api, migrated, ids, "redis")
+    _then_postgres_holds_only_bob(migrated)
+    _then_redis_holds_nothing_of_alice(migrated, flushed=True)
+
+    # And purging again removes nothing
+    r = api.client.delete("/internal/v1/users/alice", headers=INTERNAL)
+    assert (r.status_code, r.json()) == (
+        202,
+        {"user_id": "alice", "removed": dict.fromkeys(EXPECTED_REMOVED, 0)},
+    )
+    run_flusher_once(migrated)
+    _then_postgres_holds_only_bob(migrated)
+    _then_only_bob_is_left(api, migrated, ids, "redis")
+
+
+@pytest.fixture
+def redis_back(redis_server: RedisServer) -> Iterator[RedisServer]:
+    yield redis_server
+    if not redis_server.is_running():
+        redis_server.start()
+
+
+def test_a_purge_interrupted_midway_ends_exact_when_run_again(
+    start_api: Callable[..., ApiProcess], migrated: Settings, redis_back: RedisServer
+) -> None:
+    api = start_api()
+    ids = _given_two_users(api, migrated)
+    scripts = Scripts.load()
+
+    async def purge() -> dict:
+        client = make_redis(migrated)
+        pool = await db.create_pool(migrated)
+        try:
+            return await purge_user(client, scripts, pool, migrated, "alice")
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    async def likes_redis_half_only() -> None:
+        """What a purge killed right after the likes step's Redis call leaves behind."""
+        client = make_redis(migrated)
+        try:
+            shard = keys.shard_of("clip-a", migrated.shards)
+            script_keys = [
+                keys.live_key(shard),
+                keys.delta_key(shard),
+                keys.state_key(shard),
+                keys.sdelta_key(shard),
+            ]
+            assert await scripts.clear_reactions(client, script_keys, ["alice", "clip-a"]) == [1, 0]
+        finally:
+            await client.aclose()
+
+    # Given a purge killed after taking back alice's like in Redis but before deleting its row
+    asyncio.run(likes_redis_half_only())
+    # And a second attempt while Redis is down: the steps that need Redis fail, the others run
+    redis_back.stop()
+    with pytest.raises(PurgeIncomplete) as failed:
+        asyncio.run(purge())
+    assert failed.value.failed == ["likes", "subscriptions", "comments", "rate_limits"]
+    assert failed.value.summary["removed"] == {
+        "shares": 1,
+        "watch_history": 2,
+        "playlists": 1,
+        "idempotency_records": 1,
+    }
+    assert _sql(migrated.database_url, "SELECT count(*) FROM comments WHERE user_id = 'alice'")[0][0] == 0
+
+    # When Redis returns and the purge runs again
+    redis_back.start()
+    api.kill()
+    api = start_api()
+    summary = asyncio.run(purge())
+    assert summary["removed"] == {
+        **dict.fromkeys(EXPECTED_REMOVED, 0),
+        "likes": 0,
+        "dislikes": 2,
+        "subscriptions": 3,
+    }
+
+    # Then everything ends exactly as an uninterrupted purge
+    _then_only_bob_is_left(api, migrated, ids, "redis")
+    run_flusher_once(migrated)
+    _then_only_bob_is_left(api, migrated, ids, "redis")
+    _then_postgres_holds_only_bob(migrated)
+    _then_redis_holds_nothing_of_alice(migrated, flushed=True)
+
+
+def _cli_reconcile(settings: Settings) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "reconcile"],
+        env=service_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_a_purge_after_a_redis_outage_settles_the_fallback_writes_exactly(
+    start_api: Callable[..., ApiProcess], migrated: Settings, redis_back: RedisServer
+) -> None:
+    # Given a user whose id holds glob and separator characters, with a like flushed before an outage,
+    # and likes and a subscription written straight to Postgres during it (not yet reconciled)
+    weird = "we*rd?[u]|1"
+    api = start_api()
+    for user in (weird, "bob"):
+        _ok(api.client.post("/api/v1/content/clip-f/like", headers=_auth(user)))
+    run_flusher_once(migrated)
+    redis_back.stop()
+    assert _ok(api.client.post("/api/v1/content/clip-f/dislike", headers=_auth(weird)))["dislikes"] == 1
+    _ok(api.client.post("/api/v1/content/clip-g/like", headers=_auth(weird)))
+    _ok(api.client.post("/api/v1/creators/studio-f/subscribe", headers=_auth(weird)))
+    redis_back.start()
+    api.kill()
+    api = start_api()
+
+    # When the user is purged, then reconcile and the flusher run
+    r = api.client.delete(f"/internal/v1/users/{quote(weird, safe='')}", headers=INTERNAL)
+    assert r.status_code == 202, r.text
+    assert r.json()["removed"]["subscriptions"] == 0  # the subscription was only in Postgres
+    assert "3 fallback writes settled" in _cli_reconcile(migrated)
+    run_flusher_once(migrated)
+
+    # Then only bob's like is left, in Redis and in Postgres
+    for item, want in (("clip-f", (1, 0)), ("clip-g", (0, 0))):
+        body = api.client.get(f"/api/v1/content/{item}/stats", headers=_auth(weird)).json()
+        assert (body["likes"], body["dislikes"], body["viewer_state"]) == (*want, "none"), item
+    assert api.client.get("/api/v1/creators/studio-f").json()["subscribers"] == 0
+    url = migrated.database_url
+    assert [tuple(r) for r in _sql(url, "SELECT user_id, content_id FROM likes")] == [("bob", "clip-f")]
+    counters = {
+        r[0]: (r[1], r[2]) for r in _sql(url, "SELECT content_id, likes, dislikes FROM content_counters")
+    }
+    assert counters == {"clip-f": (1, 0), "clip-g": (0, 0)}
+    assert _sql(url, "SELECT count(*) FROM creator_subscriptions")[0][0] == 0
+    assert _sql(url, "SELECT subscribers FROM creator_counters WHERE creator_id = 'studio-f'")[0][0] == 0
+    assert _sql(url, "SELECT count(*) FROM fallback_log WHERE user_id = $1", weird)[0][0] == 0
