@@ -21,9 +21,10 @@ from starlette.responses import Response
 
 from api import comment_store
 from api.errors import ApiError, json_response
+from api.idempotency import idempotency_key
 from api.ingest import json_object
 from api.instrument import instrumented
-from api.reactions import check_rate, idempotency_key
+from api.reactions import check_rate
 from api.services import Services
 from api.subscriptions import unavailable
 from daemon import comment_counts
