@@ -13,9 +13,10 @@ from redis.exceptions import RedisError
 
 from api.auth import Authenticator
 from api.buffer import ViewBuffer
+from api.engagement_events import EngagementEvents
 from api.ingest import BodyReader
-from api.internal import ContentRegistry, EngagementEvents
 from api.ratelimit import Limit, RateLimiter, parse_limits
+from api.registry import ContentRegistry
 from daemon import db
 from daemon.events import EventProducer
 from daemon.metrics import Metrics

@@ -17,7 +17,7 @@ A shard leased by a running flusher is waited for briefly, then skipped (reporte
 it. Reconcile never holds more than one lease at a time.
 
 Pairs the api wrote straight to Postgres while Redis was unreachable (``fallback_log``, api/fallback.py)
-are settled first, under the same lease: see ``_settle_fallbacks``.
+are settled first, under the same lease: see daemon/reconcile_fallbacks.py.
 
 Before the shards, comment rows whose count change is not in Redis yet (posted or deleted while Redis was
 unreachable, or by a process that died before applying it) get it applied exactly once
@@ -36,12 +36,14 @@ from typing import Any
 
 import asyncpg
 
-from daemon import comment_counts, keys
+from daemon import comment_counts, keys, reconcile_fallbacks
 from daemon.metrics import Metrics
 from daemon.settings import Settings
-from lua import LuaScript, Scripts
+from lua import Scripts
 
 log = logging.getLogger(__name__)
+
+_PRUNE_COMMENT_KEYS = "DELETE FROM comment_idempotency WHERE created_at < now() - make_interval(secs => $1)"
 
 _COUNTER_SET = frozenset(keys.COUNTERS)
 _CHUNK = 2_000  # entries per script call: keeps one call short
@@ -123,7 +125,7 @@ async def reconcile(
             ),
             settings.shards,
         )
-        fallbacks = await _read_fallbacks(conn, settings)
+        fallbacks = await reconcile_fallbacks.read_fallbacks(conn, settings)
         for shard, rows in fallbacks.items():
             content_ids[shard].update(r["target_id"] for r in rows if r["kind"] == "like")
             creators[shard].update(r["target_id"] for r in rows if r["kind"] == "subscription")
@@ -186,7 +188,9 @@ async def _reconcile_shard(
         await _take_lease(settings, redis, scripts, owner, shard)
         try:
             if fallbacks:  # settled first, once: the normal pass then sets live counts and states
-                if not await _settle_fallbacks(settings, redis, pool, owner, shard, fallbacks):
+                if not await reconcile_fallbacks.settle_fallbacks(
+                    settings, redis, pool, owner, shard, fallbacks
+                ):
                     continue
                 report.fallbacks_settled += len(fallbacks)
                 fallbacks = []
@@ -343,136 +347,3 @@ async def run_reconcile(settings: Settings) -> int:
         print(f"repaired {repair.field}: {repair.was} -> {repair.now}")
     print(report.summary(), flush=True)
     return 0
-
-
-# -- Pairs written by the api's Postgres fallback while Redis was unreachable (api/fallback.py) ------
-
-_FALLBACKS = "SELECT id, kind, user_id, target_id FROM fallback_log WHERE NOT reconciled ORDER BY id"
-_PRUNE_COMMENT_KEYS = "DELETE FROM comment_idempotency WHERE created_at < now() - make_interval(secs => $1)"
-_PRUNE_FALLBACK_KEYS = "DELETE FROM fallback_idempotency WHERE created_at < now() - make_interval(secs => $1)"
-_SET_CONTENT_COUNTS = """
-INSERT INTO content_counters AS c (content_id, likes, dislikes, updated_at)
-SELECT *, now() FROM unnest($1::text[], $2::bigint[], $3::bigint[])
-ON CONFLICT (content_id) DO UPDATE
-SET likes = EXCLUDED.likes, dislikes = EXCLUDED.dislikes, updated_at = now()
-"""
-_SET_CREATOR_COUNTS = """
-INSERT INTO creator_counters AS c (creator_id, subscribers, updated_at)
-SELECT *, now() FROM unnest($1::text[], $2::bigint[])
-ON CONFLICT (creator_id) DO UPDATE SET subscribers = EXCLUDED.subscribers, updated_at = now()
-"""
-_settle_script = LuaScript.load("settle_fallbacks")
-
-
-async def _read_fallbacks(conn: asyncpg.Connection, settings: Settings) -> dict[int, list[asyncpg.Record]]:
-    await conn.execute(_PRUNE_FALLBACK_KEYS, float(settings.idempotency_ttl_s))
-    grouped: dict[int, list[asyncpg.Record]] = defaultdict(list)
-    for row in await conn.fetch(_FALLBACKS):
-        grouped[keys.shard_of(row["target_id"], settings.shards)].append(row)
-    return grouped
-
-
-async def _settle_fallbacks(
-    settings: Settings, redis: Any, pool: asyncpg.Pool, owner: str, shard: int, rows: list[asyncpg.Record]
-) -> bool:
-    """Settle one shard's unreconciled fallback rows, under its lease; False when the lease or the
-    batch changed (the shard is done again). Steps, each safe to repeat after a crash:
-
-    1. Drop the pairs' pending like states and subscriptions (``sdelta``/``sbatch``,
-       ``subdelta``/``subbatch``): they predate the Postgres write. Atomically, read what stays pending
-       for the touched items and creators: the remaining pending states and the pending increments.
-    2. In one Postgres transaction (SHARE on fallback_log: no fallback write in between): set the
-       touched counters to COUNT(records with the remaining pending states applied) minus the pending
-       increments -- so that once the flusher adds those increments, the counts equal the records --
-       and mark the rows reconciled. The normal pass then sets live counts and the pairs' state entries.
-    """
-    like_pairs = {keys.state_field(r["target_id"], r["user_id"]) for r in rows if r["kind"] == "like"}
-    sub_pairs = {keys.state_field(r["target_id"], r["user_id"]) for r in rows if r["kind"] == "subscription"}
-    items = sorted({r["target_id"] for r in rows if r["kind"] == "like"})
-    creators = sorted({r["target_id"] for r in rows if r["kind"] == "subscription"})
-    batch_id = await redis.get(keys.batch_id_key(shard))
-    batch_pending = False
-    if batch_id:
-        async with pool.acquire() as conn:
-            batch_pending = (
-                await conn.fetchval("SELECT 1 FROM flush_batches WHERE batch_id = $1", batch_id) is None
-            )
-    fields = [keys.field(c, i) for i in items for c in ("likes", "dislikes")]
-    fields += [keys.field("subscribers", c) for c in creators]
-    result = await _settle_script(
-        redis,
-        [
-            keys.lease_key(shard),
-            keys.batch_id_key(shard),
-            keys.delta_key(shard),
-            keys.batch_key(shard),
-            keys.sdelta_key(shard),
-            keys.sbatch_key(shard),
-            keys.subdelta_key(shard),
-            keys.subbatch_key(shard),
-        ],
-        [
-            owner,
-            settings.flush_lease_ms,
-            batch_id or "",
-            "1" if batch_pending else "0",
-            len(like_pairs),
-            *sorted(like_pairs),
-            len(sub_pairs),
-            *sorted(sub_pairs),
-            len(fields),
-            *fields,
-        ],
-    )
-    if result[0] != "ok":
-        return False
-    pending_likes, pending_subs, increments = (_pairs(r) for r in result[1:4])
-    pending = {name: int(value) for name, value in increments}
-
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("LOCK TABLE fallback_log IN SHARE MODE")
-        likes = {
-            keys.state_field(r["content_id"], r["user_id"]): int(r["value"])
-            for r in await conn.fetch(
-                "SELECT user_id, content_id, value FROM likes WHERE content_id = ANY($1)", items
-            )
-        }
-        likes.update((name, int(value)) for name, value in pending_likes)  # batch first, then delta
-        subs = {
-            keys.state_field(r["creator_id"], r["user_id"]): 1
-            for r in await conn.fetch(
-                "SELECT user_id, creator_id FROM creator_subscriptions WHERE creator_id = ANY($1)", creators
-            )
-        }
-        subs.update((name, int(value)) for name, value in pending_subs)
-        like_counts = {i: [0, 0] for i in items}
-        for name, value in likes.items():
-            counts = like_counts.get(name.split("|", 1)[0])
-            if counts is not None and value:
-                counts[0 if value == 1 else 1] += 1
-        sub_counts = dict.fromkeys(creators, 0)
-        for name, value in subs.items():
-            creator = name.split("|", 1)[0]
-            if creator in sub_counts and value:
-                sub_counts[creator] += 1
-        if items:
-            await conn.execute(
-                _SET_CONTENT_COUNTS,
-                items,
-                [like_counts[i][0] - pending.get(keys.field("likes", i), 0) for i in items],
-                [like_counts[i][1] - pending.get(keys.field("dislikes", i), 0) for i in items],
-            )
-        if creators:
-            await conn.execute(
-                _SET_CREATOR_COUNTS,
-                creators,
-                [sub_counts[c] - pending.get(keys.field("subscribers", c), 0) for c in creators],
-            )
-        await conn.execute(
-            "UPDATE fallback_log SET reconciled = true WHERE id = ANY($1)", [r["id"] for r in rows]
-        )
-    return True
-
-
-def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
-    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]

@@ -11,7 +11,7 @@ import redis
 import redis.asyncio as aioredis
 from service_fixtures import ApiProcess, token
 
-from api.internal import UNKNOWN, ContentRegistry
+from api.registry import UNKNOWN, ContentRegistry
 from daemon import keys
 from daemon.settings import Settings
 

@@ -22,7 +22,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.buffer import ViewBuffer
-from api.internal import ContentRegistry, EngagementEvents
+from api.engagement_events import EngagementEvents
+from api.registry import ContentRegistry
 from daemon.cli import build_parser
 from daemon.events import USER_ENGAGEMENT_EVENTS, EventProducer, _event_metrics
 from daemon.metrics import Metrics

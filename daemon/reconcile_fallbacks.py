@@ -1,0 +1,146 @@
+"""Reconcile, part 1: the pairs the api wrote straight to Postgres while Redis was unreachable
+(``fallback_log``, api/fallback.py), settled per shard under the shard's lease (daemon/reconcile.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from daemon import keys
+from daemon.settings import Settings
+from lua import LuaScript
+
+log = logging.getLogger(__name__)
+
+_FALLBACKS = "SELECT id, kind, user_id, target_id FROM fallback_log WHERE NOT reconciled ORDER BY id"
+_PRUNE_FALLBACK_KEYS = "DELETE FROM fallback_idempotency WHERE created_at < now() - make_interval(secs => $1)"
+_SET_CONTENT_COUNTS = """
+INSERT INTO content_counters AS c (content_id, likes, dislikes, updated_at)
+SELECT *, now() FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+ON CONFLICT (content_id) DO UPDATE
+SET likes = EXCLUDED.likes, dislikes = EXCLUDED.dislikes, updated_at = now()
+"""
+_SET_CREATOR_COUNTS = """
+INSERT INTO creator_counters AS c (creator_id, subscribers, updated_at)
+SELECT *, now() FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT (creator_id) DO UPDATE SET subscribers = EXCLUDED.subscribers, updated_at = now()
+"""
+_settle_script = LuaScript.load("settle_fallbacks")
+
+
+async def read_fallbacks(conn: asyncpg.Connection, settings: Settings) -> dict[int, list[asyncpg.Record]]:
+    await conn.execute(_PRUNE_FALLBACK_KEYS, float(settings.idempotency_ttl_s))
+    grouped: dict[int, list[asyncpg.Record]] = defaultdict(list)
+    for row in await conn.fetch(_FALLBACKS):
+        grouped[keys.shard_of(row["target_id"], settings.shards)].append(row)
+    return grouped
+
+
+async def settle_fallbacks(
+    settings: Settings, redis: Any, pool: asyncpg.Pool, owner: str, shard: int, rows: list[asyncpg.Record]
+) -> bool:
+    """Settle one shard's unreconciled fallback rows, under its lease; False when the lease or the
+    batch changed (the shard is done again). Steps, each safe to repeat after a crash:
+
+    1. Drop the pairs' pending like states and subscriptions (``sdelta``/``sbatch``,
+       ``subdelta``/``subbatch``): they predate the Postgres write. Atomically, read what stays pending
+       for the touched items and creators: the remaining pending states and the pending increments.
+    2. In one Postgres transaction (SHARE on fallback_log: no fallback write in between): set the
+       touched counters to COUNT(records with the remaining pending states applied) minus the pending
+       increments -- so that once the flusher adds those increments, the counts equal the records --
+       and mark the rows reconciled. The normal pass then sets live counts and the pairs' state entries.
+    """
+    like_pairs = {keys.state_field(r["target_id"], r["user_id"]) for r in rows if r["kind"] == "like"}
+    sub_pairs = {keys.state_field(r["target_id"], r["user_id"]) for r in rows if r["kind"] == "subscription"}
+    items = sorted({r["target_id"] for r in rows if r["kind"] == "like"})
+    creators = sorted({r["target_id"] for r in rows if r["kind"] == "subscription"})
+    batch_id = await redis.get(keys.batch_id_key(shard))
+    batch_pending = False
+    if batch_id:
+        async with pool.acquire() as conn:
+            batch_pending = (
+                await conn.fetchval("SELECT 1 FROM flush_batches WHERE batch_id = $1", batch_id) is None
+            )
+    fields = [keys.field(c, i) for i in items for c in ("likes", "dislikes")]
+    fields += [keys.field("subscribers", c) for c in creators]
+    result = await _settle_script(
+        redis,
+        [
+            keys.lease_key(shard),
+            keys.batch_id_key(shard),
+            keys.delta_key(shard),
+            keys.batch_key(shard),
+            keys.sdelta_key(shard),
+            keys.sbatch_key(shard),
+            keys.subdelta_key(shard),
+            keys.subbatch_key(shard),
+        ],
+        [
+            owner,
+            settings.flush_lease_ms,
+            batch_id or "",
+            "1" if batch_pending else "0",
+            len(like_pairs),
+            *sorted(like_pairs),
+            len(sub_pairs),
+            *sorted(sub_pairs),
+            len(fields),
+            *fields,
+        ],
+    )
+    if result[0] != "ok":
+        return False
+    pending_likes, pending_subs, increments = (_pairs(r) for r in result[1:4])
+    pending = {name: int(value) for name, value in increments}
+
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE fallback_log IN SHARE MODE")
+        likes = {
+            keys.state_field(r["content_id"], r["user_id"]): int(r["value"])
+            for r in await conn.fetch(
+                "SELECT user_id, content_id, value FROM likes WHERE content_id = ANY($1)", items
+            )
+        }
+        likes.update((name, int(value)) for name, value in pending_likes)  # batch first, then delta
+        subs = {
+            keys.state_field(r["creator_id"], r["user_id"]): 1
+            for r in await conn.fetch(
+                "SELECT user_id, creator_id FROM creator_subscriptions WHERE creator_id = ANY($1)", creators
+            )
+        }
+        subs.update((name, int(value)) for name, value in pending_subs)
+        like_counts = {i: [0, 0] for i in items}
+        for name, value in likes.items():
+            counts = like_counts.get(name.split("|", 1)[0])
+            if counts is not None and value:
+                counts[0 if value == 1 else 1] += 1
+        sub_counts = dict.fromkeys(creators, 0)
+        for name, value in subs.items():
+            creator = name.split("|", 1)[0]
+            if creator in sub_counts and value:
+                sub_counts[creator] += 1
+        if items:
+            await conn.execute(
+                _SET_CONTENT_COUNTS,
+                items,
+                [like_counts[i][0] - pending.get(keys.field("likes", i), 0) for i in items],
+                [like_counts[i][1] - pending.get(keys.field("dislikes", i), 0) for i in items],
+            )
+        if creators:
+            await conn.execute(
+                _SET_CREATOR_COUNTS,
+                creators,
+                [sub_counts[c] - pending.get(keys.field("subscribers", c), 0) for c in creators],
+            )
+        await conn.execute(
+            "UPDATE fallback_log SET reconciled = true WHERE id = ANY($1)", [r["id"] for r in rows]
+        )
+    return True
+
+
+def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
