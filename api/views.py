@@ -54,8 +54,9 @@ class SingleView:
             if chunked or (length is not None and length != b"0"):
                 body = await services.bodies.read(Request(scope, receive), services.settings.body_max_bytes)
                 view = services.bodies.single_view(body)
-            if view.event_type == MEDIA_STARTED:  # a view (the default)
-                accepted = services.buffer.add(content_id, view.watch_seconds)
+            if view.event_type == MEDIA_STARTED:  # a view (the default); with a token, a unique viewer
+                user = None if principal is None else principal.sub
+                accepted = services.buffer.add(content_id, view.watch_seconds, user)
             else:
                 counter = PLAYBACK_COUNTERS[view.event_type]
                 accepted = services.buffer.add_signal(counter, content_id, view.watch_seconds)
@@ -98,8 +99,9 @@ class BatchViews:
         items = services.bodies.decode_batch(body, request.headers.get("content-type", ""))
         events = services.events
         batch = services.bodies.batch(items, playback=events is not None and events.enabled)
+        viewers = (batch.viewer_ids, batch.viewer_users) if batch.viewer_ids else None
         if batch.events and not services.buffer.add_many(
-            batch.ids, batch.watch_ids, batch.watch_seconds, batch.signals
+            batch.ids, batch.watch_ids, batch.watch_seconds, batch.signals, viewers
         ):
             raise _full(services)
         if batch.playback and events is not None:

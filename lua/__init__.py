@@ -80,6 +80,7 @@ class Scripts:
     release_lease: LuaScript
     take_lease: LuaScript
     reconcile_live: LuaScript
+    capture_uniques: LuaScript
 
     @classmethod
     def load(cls) -> Scripts:
