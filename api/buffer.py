@@ -27,7 +27,7 @@ from collections import Counter
 
 from redis.exceptions import RedisError
 
-from api.drains import Drain, Signals, Viewers, group_by_shard, split
+from api.drains import Drain, Signals, group_by_shard, split
 from api.viewers import QueuedViewers
 from daemon import keys
 from daemon.metrics import Metrics
@@ -259,10 +259,9 @@ class ViewBuffer:
         if not (self._views or self._bulk_ids or self._queued_signals or self._viewers):
             return
         views, watch, signals = self._take_queued()
-        viewers = self._viewers.take()
         shards = self._settings.shards
+        viewers_by_shard = self._viewers.take(shards)
         day = keys.uv_day(self._settings.unique_viewers_day)  # the day of the cut, kept by retries
-        viewers_by_shard: dict[int, Viewers] = dict(group_by_shard(viewers, shards)) if viewers else {}
         views_by_shard = dict(group_by_shard(views, shards))
         watch_by_shard = dict(group_by_shard(watch, shards)) if watch else {}
         signals_by_shard: dict[int, Signals] = {}

@@ -15,6 +15,10 @@ drain; while Redis is down the queue keeps at most the cap per item.
 
 from __future__ import annotations
 
+from zlib import crc32
+
+from api.drains import Viewers
+
 
 class QueuedViewers:
     def __init__(self, cap: int) -> None:
@@ -50,32 +54,48 @@ class QueuedViewers:
         """User ids queued (an upper bound of the distinct ones: bulk ids are not deduplicated yet)."""
         return sum(map(len, self._sets.values())) + len(self.bulk_ids)
 
-    def take(self) -> dict[str, list[str]]:
+    def take(self, shards: int) -> dict[int, Viewers]:
         """Swap the queue for an empty one (no await in between) and fold it into distinct user ids
-        per item, at most ``cap`` each."""
+        per item, at most ``cap`` each, grouped by shard (the crc32 of daemon.keys.shard_of, inlined:
+        one pass over the pairs). An item's one user id is a plain string (most items of a cut have
+        one, and a string is no container for the garbage collector to track), several a list."""
         sets, ids, users = self._sets, self.bulk_ids, self._bulk_users
         self._sets, self.bulk_ids, self._bulk_users = {}, [], []
-        folded: dict[str, list[str]] = {c: list(u) for c, u in sets.items()}
-        if ids:
-            # distinct (item, user) pairs in C, then grouped per item
-            for content_id, user_id in set(zip(ids, users, strict=True)):
-                found = folded.get(content_id)
-                if found is None:
-                    folded[content_id] = [user_id]
-                elif content_id in sets:  # the item also has single views: dedupe against them
-                    if user_id not in sets[content_id]:
-                        sets[content_id].add(user_id)
-                        found.append(user_id)
-                else:
-                    found.append(user_id)
+        groups: list[Viewers] = [{} for _ in range(shards)]
+        several: list[tuple[Viewers, str]] = []
+        codes = map(crc32, map(str.encode, ids))  # (map runs in C)
+        for content_id, user_id, code in zip(ids, users, codes, strict=True):
+            group = groups[code % shards]
+            found = group.get(content_id)
+            if found is None:
+                group[content_id] = user_id
+            elif found.__class__ is str:
+                group[content_id] = [found, user_id]  # type: ignore[list-item]
+                several.append((group, content_id))
+            else:
+                found.append(user_id)  # type: ignore[union-attr]
+        for group, content_id in several:
+            group[content_id] = list(set(group[content_id]))
+        for content_id, queued in sets.items():
+            group = groups[crc32(content_id.encode()) % shards]
+            found = group.get(content_id)
+            if found is not None:
+                queued.update([found] if found.__class__ is str else found)
+            group[content_id] = list(queued)
+            several.append((group, content_id))
         cap = self.cap
-        for found in folded.values():
+        for group, content_id in several:  # the others hold one user id
+            found = group[content_id]
             if len(found) > cap:
                 self.dropped += len(found) - cap
-                del found[cap:]
-        return folded
+                del found[cap:]  # type: ignore[union-attr]
+        return {shard: group for shard, group in enumerate(groups) if group}
 
     def compact(self) -> None:
         """Fold the bulk lists into the per-item sets (while Redis fails), capped."""
         if self.bulk_ids:
-            self._sets = {c: set(u) for c, u in self.take().items()}
+            self._sets = {
+                c: {u} if u.__class__ is str else set(u)
+                for group in self.take(1).values()
+                for c, u in group.items()
+            }

@@ -16,7 +16,8 @@
 --   ARGV[4]  optional: msgpack map counter -> {content_id -> increment} for the other counters of a
 --            drain (completions, skips, replays: playback signals that are not views); an empty map
 --            when absent and ARGV[5] is given
---   ARGV[5]  optional: msgpack map content_id -> array of distinct user ids that viewed it
+--   ARGV[5]  optional: msgpack map content_id -> the distinct user ids that viewed it: an array, or
+--            a string when there is one
 --   ARGV[6]  with ARGV[5]: the key prefix of the slot, "eng:{s:N}"
 --   ARGV[7]  with ARGV[5]: the UTC day of the drain, yyyymmdd
 --   ARGV[8]  with ARGV[5]: lifetime of a daily HLL from its first view, seconds
@@ -54,6 +55,9 @@ end
 if ARGV[5] then
   local touch_key, prefix, day, day_ttl_seconds = KEYS[4], ARGV[6], ARGV[7], tonumber(ARGV[8])
   local function pfadd(key, users)
+    if type(users) == 'string' then
+      return redis.call('PFADD', key, users)
+    end
     local changed = 0
     for i = 1, #users, 1000 do  -- unpack() is bounded by Lua's stack: at most 1,000 at a time
       changed = math.max(changed, redis.call('PFADD', key, unpack(users, i, math.min(i + 999, #users))))
