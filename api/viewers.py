@@ -6,11 +6,11 @@ they are folded into per-item user ids only when the buffer is cut, like the bul
 sends each item's distinct user ids once.
 
 Memory is bounded by ``buffer_viewers_max_per_item`` distinct user ids per item per drain. An item
-reaching it makes the buffer drain early. Beyond it, until the next cut, the views still count but
-the extra user ids of that item are not kept: they are counted in ``dropped``
-(``engagement_unique_viewers_dropped_total``). With Redis up a drain runs every
-``buffer_flush_interval_ms``, so this needs more distinct viewers of one item than the cap within one
-drain; while Redis is down the queue keeps at most the cap per item.
+reaching it (or that many bulk user ids queued) makes the buffer drain early. Beyond it, until the
+next cut, the views still count but the extra user ids of that item are not kept: they are counted
+in ``dropped`` (``engagement_unique_viewers_dropped_total``). With Redis up a drain runs every
+``buffer_flush_interval_ms``, so this needs more distinct viewers of one item than the cap within
+one drain; while Redis is down the queue keeps at most the cap per item.
 """
 
 from __future__ import annotations
@@ -29,30 +29,29 @@ class QueuedViewers:
         self.dropped = 0  # user ids not kept because their item was at the cap
 
     def add(self, content_id: str, user_id: str) -> bool:
-        """Keep one view's user id. True when the item is at the cap: the buffer should drain now."""
+        """Keep one view's user id. True when the item has just reached the cap: drain now (once, not
+        on every later view, which would retry a Redis that is down at every request)."""
         users = self._sets.get(content_id)
         if users is None:
             self._sets[content_id] = {user_id}
-            return self.cap <= 1
+            return self.cap == 1
         if len(users) < self.cap:
             users.add(user_id)
-            return len(users) >= self.cap
+            return len(users) == self.cap
         if user_id not in users:
             self.dropped += 1
-        return True
+        return False
 
     def add_many(self, content_ids: list[str], user_ids: list[str]) -> bool:
-        """Keep the user ids of a batch's views (two parallel lists). True: drain now."""
+        """Keep the user ids of a batch's views (two parallel lists). True when the queued bulk user
+        ids have just reached the cap (together they could all be one item's): drain now."""
+        before = len(self.bulk_ids)
         self.bulk_ids += content_ids
         self._bulk_users += user_ids
-        return len(self.bulk_ids) >= self.cap
+        return before < self.cap <= len(self.bulk_ids)
 
     def __bool__(self) -> bool:
         return bool(self._sets or self.bulk_ids)
-
-    def pairs(self) -> int:
-        """User ids queued (an upper bound of the distinct ones: bulk ids are not deduplicated yet)."""
-        return sum(map(len, self._sets.values())) + len(self.bulk_ids)
 
     def take(self, shards: int) -> dict[int, Viewers]:
         """Swap the queue for an empty one (no await in between) and fold it into distinct user ids

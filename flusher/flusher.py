@@ -6,7 +6,8 @@ overwrites one). All captured batches are written in one Postgres transaction th
 ids into the ``flush_batches`` ledger; a batch already in the ledger was committed before a crash and
 is only deleted. ``finish_batch`` deletes the Redis side after the commit, never before. Killed at any
 point, the next pass resumes: nothing lost, nothing counted twice. Several flushers may run: shards
-they do not hold the lease of are skipped.
+they do not hold the lease of are skipped. Each pass also writes the current figures of the unique
+viewers HLLs that changed (flusher/uniques.py: absolute values, so they need no ledger).
 """
 
 from __future__ import annotations
