@@ -44,14 +44,8 @@ local function apply(counter, increments)
   end
 end
 
-apply('views', cmsgpack.unpack(ARGV[2]))
-apply('watch_seconds', cmsgpack.unpack(ARGV[3]))
-if ARGV[4] then
-  for counter, increments in pairs(cmsgpack.unpack(ARGV[4])) do
-    apply(counter, increments)
-  end
-end
-
+-- Unique viewers first: should a command fail midway, nothing counted yet, and PFADD is idempotent
+-- for the retry.
 if ARGV[5] then
   local touch_key, prefix, day, day_ttl_seconds = KEYS[4], ARGV[6], ARGV[7], tonumber(ARGV[8])
   local function pfadd(key, users)
@@ -74,6 +68,14 @@ if ARGV[5] then
     if changed == 1 then
       redis.call('SADD', touch_key, day .. ':' .. content_id)
     end
+  end
+end
+
+apply('views', cmsgpack.unpack(ARGV[2]))
+apply('watch_seconds', cmsgpack.unpack(ARGV[3]))
+if ARGV[4] then
+  for counter, increments in pairs(cmsgpack.unpack(ARGV[4])) do
+    apply(counter, increments)
   end
 end
 
