@@ -24,92 +24,17 @@ import logging
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
-from zlib import crc32
 
-import msgpack
 from redis.exceptions import RedisError
 
+from api.drains import Drain, Signals, group_by_shard, split
+from api.viewers import QueuedViewers
 from daemon import keys
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 from lua import LuaScript
 
 log = logging.getLogger(__name__)
-
-# Upper bound of items in one script call, so that one call never blocks Redis for long.
-MAX_ITEMS_PER_CALL = 1000
-
-
-@dataclass(slots=True)
-class Drain:
-    """One apply_views call: a shard's increments under one drain id, packed once, retried as is."""
-
-    shard: int
-    drain_id: str
-    views: dict[str, int]
-    watch: dict[str, int]
-    # playback signals: counter (completions, skips, replays) -> {content_id: n}; usually empty
-    signals: dict[str, dict[str, int]] = field(default_factory=dict)
-    total_views: int = field(init=False)
-    items: int = field(init=False)  # entries it holds, for the buffer bound
-    _args: tuple[bytes, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.total_views = sum(self.views.values())
-        self.items = len(self.views) + sum(map(len, self.signals.values()))
-        self._args = (msgpack.packb(self.views), msgpack.packb(self.watch))
-        if self.signals:
-            self._args += (msgpack.packb(self.signals),)
-
-    def call(self, settings: Settings) -> tuple[list[str], list[str | int | bytes]]:
-        shard = self.shard
-        call_keys = [keys.live_key(shard), keys.delta_key(shard), keys.drain_key(shard, self.drain_id)]
-        return call_keys, [settings.drain_marker_ttl_s, *self._args]
-
-
-def group_by_shard(counts: dict[str, int], shards: int) -> list[tuple[int, dict[str, int]]]:
-    """Split ``counts`` by shard (the same crc32 as daemon.keys.shard_of, inlined: this loop runs
-    for every distinct item of every cut)."""
-    groups: list[dict[str, int]] = [{} for _ in range(shards)]
-    for content_id, n in counts.items():
-        groups[crc32(content_id.encode()) % shards][content_id] = n
-    return [(shard, group) for shard, group in enumerate(groups) if group]
-
-
-def _chunks(views: dict[str, int]) -> list[dict[str, int]]:
-    if len(views) <= MAX_ITEMS_PER_CALL:
-        return [views]
-    items = list(views.items())
-    step = MAX_ITEMS_PER_CALL
-    return [dict(items[i : i + step]) for i in range(0, len(items), step)]
-
-
-Signals = dict[str, dict[str, int]]  # counter -> {content_id: n}
-
-
-def _split(
-    views: dict[str, int], watch: dict[str, int], signals: Signals
-) -> list[tuple[dict[str, int], dict[str, int], Signals]]:
-    """One shard's increments as calls of at most MAX_ITEMS_PER_CALL distinct items each."""
-    ids = set(views).union(watch, *signals.values()) if signals or len(watch) > len(views) else views
-    if len(ids) <= MAX_ITEMS_PER_CALL:
-        return [(views, watch, signals)]
-    if not signals and watch.keys() <= views.keys():  # views only (the usual shape): as before
-        return [(chunk, {c: watch[c] for c in chunk if c in watch}, {}) for chunk in _chunks(views)]
-    ordered = list(ids)
-    out = []
-    for i in range(0, len(ordered), MAX_ITEMS_PER_CALL):
-        part = ordered[i : i + MAX_ITEMS_PER_CALL]
-        sub: Signals = {}
-        for counter, counts in signals.items():
-            found = {c: counts[c] for c in part if c in counts}
-            if found:
-                sub[counter] = found
-        out.append(
-            ({c: views[c] for c in part if c in views}, {c: watch[c] for c in part if c in watch}, sub)
-        )
-    return out
 
 
 class ViewBuffer:
@@ -129,6 +54,8 @@ class ViewBuffer:
         self._signals: Signals = {}
         self._bulk_signals: dict[str, list[str]] = {}
         self._queued_signals = 0  # entries of both (an upper bound of distinct signal entries)
+        # User ids of views, for the unique viewers HLLs (see api/viewers.py).
+        self._viewers = QueuedViewers(settings.buffer_viewers_max_per_item)
         self._inflight: list[Drain] = []
         self._inflight_items = 0
         self._inflight_ids: set[str] | None = None  # built on demand, near the bound only
@@ -147,8 +74,9 @@ class ViewBuffer:
 
     # -- the hot path -------------------------------------------------------------------------
 
-    def add(self, content_id: str, watch_seconds: int = 0) -> bool:
-        """Count one view. False when it was refused (buffer full or closing): answer 503."""
+    def add(self, content_id: str, watch_seconds: int = 0, user_id: str | None = None) -> bool:
+        """Count one view (of ``user_id`` when known: unique viewers). False when it was refused
+        (buffer full or closing): answer 503."""
         views = self._views
         n = views.get(content_id)
         if n is None:
@@ -166,6 +94,8 @@ class ViewBuffer:
             views[content_id] = n + 1
         if watch_seconds:
             self._watch[content_id] = self._watch.get(content_id, 0) + watch_seconds
+        if user_id is not None and self._viewers.add(content_id, user_id):
+            self._wake.set()
         self.accepted += 1
         return True
 
@@ -191,9 +121,12 @@ class ViewBuffer:
         watch_ids: list[str],
         watch_seconds: list[int],
         signals: dict[str, list[str]] | None = None,
+        viewers: tuple[list[str], list[str]] | None = None,
     ) -> bool:
         """Count a batch of view events (one id per event) and playback signals (counter -> one id per
-        event), all or nothing. False when refused."""
+        event), all or nothing. ``viewers``: the views that have a user id, as two parallel lists
+        (content ids, user ids; each content id also in ``ids``), for unique viewers. False when
+        refused."""
         events = len(ids)
         if signals:
             events += sum(map(len, signals.values()))
@@ -210,6 +143,8 @@ class ViewBuffer:
                 self._queued_signals += len(signal_ids)
         self.accepted += events
         if len(self._bulk_ids) + self._queued_signals >= self._flush_items:
+            self._wake.set()
+        if viewers is not None and self._viewers.add_many(*viewers):
             self._wake.set()
         return True
 
@@ -249,6 +184,11 @@ class ViewBuffer:
         return queued + sum(sum(c.values()) for d in self._inflight for c in d.signals.values())
 
     @property
+    def viewers_dropped(self) -> int:
+        """User ids left out of the unique viewers HLLs: their item was at its cap (monotonic)."""
+        return self._viewers.dropped
+
+    @property
     def closing(self) -> bool:
         return self._closing
 
@@ -283,7 +223,7 @@ class ViewBuffer:
                 if not await self._apply_inflight():
                     self._compact()
                     return False
-            return not self._views and not self._bulk_ids and not self._queued_signals
+            return not (self._views or self._bulk_ids or self._queued_signals or self._viewers)
 
     def _take_queued(self) -> tuple[dict[str, int], dict[str, int], Signals]:
         """Swap the queues for empty ones (no await in between: nothing arriving is lost) and count."""
@@ -313,12 +253,15 @@ class ViewBuffer:
         if self._bulk_ids or self._bulk_signals:
             self._views, self._watch, self._signals = self._take_queued()
             self._queued_signals = sum(map(len, self._signals.values()))
+        self._viewers.compact()
 
     def _cut(self) -> None:
-        if not self._views and not self._bulk_ids and not self._queued_signals:
+        if not (self._views or self._bulk_ids or self._queued_signals or self._viewers):
             return
         views, watch, signals = self._take_queued()
         shards = self._settings.shards
+        viewers_by_shard = self._viewers.take(shards)
+        day = keys.uv_day(self._settings.unique_viewers_day)  # the day of the cut, kept by retries
         views_by_shard = dict(group_by_shard(views, shards))
         watch_by_shard = dict(group_by_shard(watch, shards)) if watch else {}
         signals_by_shard: dict[int, Signals] = {}
@@ -330,11 +273,15 @@ class ViewBuffer:
             shard_list = sorted(shard_list | watch_by_shard.keys() | signals_by_shard.keys())
         prefix = self._drain_prefix
         for shard in shard_list:
-            parts = _split(
-                views_by_shard.get(shard, {}), watch_by_shard.get(shard, {}), signals_by_shard.get(shard, {})
+            parts = split(
+                views_by_shard.get(shard, {}),
+                watch_by_shard.get(shard, {}),
+                signals_by_shard.get(shard, {}),
+                viewers_by_shard.get(shard, {}),
             )
-            for chunk, chunk_watch, chunk_signals in parts:
-                drain = Drain(shard, f"{prefix}-{next(self._drain_seq)}", chunk, chunk_watch, chunk_signals)
+            for chunk, chunk_watch, chunk_signals, chunk_viewers in parts:
+                drain_id = f"{prefix}-{next(self._drain_seq)}"
+                drain = Drain(shard, drain_id, chunk, chunk_watch, chunk_signals, chunk_viewers, day)
                 self._inflight.append(drain)
                 self._inflight_items += drain.items
         self._inflight_ids = None

@@ -65,6 +65,9 @@ class Batch:
     # playback signals: counter (completions, skips, replays) -> one content id per event
     signals: dict[str, list[str]] = field(default_factory=dict)
     items: int = -1  # events in the batch (views + signals); -1: len(ids)
+    # the views (not signals) that carry a user_id: content ids and user ids, parallel (unique viewers)
+    viewer_ids: list[str] = field(default_factory=list)
+    viewer_users: list[str] = field(default_factory=list)
     playback: list[Playback] = field(default_factory=list)  # items with a user_id, when asked for
 
     @property
@@ -233,12 +236,14 @@ class BodyReader:
                 ):
                     raise _Slow
         users: list[Any] = []
+        given_users: list[Any] = []
         if with_user:
-            users = list(map(dict.get, items, repeat("user_id", n), repeat("-", n)))  # absent: valid "-"
-            if set(map(type, users)) != {str}:
+            users = list(map(dict.get, items, repeat("user_id", n)))  # None when absent
+            given_users = list(filter(None, users))  # a falsy user_id ("", null, 0) is invalid: _Slow
+            if len(given_users) != with_user or set(map(type, given_users)) != {str}:
                 raise _Slow
-            joined = "\n".join(users)
-            if joined.count("\n") != n - 1 or not self._ids_re.fullmatch(joined):
+            joined = "\n".join(given_users)
+            if joined.count("\n") != with_user - 1 or not self._ids_re.fullmatch(joined):
                 raise _Slow
         watch_ids: list[str] = []
         given: list[int] = []
@@ -251,9 +256,13 @@ class BodyReader:
                 raise _Slow
             watch_ids = list(compress(ids, seconds))
         batch = Batch(ids, watch_ids, given)
+        if with_user and not types:
+            batch.viewer_ids, batch.viewer_users = list(compress(ids, users)), given_users
         if types:
             batch.items = n
             batch.ids, batch.signals = _split_signals(ids, types)
+            if with_user:
+                batch.viewer_ids, batch.viewer_users = _viewers(ids, users, types)
         if playback and with_user:
             batch.playback = _playback(items, n, ids, types, sessions)
         return batch
@@ -306,6 +315,17 @@ def _split_signals(ids: list[str], types: list[str | None]) -> tuple[list[str], 
             else:
                 found.append(content_id)
     return views, signals
+
+
+def _viewers(ids: list[str], users: list[Any], types: list[Any]) -> tuple[list[str], list[str]]:
+    """The views (media_started or no event_type) that carry a user_id: content ids, user ids."""
+    viewer_ids: list[str] = []
+    viewer_users: list[str] = []
+    for content_id, user_id, event_type in zip(ids, users, types, strict=True):
+        if user_id is not None and (event_type is None or event_type == MEDIA_STARTED):
+            viewer_ids.append(content_id)
+            viewer_users.append(user_id)
+    return viewer_ids, viewer_users
 
 
 def _playback(

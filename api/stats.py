@@ -18,6 +18,8 @@ from daemon import keys
 log = logging.getLogger(__name__)
 
 STAT_FIELDS = ("views", "likes", "dislikes", "comments", "shares")
+# HyperLogLog estimates (standard error 0.81%), exact for small counts; see api/viewers.py.
+UNIQUE_FIELDS = ("unique_viewers", "unique_viewers_today")
 
 
 @instrumented("/api/v1/content/{contentId}/stats")
@@ -29,15 +31,20 @@ async def get_stats(request: Request) -> Response:
     viewer: int | None = None
     try:
         shard = keys.shard_of(content_id, services.settings.shards)
-        pipe = services.redis.pipeline(transaction=False)
+        today = keys.uv_day(services.settings.unique_viewers_day)
+        pipe = services.redis.pipeline(transaction=False)  # one round trip, all keys in the item's slot
         pipe.hmget(keys.live_key(shard), [keys.field(f, content_id) for f in STAT_FIELDS])
+        # execute_command: redis-py's cluster pipeline refuses pfcount() but routes PFCOUNT by its key
+        pipe.execute_command("PFCOUNT", keys.uv_key(shard, content_id))
+        pipe.execute_command("PFCOUNT", keys.uv_day_key(shard, today, content_id))
         if principal is not None:
             pipe.hget(keys.state_key(shard), keys.state_field(content_id, principal.sub))
         results = await pipe.execute()
         if any(v is not None for v in results[0]):
             counts = {f: int(v or 0) for f, v in zip(STAT_FIELDS, results[0], strict=True)}
+            counts["unique_viewers"], counts["unique_viewers_today"] = int(results[1]), int(results[2])
         if principal is not None:
-            viewer = int(results[1] or 0)
+            viewer = int(results[3] or 0)
     except (RedisError, OSError) as exc:
         log.warning("stats from Postgres: Redis unavailable (%s)", exc)
     source = "redis"
@@ -63,15 +70,22 @@ async def _viewer_from_postgres(services: Services, content_id: str, user_id: st
     return int(value or 0)
 
 
+_FROM_POSTGRES = """
+SELECT c.views, c.likes, c.dislikes, c.comments, c.shares,
+       (SELECT unique_viewers FROM content_unique_viewers WHERE content_id = $1) AS unique_viewers,
+       (SELECT unique_viewers FROM content_unique_viewers_daily WHERE content_id = $1 AND day = $2)
+           AS unique_viewers_today
+FROM (SELECT 1) AS one LEFT JOIN content_counters c ON c.content_id = $1
+"""
+
+
 async def _from_postgres(services: Services, content_id: str) -> dict[str, int]:
+    today = keys.day_date(keys.uv_day(services.settings.unique_viewers_day))
     try:
         pool = await services.pool()
-        row = await pool.fetchrow(
-            "SELECT views, likes, dislikes, comments, shares FROM content_counters WHERE content_id = $1",
-            content_id,
-        )
+        row = await pool.fetchrow(_FROM_POSTGRES, content_id, today)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         log.warning("stats unavailable: Postgres unreachable too (%s)", exc)
         retry = {"Retry-After": str(services.settings.buffer_retry_after_s)}
         raise ApiError(503, "unavailable", "Counts are temporarily unavailable.", retry) from None
-    return {f: int(row[f]) if row else 0 for f in STAT_FIELDS}
+    return {f: int(row[f] or 0) for f in (*STAT_FIELDS, *UNIQUE_FIELDS)}

@@ -60,17 +60,17 @@ class SingleView:
             if chunked or (length is not None and length != b"0"):
                 body = await services.bodies.read(Request(scope, receive), services.settings.body_max_bytes)
                 view = services.bodies.single_view(body)
+            user = None if principal is None else principal.sub
             claim = None
             if idem_key is not None:
-                user = principal.sub if principal is not None else "-"
-                claim = await _claim(services, content_id, user, idem_key, body)
+                claim = await _claim(services, content_id, user or "-", idem_key, body)
                 if claim is _REPLAYED:
                     await send(_REPLAYED_START)
                     await send(_EMPTY_BODY)
                     services.metrics.requests.observe(VIEW_ROUTE, "POST", 202, perf_counter() - started)
                     return
-            if view.event_type == MEDIA_STARTED:  # a view (the default)
-                accepted = services.buffer.add(content_id, view.watch_seconds)
+            if view.event_type == MEDIA_STARTED:  # a view (the default); with a token, a unique viewer
+                accepted = services.buffer.add(content_id, view.watch_seconds, user)
             else:
                 counter = PLAYBACK_COUNTERS[view.event_type]
                 accepted = services.buffer.add_signal(counter, content_id, view.watch_seconds)
@@ -133,6 +133,7 @@ class BatchViews:
         items = services.bodies.decode_batch(body, content_type)
         events = services.events
         batch = services.bodies.batch(items, playback=events is not None and events.enabled)
+        viewers = (batch.viewer_ids, batch.viewer_users) if batch.viewer_ids else None
         claim = None
         if key:  # claimed after validation: a refused body claims nothing
             request_fingerprint = idempotency.fingerprint(content_type.encode(), body)
@@ -141,7 +142,7 @@ class BatchViews:
             if first is not None:
                 return json_response({"accepted": int(first)}, 202, {"Idempotent-Replayed": "true"})
         if batch.events and not services.buffer.add_many(
-            batch.ids, batch.watch_ids, batch.watch_seconds, batch.signals
+            batch.ids, batch.watch_ids, batch.watch_seconds, batch.signals, viewers
         ):
             if claim is not None:
                 await idempotency.release(services, *claim)

@@ -33,6 +33,13 @@ eng:{s:N}:batch                 hash    deltas captured by a flusher, until Post
 eng:{s:N}:batch_id              string  id of that batch (key of the flush_batches ledger)
 eng:{s:N}:lease                 string  owner of the shard's flush lease
 eng:{s:N}:drain:<drain_id>      string  marker: a view drain was applied (expires after 24 h)
+eng:{s:N}:uv:<content_id>       hll     user ids that viewed the item, all time (unique viewers)
+eng:{s:N}:uvd:<yyyymmdd>:<c>    hll     user ids that viewed item c on that UTC day; expires
+                                        ENGAGEMENT_UNIQUE_VIEWERS_DAILY_TTL_S after its first view
+eng:{s:N}:uvtouch               set     "<yyyymmdd>:<content_id>" whose HLLs changed since the
+                                        flusher last wrote their counts to Postgres
+eng:{s:N}:uvbatch               set     members taken from uvtouch by a flusher, until Postgres
+                                        has their counts
 eng:{s:N}:registry              hash    content_id -> "<creator_id>|<content_type>": the content
                                         registry (Postgres content_registry), read to enrich events
 eng:config:shards               string  the shard count the data was written with
@@ -44,7 +51,9 @@ eng:{u:<user_id>}:rl:<action>   zset    request id -> admission time (ms): one u
 
 from __future__ import annotations
 
+import time
 import zlib
+from datetime import date
 from typing import Any
 
 PREFIX = "eng"
@@ -179,6 +188,37 @@ def registry_key(shard: int) -> str:
 
 def drain_key(shard: int, drain_id: str) -> str:
     return f"{PREFIX}:{{s:{shard}}}:drain:{drain_id}"
+
+
+def uv_key(shard: int, content_id: str) -> str:
+    """An item's all-time unique viewers HLL. apply_views.lua derives it from ``tag(shard)``."""
+    return f"{PREFIX}:{{s:{shard}}}:uv:{content_id}"
+
+
+def uv_day_key(shard: int, day: str, content_id: str) -> str:
+    """An item's unique viewers HLL of one UTC day (``day`` as yyyymmdd)."""
+    return f"{PREFIX}:{{s:{shard}}}:uvd:{day}:{content_id}"
+
+
+def uv_touch_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:uvtouch"
+
+
+def uv_batch_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:uvbatch"
+
+
+def uv_day(pinned: str = "", now: float | None = None) -> str:
+    """The UTC day (yyyymmdd) of daily unique viewers HLLs at ``now`` (default: the clock), or the
+    pinned day (ENGAGEMENT_UNIQUE_VIEWERS_DAY, YYYY-MM-DD) when one is set."""
+    if pinned:
+        return pinned.replace("-", "")
+    return time.strftime("%Y%m%d", time.gmtime(now))
+
+
+def day_date(day: str) -> date:
+    """yyyymmdd (a day of the daily HLL keys) -> date."""
+    return date(int(day[:4]), int(day[4:6]), int(day[6:8]))
 
 
 def parse_delta_field(field: str) -> tuple[str, str]:

@@ -69,6 +69,9 @@ class BufferStats(Protocol):
     accepted: int
     refused: int
 
+    @property
+    def viewers_dropped(self) -> int: ...
+
     def depth(self) -> int: ...
 
 
@@ -92,6 +95,12 @@ class _BufferCollector(Collector):
             "engagement_views_refused",
             "View events refused with 503 because the buffer was full or shutting down.",
             value=buffer.refused,
+        )
+        yield CounterMetricFamily(
+            "engagement_unique_viewers_dropped",
+            "User ids of views left out of the unique viewers HLLs: their item was at"
+            " ENGAGEMENT_BUFFER_VIEWERS_MAX_PER_ITEM in one drain (the views were counted).",
+            value=buffer.viewers_dropped,
         )
 
 
@@ -164,6 +173,11 @@ class Metrics:
             "engagement_flush_duration_seconds",
             "Time of one flusher pass that wrote something.",
             buckets=FLUSH_BUCKETS,
+            registry=r,
+        )
+        self.flushed_unique_rows = Counter(
+            "engagement_flush_unique_viewers_rows",
+            "content_unique_viewers_daily rows upserted by the flusher (current HLL counts).",
             registry=r,
         )
         self.flush_lag = Gauge(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import date
 
 PREFIX = "ENGAGEMENT_"
 
@@ -54,6 +56,10 @@ class Settings:
     buffer_retry_after_s: int = 1  # Retry-After sent with a 503
     drain_marker_ttl_s: int = 86_400  # how long Redis remembers an applied drain id
     shutdown_drain_timeout_s: float = 30.0  # on SIGTERM, how long the api keeps trying to drain
+    # Unique viewers (HyperLogLogs fed by views with a user id, see api/viewers.py).
+    buffer_viewers_max_per_item: int = 10_000  # distinct user ids held per item per drain
+    unique_viewers_daily_ttl_s: int = 3 * 86_400  # a daily HLL lives this long after its last change
+    unique_viewers_day: str = ""  # YYYY-MM-DD: pin the UTC day of daily HLLs (tests); "": the clock
 
     # Per-user sliding-window rate limits: "<action>=<limit>/<window>" with units ms, s, m, h.
     rate_limits: str = "like=100/60s,dislike=100/60s,subscribe=30/60s,share=60/60s,comment=20/60s"
@@ -113,6 +119,16 @@ class Settings:
             raise SettingsError("ENGAGEMENT_COMMENT_MAX_CHARS must be at least 1")
         if self.buffer_max_items < 1 or self.batch_max_items < 1:
             raise SettingsError("buffer and batch limits must be at least 1")
+        if self.buffer_viewers_max_per_item < 1 or self.unique_viewers_daily_ttl_s < 1:
+            raise SettingsError("buffer_viewers_max_per_item and unique_viewers_daily_ttl_s must be positive")
+        if self.unique_viewers_day:
+            try:
+                if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.unique_viewers_day):
+                    raise ValueError
+                date.fromisoformat(self.unique_viewers_day)
+            except ValueError:
+                message = "ENGAGEMENT_UNIQUE_VIEWERS_DAY must be empty or a YYYY-MM-DD date"
+                raise SettingsError(message) from None
         from api.ratelimit import parse_limits  # here, not at the top: api pulls in starlette
 
         try:

@@ -6,7 +6,8 @@ overwrites one). All captured batches are written in one Postgres transaction th
 ids into the ``flush_batches`` ledger; a batch already in the ledger was committed before a crash and
 is only deleted. ``finish_batch`` deletes the Redis side after the commit, never before. Killed at any
 point, the next pass resumes: nothing lost, nothing counted twice. Several flushers may run: shards
-they do not hold the lease of are skipped.
+they do not hold the lease of are skipped. Each pass also writes the current figures of the unique
+viewers HLLs that changed (flusher/uniques.py: absolute values, so they need no ledger).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from daemon import keys
 from daemon.metrics import Metrics
 from daemon.reconcile import reconcile
 from daemon.settings import Settings
+from flusher.uniques import flush_uniques
 from flusher.writer import CapturedBatch, WriteResult, prune_ledger, write_batches
 from lua import Scripts
 
@@ -99,8 +101,10 @@ class Flusher:
                 raise result
 
     async def flush_once(self) -> WriteResult | None:
-        """Capture, write and finish one pass. None when there was nothing to flush."""
+        """Capture, write and finish one pass (counters, then unique viewers). None when there was no
+        counter to flush."""
         started = time.perf_counter()
+        await self.flush_unique_viewers()
         batches = await self.capture()
         if not batches:
             self.metrics.flush_completed()
@@ -119,6 +123,12 @@ class Flusher:
             )
         log.debug("flushed %d batches, %d rows", len(result.committed), result.rows)
         return result
+
+    async def flush_unique_viewers(self) -> int:
+        """The current counts of the unique viewers HLLs that changed (flusher/uniques.py)."""
+        rows = await flush_uniques(self.redis, self.pool, self.scripts.capture_uniques, self.settings.shards)
+        self.metrics.flushed_unique_rows.inc(rows)
+        return rows
 
     async def drain(self) -> tuple[int, int]:
         """Flush until nothing is pending (``--once``). Returns (batches, rows)."""

@@ -84,6 +84,7 @@ class Scripts:
     take_lease: LuaScript
     reconcile_live: LuaScript
     claim_idempotency: LuaScript
+    capture_uniques: LuaScript
 
     @classmethod
     def load(cls) -> Scripts:

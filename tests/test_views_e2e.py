@@ -170,6 +170,8 @@ def test_stats_of_an_unknown_item_are_zero(api: ApiProcess) -> None:
         "dislikes": 0,
         "comments": 0,
         "shares": 0,
+        "unique_viewers": 0,
+        "unique_viewers_today": 0,
     }
 
 

@@ -1,0 +1,116 @@
+"""Drains: one shard's increments (and user ids) packed for one ``apply_views`` call.
+
+A cut of the view buffer is grouped by shard here, split into calls of at most
+``MAX_ITEMS_PER_CALL`` items, and each call packed once as msgpack, so that a retry sends it as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypeVar
+from zlib import crc32
+
+import msgpack
+
+from daemon import keys
+from daemon.settings import Settings
+
+# Upper bound of items in one script call, so that one call never blocks Redis for long.
+MAX_ITEMS_PER_CALL = 1000
+_EMPTY_MAP = msgpack.packb({})
+T = TypeVar("T")
+
+Signals = dict[str, dict[str, int]]  # counter -> {content_id: n}
+# content_id -> the distinct user ids that viewed it in this drain: one as a string, several as a list
+Viewers = dict[str, str | list[str]]
+
+
+@dataclass(slots=True)
+class Drain:
+    """One apply_views call: a shard's increments under one drain id, packed once, retried as is."""
+
+    shard: int
+    drain_id: str
+    views: dict[str, int]
+    watch: dict[str, int]
+    # playback signals: counter (completions, skips, replays) -> {content_id: n}; usually empty
+    signals: Signals = field(default_factory=dict)
+    viewers: Viewers = field(default_factory=dict)  # user ids for the unique viewers HLLs
+    day: str = ""  # UTC day (yyyymmdd) of the daily HLLs: the day of the cut, kept by retries
+    total_views: int = field(init=False)
+    items: int = field(init=False)  # entries it holds, for the buffer bound
+    _args: tuple[bytes | str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total_views = sum(self.views.values())
+        self.items = len(self.views) + sum(map(len, self.signals.values()))
+        self._args = (msgpack.packb(self.views), msgpack.packb(self.watch))
+        if self.signals or self.viewers:
+            self._args += (msgpack.packb(self.signals) if self.signals else _EMPTY_MAP,)
+        if self.viewers:
+            self._args += (msgpack.packb(self.viewers), keys.tag(self.shard), self.day)
+
+    def call(self, settings: Settings) -> tuple[list[str], list[str | int | bytes]]:
+        shard = self.shard
+        call_keys = [keys.live_key(shard), keys.delta_key(shard), keys.drain_key(shard, self.drain_id)]
+        if not self.viewers:
+            return call_keys, [settings.drain_marker_ttl_s, *self._args]
+        call_keys.append(keys.uv_touch_key(shard))
+        return call_keys, [settings.drain_marker_ttl_s, *self._args, settings.unique_viewers_daily_ttl_s]
+
+
+def group_by_shard(counts: dict[str, T], shards: int) -> list[tuple[int, dict[str, T]]]:
+    """Split ``counts`` by shard (the same crc32 as daemon.keys.shard_of, inlined: this loop runs
+    for every distinct item of every cut)."""
+    groups: list[dict[str, T]] = [{} for _ in range(shards)]
+    codes = map(crc32, map(str.encode, counts))  # (map runs in C)
+    for (content_id, n), code in zip(counts.items(), codes, strict=True):
+        groups[code % shards][content_id] = n
+    return [(shard, group) for shard, group in enumerate(groups) if group]
+
+
+def _chunks(views: dict[str, int]) -> list[dict[str, int]]:
+    if len(views) <= MAX_ITEMS_PER_CALL:
+        return [views]
+    items = list(views.items())
+    step = MAX_ITEMS_PER_CALL
+    return [dict(items[i : i + step]) for i in range(0, len(items), step)]
+
+
+Call = tuple[dict[str, int], dict[str, int], Signals, Viewers]
+
+
+def split(views: dict[str, int], watch: dict[str, int], signals: Signals, viewers: Viewers) -> list[Call]:
+    """One shard's increments as calls of at most MAX_ITEMS_PER_CALL distinct items each (an item's
+    viewers are a subset of its views: they follow them)."""
+    ids = set(views).union(watch, *signals.values()) if signals or len(watch) > len(views) else views
+    if len(ids) <= MAX_ITEMS_PER_CALL:
+        return [(views, watch, signals, viewers)]
+    if not signals and watch.keys() <= views.keys():  # views only (the usual shape): as before
+        return [
+            (
+                chunk,
+                {c: watch[c] for c in chunk if c in watch},
+                {},
+                {c: viewers[c] for c in chunk if c in viewers} if viewers else {},
+            )
+            for chunk in _chunks(views)
+        ]
+    ordered = list(ids)
+    out = []
+    for i in range(0, len(ordered), MAX_ITEMS_PER_CALL):
+        part = ordered[i : i + MAX_ITEMS_PER_CALL]
+        sub: Signals = {}
+        for counter, counts in signals.items():
+            found = {c: counts[c] for c in part if c in counts}
+            if found:
+                sub[counter] = found
+        out.append(
+            (
+                {c: views[c] for c in part if c in views},
+                {c: watch[c] for c in part if c in watch},
+                sub,
+                {c: viewers[c] for c in part if c in viewers} if viewers else {},
+            )
+        )
+    return out

@@ -1,0 +1,341 @@
+"""Unique viewers: HyperLogLogs per item, all time and per UTC day, fed by views with a user id, in
+the stats and in Postgres (content_unique_viewers, content_unique_viewers_daily) after a flush."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import date
+
+import asyncpg
+import pytest
+import redis
+import redis.asyncio as aioredis
+from service_fixtures import ApiProcess, run_flusher_once, token, wait_until
+
+from api.buffer import ViewBuffer
+from api.drains import Drain
+from api.services import make_redis
+from daemon import db, keys
+from daemon.metrics import Metrics
+from daemon.servers import RedisClusterServers
+from daemon.settings import Settings
+from flusher import uniques
+from lua import Scripts
+
+INGEST = {"Authorization": f"Bearer {token(scope='ingest')}"}
+
+
+def _stats(api: ApiProcess, content_id: str) -> dict[str, object]:
+    response = api.client.get(f"/api/v1/content/{content_id}/stats")
+    assert response.status_code == 200
+    return response.json()
+
+
+def _uniques(api: ApiProcess, content_id: str) -> tuple[int, int]:
+    body = _stats(api, content_id)
+    return body["unique_viewers"], body["unique_viewers_today"]  # type: ignore[return-value]
+
+
+def _view(api: ApiProcess, content_id: str, user: str | None = None, body: dict | None = None) -> None:
+    headers = {"Authorization": f"Bearer {token(sub=user)}"} if user else {}
+    assert (
+        api.client.post(f"/api/v1/content/{content_id}/views", headers=headers, json=body).status_code == 202
+    )
+
+
+def _batch(api: ApiProcess, items: list[dict[str, object]]) -> None:
+    response = api.client.post("/api/v1/views/batch", json=items, headers=INGEST)
+    assert response.status_code == 202, response.text
+
+
+def _wait_views(api: ApiProcess, content_id: str, views: int) -> None:
+    wait_until(lambda: _stats(api, content_id)["views"] == views, what=f"{views} views of {content_id}")
+
+
+def _rows(database_url: str, query: str) -> list[tuple[object, ...]]:
+    async def fetch() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [tuple(r) for r in await conn.fetch(query)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def _daily(database_url: str) -> dict[tuple[str, date], int]:
+    rows = _rows(database_url, "SELECT content_id, day, unique_viewers FROM content_unique_viewers_daily")
+    return {(c, d): n for c, d, n in rows}  # type: ignore[misc]
+
+
+def _all_time(database_url: str) -> dict[str, int]:
+    return dict(_rows(database_url, "SELECT content_id, unique_viewers FROM content_unique_viewers"))  # type: ignore[arg-type]
+
+
+def test_ten_users_viewing_five_times_each_are_ten_unique_viewers(api: ApiProcess) -> None:
+    # Given 10 users each viewing one item 5 times with their token, and 10 others 5 times in batches
+    for _ in range(5):
+        for u in range(10):
+            _view(api, "small-1", f"user-{u}")
+    _batch(api, [{"content_id": "small-2", "user_id": f"b-{u}"} for _ in range(5) for u in range(10)])
+
+    # Then the stats count each user once, all time and today (small HLLs are exact)
+    _wait_views(api, "small-1", 50)
+    _wait_views(api, "small-2", 50)
+    assert _uniques(api, "small-1") == (10, 10)
+    assert _uniques(api, "small-2") == (10, 10)
+
+
+def test_twenty_thousand_users_are_estimated_within_two_percent_and_reach_postgres(
+    start_api: Callable[..., ApiProcess], migrated: Settings
+) -> None:
+    api = start_api(migrated.replace(unique_viewers_day="2026-02-01"))
+    # Given 20,000 distinct users viewing one item twice each in batches, with watch time and an
+    # explicit media_started on some, and 2,000 other users sending playback signals (not views)
+    users = [f"viewer-{u}" for u in range(20_000)]
+    events: list[dict[str, object]] = []
+    for repeat in range(2):
+        for u, user in enumerate(users):
+            event: dict[str, object] = {"content_id": "big", "user_id": user}
+            if u % 3 == 0:
+                event["watch_seconds"] = 10
+            if repeat == 1 and u % 5 == 0:
+                event["event_type"] = "media_started"
+            events.append(event)
+    events += [
+        {"content_id": "big", "user_id": f"other-{u}", "event_type": "media_completed"} for u in range(2_000)
+    ]
+    for i in range(0, len(events), 10_000):
+        _batch(api, events[i : i + 10_000])
+    _wait_views(api, "big", 40_000)
+
+    # Then the estimate is within 2% of 20,000 (the HLL's standard error is 0.81%)
+    all_time, today = _uniques(api, "big")
+    assert abs(all_time - 20_000) <= 400, all_time
+    assert today == all_time  # one day, the same users
+
+    # And the flusher writes the same figure to Postgres, for today and all time
+    assert api.stop() == 0
+    run_flusher_once(migrated)
+    assert _daily(migrated.database_url) == {("big", date(2026, 2, 1)): all_time}
+    assert _all_time(migrated.database_url) == {"big": all_time}
+
+
+def test_views_without_a_user_and_playback_signals_leave_the_hlls_unchanged(api: ApiProcess) -> None:
+    # Given three users who viewed an item
+    for user in ("a", "b", "c"):
+        _view(api, "anon-1", user)
+    _wait_views(api, "anon-1", 3)
+    assert _uniques(api, "anon-1") == (3, 3)
+
+    # When anonymous single views, batch items without user_id, and playback signals of new users
+    # (single and in a batch) arrive
+    for _ in range(5):
+        _view(api, "anon-1")
+    _view(api, "anon-1", "d", {"event_type": "media_completed"})
+    _view(api, "anon-1", "e", {"event_type": "media_skipped", "watch_seconds": 3})
+    _batch(
+        api,
+        [{"content_id": "anon-1"}, {"content_id": "anon-1", "watch_seconds": 4}]
+        + [{"content_id": "anon-1", "user_id": "f", "event_type": "media_replay"}],
+    )
+
+    # Then the views count but the unique viewers do not move
+    _wait_views(api, "anon-1", 10)
+    assert _uniques(api, "anon-1") == (3, 3)
+    # and an item seen only anonymously has no unique viewers at all
+    _view(api, "anon-2")
+    _wait_views(api, "anon-2", 1)
+    assert _uniques(api, "anon-2") == (0, 0)
+
+
+def test_unique_viewers_today_starts_over_on_a_new_utc_day(
+    start_api: Callable[..., ApiProcess], migrated: Settings
+) -> None:
+    # Given users a, b, c viewing on 1 March (the day pinned by setting, not by waiting)
+    day1 = start_api(migrated.replace(unique_viewers_day="2026-03-01"))
+    for user in ("a", "b", "c"):
+        _view(day1, "daily-1", user)
+    _wait_views(day1, "daily-1", 3)
+    assert day1.stop() == 0
+    run_flusher_once(migrated)
+
+    # When c and d view on 2 March
+    day2 = start_api(migrated.replace(unique_viewers_day="2026-03-02"))
+    _batch(day2, [{"content_id": "daily-1", "user_id": u} for u in ("c", "d", "d")])
+    _wait_views(day2, "daily-1", 6)
+
+    # Then today counts that day's users and all time counts everyone once
+    assert _uniques(day2, "daily-1") == (4, 2)
+    assert day2.stop() == 0
+
+    # And Postgres holds one figure per day and the all-time figure
+    run_flusher_once(migrated)
+    assert _daily(migrated.database_url) == {
+        ("daily-1", date(2026, 3, 1)): 3,
+        ("daily-1", date(2026, 3, 2)): 2,
+    }
+    assert _all_time(migrated.database_url) == {"daily-1": 4}
+
+    # And the daily HLLs expire, the all-time one does not
+    shard = keys.shard_of("daily-1", migrated.shards)
+    with redis.Redis.from_url(migrated.redis_url) as client:
+        ttl = client.ttl(keys.uv_day_key(shard, "20260302", "daily-1"))
+        assert 0 < ttl <= migrated.unique_viewers_daily_ttl_s
+        assert client.ttl(keys.uv_key(shard, "daily-1")) == -1
+
+
+def test_stats_read_unique_viewers_from_postgres_when_redis_has_no_counts(
+    start_api: Callable[..., ApiProcess], migrated: Settings
+) -> None:
+    # Given today's unique viewers flushed to Postgres, then Redis emptied
+    api = start_api(migrated)
+    for user in ("a", "b"):
+        _view(api, "pg-1", user)
+    _wait_views(api, "pg-1", 2)
+    run_flusher_once(migrated)
+    with redis.Redis.from_url(migrated.redis_url) as client:
+        client.flushall()
+
+    # Then the stats come from Postgres, unique viewers included
+    response = api.client.get("/api/v1/content/pg-1/stats")
+    assert response.headers["X-Counts-Source"] == "postgres"
+    assert (
+        response.json()["views"],
+        response.json()["unique_viewers"],
+        response.json()["unique_viewers_today"],
+    ) == (
+        2,
+        2,
+        2,
+    )
+
+
+@pytest.fixture
+async def client(migrated: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = make_redis(migrated)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_a_retried_drain_changes_no_hll_and_touches_nothing_again(
+    client: aioredis.Redis, migrated: Settings
+) -> None:
+    # Given a drain with user ids applied once
+    scripts = Scripts.load()
+    shard = keys.shard_of("retry-1", migrated.shards)
+    drain = Drain(
+        shard, "retry-test-1", {"retry-1": 3}, {}, viewers={"retry-1": ["a", "b", "c"]}, day="20260401"
+    )
+    assert await scripts.apply_views.call_many(client, [drain.call(migrated)]) == [1]
+    with redis.Redis.from_url(migrated.redis_url) as raw:  # HLL bytes, not text
+        hll = raw.get(keys.uv_key(shard, "retry-1"))
+    assert await client.smembers(keys.uv_touch_key(shard)) == {"20260401:retry-1"}
+    await client.delete(keys.uv_touch_key(shard))  # as if the flusher had written it
+
+    # When the same drain is retried (its reply was lost)
+    assert await scripts.apply_views.call_many(client, [drain.call(migrated)]) == [0]
+
+    # Then nothing changed: counts, HLL bytes, and no item to flush again
+    assert await client.hget(keys.live_key(shard), "views:retry-1") == "3"
+    with redis.Redis.from_url(migrated.redis_url) as raw:
+        assert raw.get(keys.uv_key(shard, "retry-1")) == hll
+    assert await client.pfcount(keys.uv_day_key(shard, "20260401", "retry-1")) == 3
+    assert await client.exists(keys.uv_touch_key(shard)) == 0
+
+    # And a new drain with users already counted changes no HLL, so it touches nothing either
+    again = Drain(shard, "retry-test-2", {"retry-1": 1}, {}, viewers={"retry-1": ["b"]}, day="20260401")
+    assert await scripts.apply_views.call_many(client, [again.call(migrated)]) == [1]
+    assert await client.exists(keys.uv_touch_key(shard)) == 0
+
+
+async def test_a_flush_interrupted_before_forgetting_its_members_is_written_again_exactly(
+    client: aioredis.Redis, migrated: Settings
+) -> None:
+    # Given items whose HLLs changed, captured by a flusher that died before its Postgres write
+    scripts = Scripts.load()
+    buffer = ViewBuffer(
+        migrated.replace(unique_viewers_day="2026-04-02"), client, scripts.apply_views, Metrics()
+    )
+    for i in range(30):
+        assert buffer.add(f"int-{i % 3}", 0, f"user-{i}")
+    assert await buffer.drain_once()
+    captured = await uniques.capture(client, scripts.capture_uniques, migrated.shards)
+    assert sorted(uniques_members(captured)) == [f"20260402:int-{i}" for i in range(3)]
+
+    # When the flusher runs again (twice)
+    pool = await db.create_pool(migrated)
+    try:
+        assert await uniques.flush_uniques(client, pool, scripts.capture_uniques, migrated.shards) == 3
+        assert await uniques.flush_uniques(client, pool, scripts.capture_uniques, migrated.shards) == 0
+        rows = await pool.fetch("SELECT content_id, day, unique_viewers FROM content_unique_viewers_daily")
+    finally:
+        await pool.close()
+
+    # Then each item's figure is there once, and nothing is left to flush
+    assert {(r["content_id"], r["day"]): r["unique_viewers"] for r in rows} == {
+        (f"int-{i}", date(2026, 4, 2)): 10 for i in range(3)
+    }
+    for shard in range(migrated.shards):
+        assert await client.exists(keys.uv_touch_key(shard), keys.uv_batch_key(shard)) == 0
+
+
+def uniques_members(captured: uniques.Captured) -> list[str]:
+    return [m for members in captured.members.values() for m in members]
+
+
+async def test_user_ids_beyond_the_per_item_cap_are_counted_as_dropped_not_kept(
+    client: aioredis.Redis, migrated: Settings
+) -> None:
+    # Given a buffer keeping at most 4 user ids per item per drain
+    scripts = Scripts.load()
+    settings = migrated.replace(buffer_viewers_max_per_item=4, unique_viewers_day="2026-04-03")
+    buffer = ViewBuffer(settings, client, scripts.apply_views, Metrics())
+
+    # When 6 users view one item in single views and 6 in a batch before a drain, and one user twice
+    for u in range(6):
+        assert buffer.add("cap-1", 0, f"s-{u}")
+    assert buffer.add("cap-1", 0, "s-0")
+    assert buffer.add_many(["cap-2"] * 6, [], [], viewers=(["cap-2"] * 6, [f"b-{u}" for u in range(6)]))
+    assert await buffer.drain_once()
+
+    # Then every view counts, the HLLs hold 4 users each, and the 4 left out are counted
+    shard1, shard2 = keys.shard_of("cap-1", settings.shards), keys.shard_of("cap-2", settings.shards)
+    assert await client.hget(keys.live_key(shard1), "views:cap-1") == "7"
+    assert await client.hget(keys.live_key(shard2), "views:cap-2") == "6"
+    assert await client.pfcount(keys.uv_key(shard1, "cap-1")) == 4
+    assert await client.pfcount(keys.uv_key(shard2, "cap-2")) == 4
+    assert buffer.viewers_dropped == 4
+    assert b"engagement_unique_viewers_dropped_total 4.0" in buffer._metrics.render()
+
+
+@pytest.mark.slow
+def test_unique_viewers_on_a_redis_cluster(redis_cluster: RedisClusterServers, migrated: Settings) -> None:
+    # Given the api and the flusher on a three-master Redis Cluster, 64 shards over its slots
+    settings = migrated.replace(
+        redis_url=redis_cluster.url, redis_cluster=True, shards=64, unique_viewers_day="2026-05-01"
+    )
+    with redis.RedisCluster.from_url(redis_cluster.url) as cluster:
+        cluster.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    api = ApiProcess(settings)
+    try:
+        # When 7 users view each of 40 items twice (single views and a batch)
+        for i in range(40):
+            for u in range(7):
+                _view(api, f"cl-{i}", f"u-{u}")
+        _batch(api, [{"content_id": f"cl-{i}", "user_id": f"u-{u}"} for i in range(40) for u in range(7)])
+
+        # Then every item has 7 unique viewers, read from its slot
+        wait_until(lambda: all(_stats(api, f"cl-{i}")["views"] == 14 for i in range(40)), what="drains")
+        assert {i: _uniques(api, f"cl-{i}") for i in range(40)} == {i: (7, 7) for i in range(40)}
+        assert api.stop() == 0
+    finally:
+        api.kill()
+
+    # And the flusher, on the cluster too, writes the daily and all-time figures
+    run_flusher_once(settings)
+    assert _daily(settings.database_url) == {(f"cl-{i}", date(2026, 5, 1)): 7 for i in range(40)}
+    assert _all_time(settings.database_url) == {f"cl-{i}": 7 for i in range(40)}
