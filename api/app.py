@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import health, internal, reactions, shares, stats, subscriptions, views
+from api import health, internal, openapi, reactions, shares, stats, subscriptions, views
 from api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
 from api.services import Services
 from daemon.settings import Settings
@@ -26,7 +26,7 @@ ROUTES = [
     Route(reactions.LIKE_ROUTE, reactions.unlike, methods=["DELETE"]),
     Route(reactions.DISLIKE_ROUTE, reactions.dislike, methods=["POST"]),
     Route(reactions.DISLIKE_ROUTE, reactions.undislike, methods=["DELETE"]),
-    Route("/api/v1/content/{contentId}/stats", stats.get_stats, methods=["GET"]),
+    Route(stats.STATS_ROUTE, stats.get_stats, methods=["GET"]),
     Route(internal.REGISTRY_ROUTE, internal.put_content, methods=["PUT"]),
     Route(shares.SHARES_ROUTE, shares.share, methods=["POST"]),
     Route(subscriptions.SUBSCRIBE_ROUTE, subscriptions.subscribe, methods=["POST"]),
@@ -35,6 +35,7 @@ ROUTES = [
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", health.metrics, methods=["GET"]),
+    Route(openapi.OPENAPI_ROUTE, openapi.serve, methods=["GET"]),
 ]
 _ROUTE_OF_ENDPOINT = {route.endpoint: route.path for route in ROUTES}
 
