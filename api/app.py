@@ -38,6 +38,23 @@ ROUTES = [
     Route(openapi.OPENAPI_ROUTE, openapi.serve, methods=["GET"]),
 ]
 _ROUTE_OF_ENDPOINT = {route.endpoint: route.path for route in ROUTES}
+_METHODS_OF_PATH: dict[str, set[str]] = {}
+for _route in ROUTES:
+    _METHODS_OF_PATH.setdefault(_route.path, set()).update(_route.methods or ())
+
+
+def _allow_all_methods(handler):  # type: ignore[no-untyped-def]
+    """A 405's ``Allow`` lists every method of the path. Starlette's names only the methods of the first
+    route with that path (``POST`` for ``/like``, which also has ``DELETE`` on a route of its own)."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        response = await handler(request, exc)
+        route = _ROUTE_OF_ENDPOINT.get(request.scope.get("endpoint"))
+        if response.status_code == 405 and route is not None:
+            response.headers["Allow"] = ", ".join(sorted(_METHODS_OF_PATH[route]))
+        return response
+
+    return handle
 
 
 def _counted(handler):  # type: ignore[no-untyped-def]
@@ -65,7 +82,7 @@ def build_app(services: Services) -> Starlette:
         routes=ROUTES,
         exception_handlers={
             ApiError: handle_api_error,
-            HTTPException: _counted(handle_http_exception),
+            HTTPException: _counted(_allow_all_methods(handle_http_exception)),
             Exception: _counted(handle_unexpected),
         },
         lifespan=lifespan,

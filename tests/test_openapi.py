@@ -140,3 +140,19 @@ def test_the_api_serves_the_document_of_its_own_settings(start_api, migrated):
     assert response.headers["content-type"] == "application/json"
     assert response.json() == build_document(api.settings)
     assert response.json()["components"]["schemas"]["Id"]["maxLength"] == 64
+
+
+def test_a_405_lists_every_method_of_the_path_in_allow(api):
+    # Found by schemathesis (allow_header_conformance): /like has POST and DELETE on two routes, and
+    # Starlette's 405 named only the first route's POST.
+    for path, allowed in [
+        ("/api/v1/content/video-1/like", "DELETE, POST"),
+        ("/api/v1/content/video-1/dislike", "DELETE, POST"),
+        ("/api/v1/creators/studio-1/subscribe", "DELETE, POST"),
+        ("/api/v1/creators/studio-1", "GET, HEAD"),
+        ("/api/v1/views/batch", "POST"),
+    ]:
+        response = api.client.request("PATCH", path)
+
+        assert (response.status_code, response.headers["allow"]) == (405, allowed), path
+        assert response.json()["error"] == "method_not_allowed"
