@@ -159,8 +159,8 @@ def components(settings: Settings) -> Schema:
                 "scheme": "bearer",
                 "bearerFormat": "JWT",
                 "description": "A JWT signed with the configured HS256 secret or RS256 key. The user is "
-                "`sub`; scopes (`ingest`, `internal`) are read from `scope`, a space-separated string or "
-                "a list.",
+                f"`sub` (1 to {settings.content_id_max_len} characters, no control characters); scopes "
+                "(`ingest`, `internal`) are read from `scope`, a space-separated string or a list.",
             }
         },
         "schemas": {
