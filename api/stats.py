@@ -17,10 +17,11 @@ from daemon import keys
 
 log = logging.getLogger(__name__)
 
+STATS_ROUTE = "/api/v1/content/{contentId}/stats"
 STAT_FIELDS = ("views", "likes", "dislikes", "comments", "shares")
 
 
-@instrumented("/api/v1/content/{contentId}/stats")
+@instrumented(STATS_ROUTE)
 async def get_stats(request: Request) -> Response:
     services: Services = request.app.state.services
     content_id = services.bodies.content_id(request.path_params["contentId"])
