@@ -80,6 +80,9 @@ class Scripts:
     release_lease: LuaScript
     take_lease: LuaScript
     reconcile_live: LuaScript
+    record_history: LuaScript
+    clear_history: LuaScript
+    trim_history: LuaScript
 
     @classmethod
     def load(cls) -> Scripts:
