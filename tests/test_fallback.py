@@ -96,7 +96,7 @@ def test_with_redis_stopped_likes_and_subscriptions_are_written_to_postgres(
     # Given a like that reached Postgres through Redis and the flusher
     assert _react(api, "ann", "item-a", "like").json() == {"state": "liked", "likes": 1, "dislikes": 0}
     run_flusher_once(migrated)
-    assert _fallback_writes(api) == {"like": 0.0, "subscription": 0.0}
+    assert _fallback_writes(api) == {"like": 0.0, "subscription": 0.0, "history": 0.0}
 
     # When Redis stops
     redis_back.stop()
@@ -148,7 +148,7 @@ def test_with_redis_stopped_likes_and_subscriptions_are_written_to_postgres(
     assert (r.json()["likes"], r.json()["dislikes"], r.json()["viewer_state"]) == (1, 0, "liked")
 
     # And every request answered from Postgres is counted (the 422 conflict is not)
-    assert _fallback_writes(api) == {"like": 9.0, "subscription": 3.0}
+    assert _fallback_writes(api) == {"like": 9.0, "subscription": 3.0, "history": 0.0}
 
     # When Redis returns and reconcile runs
     redis_back.start()
@@ -167,7 +167,11 @@ def test_with_redis_stopped_likes_and_subscriptions_are_written_to_postgres(
         1,
         "subscribed",
     )
-    assert _fallback_writes(api) == {"like": 0.0, "subscription": 0.0}  # Redis served every request
+    assert _fallback_writes(api) == {
+        "like": 0.0,
+        "subscription": 0.0,
+        "history": 0.0,
+    }  # Redis served every request
     assert "fallback writes settled" not in _cli_reconcile(migrated)
 
 
@@ -245,7 +249,11 @@ def test_storm_with_redis_stopped_midway_converges_exactly_after_reconcile_and_f
     pending_pairs = {pair for pair, state in likes.items() if before.get(pair, 0) != state}
 
     # When Redis stops midway and a third phase is written straight to Postgres
-    assert _fallback_writes(api) == {"like": 0.0, "subscription": 0.0}  # Redis served phases A and B
+    assert _fallback_writes(api) == {
+        "like": 0.0,
+        "subscription": 0.0,
+        "history": 0.0,
+    }  # Redis served phases A and B
     redis_back.stop()
     phase_c = plan(4, absolute_only=pending_pairs)
     # zed's pending like is removed, its pending dislike switched, its pending subscription withdrawn
@@ -255,7 +263,11 @@ def test_storm_with_redis_stopped_midway_converges_exactly_after_reconcile_and_f
     asyncio.run(_run_phase(api.base_url, phase_c))
     outage_requests = sum(len(steps) for steps in phase_c.values())
     sub_requests = sum(1 for steps in phase_c.values() for t, _ in steps if t in CREATORS)
-    assert _fallback_writes(api) == {"like": outage_requests - sub_requests, "subscription": sub_requests}
+    assert _fallback_writes(api) == {
+        "like": outage_requests - sub_requests,
+        "subscription": sub_requests,
+        "history": 0.0,
+    }
 
     # And Redis returns, reconcile runs, then the flusher writes what was pending
     redis_back.start()
@@ -307,4 +319,8 @@ def test_storm_with_redis_stopped_midway_converges_exactly_after_reconcile_and_f
     run_flusher_once(migrated)
     check("redis")
     assert "0 fields repaired, drift 0, 0 like states and 0 subscriptions rebuilt" in _cli_reconcile(migrated)
-    assert _fallback_writes(api) == {"like": 0.0, "subscription": 0.0}  # Redis served every request
+    assert _fallback_writes(api) == {
+        "like": 0.0,
+        "subscription": 0.0,
+        "history": 0.0,
+    }  # Redis served every request
