@@ -52,7 +52,8 @@ WHERE EXCLUDED.last_watched_at >= w.last_watched_at
 RETURNING last_watched_at, progress_pct, position_seconds
 """
 # First statement of the clear: ROW EXCLUSIVE on watch_history_clears waits for a flusher transaction
-# that holds SHARE on it (and holds the next one back until this commits).
+# that holds SHARE on it, and holds the next one back until the clear commits.
+_LOCK_CLEARS = "LOCK TABLE watch_history_clears IN ROW EXCLUSIVE MODE"
 _CLEAR = """
 INSERT INTO watch_history_clears AS c (user_id, cleared_at) VALUES ($1, $2)
 ON CONFLICT (user_id) DO UPDATE SET cleared_at = GREATEST(c.cleared_at, EXCLUDED.cleared_at)
@@ -146,17 +147,19 @@ async def record_in_postgres(
 async def purge_history(redis: Any, pool: asyncpg.Pool, scripts: Scripts, shards: int, user_id: str) -> int:
     """Forget a user's whole watch history, in Redis and Postgres; returns the Postgres rows deleted.
 
-    Idempotent and safe to re-run after a crash at any point (Redis first, then one Postgres
-    transaction). Raises redis-py's or asyncpg's errors: Redis must be reachable, or heartbeats still
-    pending there would come back after the next flush.
+    Idempotent and safe to re-run after a crash at any point: one Postgres transaction, opened first,
+    around the Redis call. Raises redis-py's or asyncpg's errors: Redis must be reachable, or
+    heartbeats still pending there would come back after the next flush.
     """
     shard = keys.shard_of(user_id, shards)
-    cleared_us, _ = await scripts.clear_history(
-        redis,
-        [keys.history_key(shard, user_id), keys.hdelta_key(shard), keys.hbatch_key(shard)],
-        [user_id],
-    )
     async with pool.acquire() as conn, conn.transaction():
+        # Postgres first: when it is unreachable nothing is cleared, not only the Redis half.
+        await conn.execute(_LOCK_CLEARS)
+        cleared_us, _ = await scripts.clear_history(
+            redis,
+            [keys.history_key(shard, user_id), keys.hdelta_key(shard), keys.hbatch_key(shard)],
+            [user_id],
+        )
         await conn.execute(_CLEAR, user_id, from_us(int(cleared_us)))
         status = await conn.execute(_DELETE_ROWS, user_id)
     return int(status.split()[-1])

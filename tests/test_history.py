@@ -5,7 +5,7 @@ Redis being down."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import asyncpg
 import httpx
@@ -14,7 +14,7 @@ import redis
 from service_fixtures import ApiProcess, run_flusher_once, token, wait_until
 
 from daemon import keys
-from daemon.servers import RedisServer
+from daemon.servers import RedisServer, free_port
 from daemon.settings import Settings
 
 
@@ -263,3 +263,24 @@ def test_history_keys_live_in_the_users_slot(migrated: Settings, api: ApiProcess
     with redis.Redis.from_url(migrated.redis_url, decode_responses=True) as r:
         assert set(r.hgetall(keys.history_key(shard, "ivan"))) == {"film"}
         assert set(r.hgetall(keys.hdelta_key(shard))) == {"film|ivan"}
+
+
+def test_while_postgres_is_down_heartbeats_are_kept_and_a_clear_changes_nothing(
+    start_api: Callable[..., ApiProcess], migrated: Settings
+) -> None:
+    # Given an api whose Postgres is unreachable
+    api = start_api(migrated.replace(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/none"))
+
+    # Then heartbeats are still acknowledged (Redis) and their resume positions served
+    assert _beat(api, "judy", "film", 12.5, 40).status_code == 200
+    assert _resume(api, "judy", "film").json()["position_seconds"] == 40
+    # And what needs Postgres is a 503 with Retry-After
+    for r in (_list(api, "judy"), _resume(api, "judy", "other")):
+        assert (r.status_code, r.json()["error"], r.headers["retry-after"]) == (503, "unavailable", "1")
+    cleared = api.client.delete("/api/v1/users/me/history", headers=_auth("judy"))
+    assert (cleared.status_code, cleared.json()["error"]) == (503, "unavailable")
+
+    # And the refused clear removed nothing: the heartbeat reaches Postgres with the next flush
+    assert _resume(api, "judy", "film").json()["position_seconds"] == 40
+    run_flusher_once(migrated)
+    assert _rows(migrated.database_url) == {("judy", "film"): (12.5, 40)}

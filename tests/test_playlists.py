@@ -16,6 +16,7 @@ from service_fixtures import ApiProcess, token
 
 from daemon.events import USER_ENGAGEMENT_EVENTS
 from daemon.kafka_mock import MockCluster
+from daemon.servers import free_port
 from daemon.settings import Settings
 
 URL = "/api/v1/users/me/playlists"
@@ -329,3 +330,16 @@ def test_adding_an_item_emits_media_added_to_playlist_once(
             "session_id": "",
         },
     ]
+
+
+def test_while_postgres_is_down_playlist_requests_are_503(
+    start_api: Callable[..., ApiProcess], migrated: Settings
+) -> None:
+    api = start_api(migrated.replace(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/none"))
+    for r in (
+        _create(api, "kim", {"name": "x"}),
+        api.client.get(URL, headers=_auth("kim")),
+        _add(api, "kim", 1, "a"),
+        api.client.delete(f"{URL}/1", headers=_auth("kim")),
+    ):
+        assert (r.status_code, r.json()["error"], r.headers["retry-after"]) == (503, "unavailable", "1")
