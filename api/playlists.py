@@ -137,11 +137,12 @@ def _created(answer: dict[str, Any], replayed: bool) -> Response:
 async def create_playlist(request: Request) -> Response:
     services: Services = request.app.state.services
     user = services.auth.require(request.headers.get("authorization")).sub
-    idempotency_key(request)  # a malformed key is a 400 before anything else
+    idempotency_key(request)  # a malformed key is a 400 before the body is read
     doc = await _body(services, request, _CREATE_FIELDS)
     name = _name(doc.get("name"))
     description = _description(doc.get("description", ""))
-    await check_rate(services, "playlist", user, None)
+    key = idempotency_key(request)
+    await check_rate(services, "playlist", user, f"create|{key}" if key else None)
     limit = services.settings.playlists_max_per_user
     answer, replayed = await _idempotent_post(
         services,
@@ -228,7 +229,8 @@ async def add_item(request: Request) -> Response:
         raise ApiError(422, "invalid_content_id", "content_id must be a valid id string.")
     services.bodies.content_id(content_id)
     position = _position(doc["position"]) if doc.get("position") is not None else None
-    await check_rate(services, "playlist", user, None)
+    key = idempotency_key(request)  # a retry with the same key takes no second place in the window
+    await check_rate(services, "playlist", user, f"add|{playlist_id}|{key}" if key else None)
     max_items = services.settings.playlist_items_max
     answer, replayed = await _idempotent_post(
         services,

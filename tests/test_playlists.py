@@ -304,6 +304,7 @@ def test_adding_an_item_emits_media_added_to_playlist_once(
     assert _add(kafka_api, "jack", pid, "song-1", **{"Idempotency-Key": "once"}).status_code == 201  # replay
     assert _add(kafka_api, "jack", pid, "song-1").status_code == 409  # already there
     assert _add(kafka_api, "jack", pid, "video-2").status_code == 201
+    assert kafka_api.stop() == 0  # the producer delivers what is pending before the process exits
 
     records = consume(kafka_cluster.bootstrap_servers, USER_ENGAGEMENT_EVENTS, 2)
     payloads = sorted(
