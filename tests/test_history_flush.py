@@ -250,6 +250,7 @@ def test_no_acknowledged_heartbeat_is_lost_when_flushers_are_killed_at_random_mo
     thread = threading.Thread(target=watcher.run, name="watcher")
     rng = random.Random(2027)
     started: list[FlusherProcess] = []
+    stranded = 0
 
     # Given heartbeats keep arriving over HTTP
     thread.start()
@@ -261,6 +262,7 @@ def test_no_acknowledged_heartbeat_is_lost_when_flushers_are_killed_at_random_mo
             flusher.wait_ready()
             time.sleep(rng.uniform(0.02, 0.4))  # the random moment of the kill (fault injection)
             flusher.kill()
+            stranded += len(_stranded_heartbeats(settings))
             assert watcher.error is None, watcher.error
     finally:
         watcher.stop.set()
@@ -270,6 +272,8 @@ def test_no_acknowledged_heartbeat_is_lost_when_flushers_are_killed_at_random_mo
                 f.kill()
     assert watcher.error is None, watcher.error
     assert watcher.sent > 100
+    # (A kill that strands no captured heartbeats tests nothing: make sure some landed inside passes.)
+    assert stranded > 0, "none of the kills left captured heartbeats behind"
 
     # Then once the leases expire a last flusher leaves nothing behind
     def flushed_everything() -> bool:
@@ -290,6 +294,11 @@ def test_no_acknowledged_heartbeat_is_lost_when_flushers_are_killed_at_random_mo
         return {(r[0], r[1]): (round(r[2], 2), r[3]) for r in found}
 
     assert asyncio.run(rows()) == watcher.last
+
+
+def _stranded_heartbeats(settings: Settings) -> list[bytes]:
+    with redis.Redis.from_url(settings.redis_url) as r:
+        return list(r.scan_iter(match="eng:*:hbatch"))
 
 
 def _pending_history(settings: Settings) -> list[bytes]:
