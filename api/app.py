@@ -12,7 +12,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import comments, health, internal, openapi, purge, reactions, shares, stats, subscriptions, views
+from api import (
+    comments,
+    health,
+    history,
+    internal,
+    openapi,
+    playlists,
+    purge,
+    reactions,
+    shares,
+    stats,
+    subscriptions,
+    views,
+)
 from api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
 from api.services import Services
 from daemon.settings import Settings
@@ -36,6 +49,18 @@ ROUTES = [
     Route(subscriptions.SUBSCRIBE_ROUTE, subscriptions.subscribe, methods=["POST"]),
     Route(subscriptions.SUBSCRIBE_ROUTE, subscriptions.unsubscribe, methods=["DELETE"]),
     Route(subscriptions.CREATOR_ROUTE, subscriptions.get_creator, methods=["GET"]),
+    Route(history.HISTORY_ROUTE, history.list_entries, methods=["GET"]),
+    Route(history.HISTORY_ROUTE, history.clear, methods=["DELETE"]),
+    Route(history.ENTRY_ROUTE, history.put_entry, methods=["PUT"]),
+    Route(history.ENTRY_ROUTE, history.get_entry, methods=["GET"]),
+    Route(playlists.PLAYLISTS_ROUTE, playlists.list_playlists, methods=["GET"]),
+    Route(playlists.PLAYLISTS_ROUTE, playlists.create_playlist, methods=["POST"]),
+    Route(playlists.PLAYLIST_ROUTE, playlists.get_playlist, methods=["GET"]),
+    Route(playlists.PLAYLIST_ROUTE, playlists.update_playlist, methods=["PATCH"]),
+    Route(playlists.PLAYLIST_ROUTE, playlists.delete_playlist, methods=["DELETE"]),
+    Route(playlists.ITEMS_ROUTE, playlists.add_item, methods=["POST"]),
+    Route(playlists.ITEM_ROUTE, playlists.move_item, methods=["PATCH"]),
+    Route(playlists.ITEM_ROUTE, playlists.remove_item, methods=["DELETE"]),
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", health.metrics, methods=["GET"]),

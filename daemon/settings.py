@@ -56,7 +56,10 @@ class Settings:
     shutdown_drain_timeout_s: float = 30.0  # on SIGTERM, how long the api keeps trying to drain
 
     # Per-user sliding-window rate limits: "<action>=<limit>/<window>" with units ms, s, m, h.
-    rate_limits: str = "like=100/60s,dislike=100/60s,subscribe=30/60s,share=60/60s,comment=20/60s"
+    rate_limits: str = (
+        "like=100/60s,dislike=100/60s,subscribe=30/60s,share=60/60s,comment=20/60s,"
+        "history=600/60s,playlist=120/60s"
+    )
     idempotency_ttl_s: int = 86_400  # how long an Idempotency-Key's first answer is kept
     comment_max_chars: int = 10_000  # longest comment body, after trimming (characters)
 
@@ -66,6 +69,8 @@ class Settings:
     body_max_bytes: int = 4096  # single-view body
     content_id_max_len: int = 128
     watch_seconds_max: int = 86_400
+    playlists_max_per_user: int = 200
+    playlist_items_max: int = 5_000
 
     # Flusher.
     flush_interval_ms: int = 1_000
@@ -113,6 +118,8 @@ class Settings:
             raise SettingsError("ENGAGEMENT_COMMENT_MAX_CHARS must be at least 1")
         if self.buffer_max_items < 1 or self.batch_max_items < 1:
             raise SettingsError("buffer and batch limits must be at least 1")
+        if self.playlists_max_per_user < 1 or self.playlist_items_max < 1:
+            raise SettingsError("playlist limits must be at least 1")
         from api.ratelimit import parse_limits  # here, not at the top: api pulls in starlette
 
         try:

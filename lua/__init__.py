@@ -84,6 +84,9 @@ class Scripts:
     take_lease: LuaScript
     reconcile_live: LuaScript
     claim_idempotency: LuaScript
+    record_history: LuaScript
+    clear_history: LuaScript
+    trim_history: LuaScript
 
     @classmethod
     def load(cls) -> Scripts:
