@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import UTC, datetime
 
 import asyncpg
 from redis.exceptions import RedisError
@@ -30,11 +31,11 @@ log = logging.getLogger(__name__)
 
 HISTORY_ROUTE = "/api/v1/users/me/history"
 ENTRY_ROUTE = "/api/v1/users/me/history/{contentId}"
-PAGE_DEFAULT, PAGE_MAX = 20, 100
 
 _FIELDS = frozenset({"progress_pct", "position_seconds"})
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _REDIS_ERRORS = (RedisError, OSError)
+_CURSOR_TS_MAX = history.to_us(datetime.max.replace(tzinfo=UTC))
 
 
 def parse_heartbeat(body: bytes) -> tuple[float, int]:
@@ -108,8 +109,8 @@ async def list_entries(request: Request) -> Response:
     """Most recently watched first: ``{"items": [...], "next_cursor": str | null}``."""
     services: Services = request.app.state.services
     principal = services.auth.require(request.headers.get("authorization"))
-    limit = limit_param(request, PAGE_DEFAULT, PAGE_MAX)
-    after = _history_cursor(cursor_param(request))
+    limit = limit_param(request)
+    after = _history_cursor(services, cursor_param(request))
     unflushed: dict[str, Entry] = {}
     try:
         unflushed = await history.pending(services.redis, services.settings.shards, principal.sub)
@@ -124,15 +125,18 @@ async def list_entries(request: Request) -> Response:
     return json_response({"items": [e.as_json() for e in entries], "next_cursor": next_cursor})
 
 
-def _history_cursor(value: object) -> tuple[int, str] | None:
+def _history_cursor(services: Services, value: object) -> tuple[int, str] | None:
+    """The ``[last_watched_at µs, content_id]`` a ``next_cursor`` carries: a time Python and Postgres can
+    hold and a valid content id (anything else would fail in the query, not be refused)."""
     if value is None:
         return None
     if (
         not isinstance(value, list)
         or len(value) != 2
         or type(value[0]) is not int
+        or not 0 <= value[0] <= _CURSOR_TS_MAX
         or not isinstance(value[1], str)
-        or not 0 <= value[0] < 2**62
+        or not services.bodies.id_re.fullmatch(value[1])
     ):
         raise bad_cursor()
     return value[0], value[1]

@@ -20,7 +20,7 @@ from api import playlist_store as store
 from api.errors import ApiError, json_response
 from api.ingest import json_object
 from api.instrument import instrumented
-from api.pagination import bad_cursor, cursor_param, encode_cursor, limit_param
+from api.pagination import MAX_ID, bad_cursor, cursor_param, encode_cursor, limit_param, positive_int
 from api.reactions import check_rate, idempotency_key
 from api.services import Services
 from api.subscriptions import unavailable
@@ -36,8 +36,8 @@ ITEM_ROUTE = "/api/v1/users/me/playlists/{playlistId}/items/{contentId}"
 NAME_MAX_LEN = 200
 DESCRIPTION_MAX_LEN = 1000
 BODY_MAX_BYTES = 16 * 1024
-PLAYLISTS_PAGE_DEFAULT, PLAYLISTS_PAGE_MAX = 20, 100
 ITEMS_PAGE_DEFAULT, ITEMS_PAGE_MAX = 100, 500
+POSITION_MAX = 2**31 - 1  # playlist_items.position is a Postgres integer
 
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _CREATE_FIELDS = frozenset({"name", "description"})
@@ -50,17 +50,17 @@ _MOVE_FIELDS = frozenset({"position"})
 
 def _name(value: Any) -> str:
     name = value.strip() if isinstance(value, str) else ""
-    if not 1 <= len(name) <= NAME_MAX_LEN:
-        raise ApiError(422, "invalid_name", f"name must be 1 to {NAME_MAX_LEN} characters (trimmed).")
+    if not 1 <= len(name) <= NAME_MAX_LEN or "\x00" in name:  # (Postgres text cannot hold a NUL)
+        raise ApiError(422, "invalid_name", f"name must be 1 to {NAME_MAX_LEN} characters (trimmed), no NUL.")
     return name
 
 
 def _description(value: Any) -> str:
-    if not isinstance(value, str) or len(value.strip()) > DESCRIPTION_MAX_LEN:
+    if not isinstance(value, str) or len(value.strip()) > DESCRIPTION_MAX_LEN or "\x00" in value:
         raise ApiError(
             422,
             "invalid_description",
-            f"description must be a string of at most {DESCRIPTION_MAX_LEN} characters.",
+            f"description must be a string of at most {DESCRIPTION_MAX_LEN} characters, no NUL.",
         )
     return value.strip()
 
@@ -72,10 +72,10 @@ def _position(value: Any) -> int:
 
 
 def _playlist_id(request: Request) -> int:
-    raw = request.path_params["playlistId"]
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) < 2**63:
+    playlist_id = positive_int(request.path_params["playlistId"])
+    if playlist_id is None:
         raise ApiError(422, "invalid_playlist_id", "playlistId must be a positive integer.")
-    return int(raw)
+    return playlist_id
 
 
 async def _body(services: Services, request: Request, fields: frozenset[str]) -> dict[str, Any]:
@@ -158,9 +158,9 @@ async def create_playlist(request: Request) -> Response:
 async def list_playlists(request: Request) -> Response:
     services: Services = request.app.state.services
     user = services.auth.require(request.headers.get("authorization")).sub
-    limit = limit_param(request, PLAYLISTS_PAGE_DEFAULT, PLAYLISTS_PAGE_MAX)
+    limit = limit_param(request)
     before = cursor_param(request)
-    if before is not None and (type(before) is not int or before < 1):
+    if before is not None and (type(before) is not int or not 1 <= before <= MAX_ID):
         raise bad_cursor()
     items, last = await _in_transaction(services, lambda conn: store.list_page(conn, user, before, limit))
     return json_response({"items": items, "next_cursor": None if last is None else encode_cursor(last)})
@@ -177,7 +177,7 @@ async def get_playlist(request: Request) -> Response:
     playlist_id = _playlist_id(request)
     limit = limit_param(request, ITEMS_PAGE_DEFAULT, ITEMS_PAGE_MAX)
     after = cursor_param(request)
-    if after is not None and (type(after) is not int or after < 0):
+    if after is not None and (type(after) is not int or not 0 <= after <= POSITION_MAX):
         raise bad_cursor()
     body = await _in_transaction(
         services, lambda conn: store.get(conn, user, playlist_id, -1 if after is None else after, limit)

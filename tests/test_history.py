@@ -219,7 +219,7 @@ def test_history_requests_without_a_valid_token_or_id_are_refused(api: ApiProces
     assert _list(api, "alice", limit=101).status_code == 422
     for cursor in ("garbage!", "WzEsMiwzXQ", "e30"):  # not base64 JSON, [1,2,3], {}
         r = _list(api, "alice", cursor=cursor)
-        assert (r.status_code, r.json()["error"]) == (422, "invalid_cursor"), cursor
+        assert (r.status_code, r.json()["error"]) == (400, "invalid_cursor"), cursor
 
 
 @pytest.fixture

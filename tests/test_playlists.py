@@ -217,8 +217,14 @@ def test_the_playlist_list_is_paginated_newest_first(api: ApiProcess) -> None:
         if cursor is None:
             break
     assert pages == [ids[::-1][0:2], ids[::-1][2:4], ids[::-1][4:]]
-    for params in ({"limit": 0}, {"limit": 101}, {"cursor": "nope!"}, {"cursor": "Ii0xIg"}):
-        assert api.client.get(URL, params=params, headers=_auth("frank")).status_code == 422, params
+    for params, status, error in (
+        ({"limit": 0}, 422, "invalid_limit"),
+        ({"limit": 101}, 422, "invalid_limit"),
+        ({"cursor": "nope!"}, 400, "invalid_cursor"),
+        ({"cursor": "Ii0xIg"}, 400, "invalid_cursor"),  # "-1"
+    ):
+        r = api.client.get(URL, params=params, headers=_auth("frank"))
+        assert (r.status_code, r.json()["error"]) == (status, error), params
 
 
 def test_limits_and_bad_input_are_refused_with_clear_errors(
@@ -344,3 +350,18 @@ def test_while_postgres_is_down_playlist_requests_are_503(
         api.client.delete(f"{URL}/1", headers=_auth("kim")),
     ):
         assert (r.status_code, r.json()["error"], r.headers["retry-after"]) == (503, "unavailable", "1")
+
+
+def test_a_nul_in_a_name_or_description_is_a_422_not_a_server_error(api: ApiProcess) -> None:
+    # Found by schemathesis: Postgres text cannot hold a NUL, and the refused INSERT answered 503.
+    assert _create(api, "olga", {"name": "a\x00b"}).json()["error"] == "invalid_name"
+    r = _create(api, "olga", {"name": "ok", "description": "\n\r\x03B\x00y"})
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_description")
+    pid = _new(api, "olga", "ok")
+    for body, error in (
+        ({"name": "\x00"}, "invalid_name"),
+        ({"description": "x\x00"}, "invalid_description"),
+    ):
+        r = api.client.patch(f"{URL}/{pid}", json=body, headers=_auth("olga"))
+        assert (r.status_code, r.json()["error"]) == (422, error), body
+    assert api.client.get(f"{URL}/{pid}", headers=_auth("olga")).json()["name"] == "ok"
