@@ -10,13 +10,17 @@ token whose scope holds ``ingest`` and ``internal``, so every operation is reach
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from service_fixtures import ROOT, token
+
+from api.app import ROUTES
 
 CONFIG = Path(__file__).resolve().parent / "schemathesis.toml"
 
@@ -52,10 +56,51 @@ def fuzzed_api(start_api, migrated):  # type: ignore[no-untyped-def]
     return start_api(migrated.replace(rate_limits=""))
 
 
+def succeeded(har: Path) -> set[tuple[str, str]]:
+    """(METHOD, route) of every request of a schemathesis HAR report that got a 2xx."""
+    found = set()
+    for entry in json.loads(har.read_text())["log"]["entries"]:
+        method, path = entry["request"]["method"], unquote(urlsplit(entry["request"]["url"]).path)
+        if not 200 <= entry["response"]["status"] < 300:
+            continue
+        for route in ROUTES:
+            if method in (route.methods or ()) and route.path_regex.fullmatch(path):
+                found.add((method, route.path))
+    return found
+
+
+# Operations that need no id the run must first create: each must be reached past validation at least
+# once. The /users/me ones act on the token's sub (the fuzzer's user).
+REACHED = {
+    ("PUT", "/api/v1/users/me/history/{contentId}"),
+    ("GET", "/api/v1/users/me/history"),
+    ("DELETE", "/api/v1/users/me/history"),
+    ("POST", "/api/v1/users/me/playlists"),
+    ("GET", "/api/v1/users/me/playlists"),
+    ("POST", "/api/v1/content/{contentId}/comments"),
+    ("GET", "/api/v1/content/{contentId}/comments"),
+    ("DELETE", "/internal/v1/users/{userId}"),
+    ("POST", "/api/v1/content/{contentId}/like"),
+    ("POST", "/api/v1/views/batch"),
+}
+
+
 def test_no_request_gets_a_server_error_and_every_answer_conforms(fuzzed_api, tmp_path):
-    result = st_run(fuzzed_api.base_url, tmp_path, "--max-examples", "5", timeout_s=240)
+    har = tmp_path / "run.har"
+    result = st_run(
+        fuzzed_api.base_url,
+        tmp_path,
+        "--max-examples",
+        "5",
+        "--report",
+        "har",
+        "--report-har-path",
+        str(har),
+        timeout_s=240,
+    )
 
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
+    assert REACHED - succeeded(har) == set(), "operations the fuzzer never got a 2xx from"
 
 
 def test_with_redis_stopped_the_only_server_errors_are_documented_503s(fuzzed_api, redis_server, tmp_path):

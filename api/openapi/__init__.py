@@ -18,12 +18,37 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.instrument import instrumented
-from api.openapi import components, health, internal, reactions, shares, stats, subscriptions, views
+from api.openapi import (
+    comments,
+    components,
+    health,
+    history,
+    internal,
+    playlists,
+    purge,
+    reactions,
+    shares,
+    stats,
+    subscriptions,
+    views,
+)
 from api.openapi.components import Schema
 from api.openapi.health import OPENAPI_ROUTE
 from daemon.settings import Settings
 
-AREAS = (views, reactions, stats, shares, subscriptions, internal, health)
+AREAS = (
+    views,
+    reactions,
+    stats,
+    shares,
+    comments,
+    subscriptions,
+    history,
+    playlists,
+    internal,
+    purge,
+    health,
+)
 VERSION = "0.1.0"
 
 
@@ -42,8 +67,9 @@ def build_document(settings: Settings) -> Schema:
         "info": {
             "title": "engagementd",
             "version": VERSION,
-            "description": "The Engagement Service: views, likes and dislikes, shares, creator subscriptions "
-            'and the content registry. Every error has the body `{"error": "<code>", "message": '
+            "description": "The Engagement Service: views, likes and dislikes, shares, comments, creator "
+            "subscriptions, watch history, playlists, the content registry and the GDPR purge of a user."
+            ' Every error has the body `{"error": "<code>", "message": '
             '"<sentence>"}`; the codes each status can carry are listed per operation. A 500 '
             "`internal_error` is a bug: it is never an answer this contract promises.",
         },

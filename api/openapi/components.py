@@ -12,9 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 from api.ingest import EVENT_TYPES, ID_CHARS, SESSION_ID_MAX_LEN
+from api.pagination import MAX_ID, PAGE_DEFAULT, PAGE_MAX
+from api.playlists import ITEMS_PAGE_DEFAULT, ITEMS_PAGE_MAX
+from api.purge import USER_ID_MAX_LEN as PURGE_USER_ID_MAX_LEN
 from daemon.settings import Settings
 
 Schema = dict[str, Any]
+
+NEXT_CURSOR: Schema = {
+    "type": ["string", "null"],
+    "description": "Pass it back as `cursor` for the next page; null on the last page.",
+}
 
 BEARER = "bearerAuth"
 AUTH_REQUIRED: list[dict[str, list[str]]] = [{BEARER: []}]
@@ -41,6 +49,7 @@ _STATUS_TEXT = {
     401: "No valid Bearer token.",
     403: "The token lacks the scope this operation needs.",
     404: "No such resource.",
+    409: "The request conflicts with the resource's state.",
     413: "The body is too large.",
     415: "Unsupported request media type.",
     422: "The request is well formed but invalid.",
@@ -151,6 +160,26 @@ def watch_seconds_schema(settings: Settings) -> Schema:
     }
 
 
+def _limit(default: int, maximum: int, what: str = "Entries per page") -> Schema:
+    return {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+        "description": f"{what}, 1 to {maximum} (default {default}); otherwise a 422 `invalid_limit`.",
+    }
+
+
+def page_schema(item: Schema) -> Schema:
+    """A list page: ``{"items": [...], "next_cursor": str | null}``."""
+    return {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {"items": {"type": "array", "items": item}, "next_cursor": NEXT_CURSOR},
+        "additionalProperties": False,
+    }
+
+
 def components(settings: Settings) -> Schema:
     return {
         "securitySchemes": {
@@ -177,6 +206,22 @@ def components(settings: Settings) -> Schema:
                         "minimum": 1,
                         "description": "As Retry-After (429).",
                     },
+                    "position": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Where the item already is (409 `item_exists`).",
+                    },
+                    "failed_steps": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "The purge steps to run again (503 `purge_incomplete`).",
+                    },
+                    "user_id": {"type": "string", "description": "The purged user (503 `purge_incomplete`)."},
+                    "removed": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer", "minimum": 0},
+                        "description": "What the steps that ran removed (503 `purge_incomplete`).",
+                    },
                 },
                 "additionalProperties": False,
             },
@@ -197,6 +242,50 @@ def components(settings: Settings) -> Schema:
                 "required": True,
                 "schema": ref("schemas", "Id"),
                 "description": "The creator (same syntax as a content id).",
+            },
+            "commentId": {
+                "name": "commentId",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                "description": "A comment of the item.",
+            },
+            "playlistId": {
+                "name": "playlistId",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                "description": "One of the caller's playlists (another user's is a 404, as an unknown one).",
+            },
+            "userId": {
+                "name": "userId",
+                "in": "path",
+                "required": True,
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": PURGE_USER_ID_MAX_LEN,
+                    "pattern": f"^[^\\x00-\\x1f\\x7f]{{1,{PURGE_USER_ID_MAX_LEN}}}$",
+                },
+                "description": "The user's token `sub`, percent-encoded (no control characters).",
+            },
+            "parentCommentId": {
+                "name": "parent_comment_id",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                "description": "List this top-level comment's replies (oldest first) instead of the "
+                "top-level comments (newest first).",
+            },
+            "limit": _limit(PAGE_DEFAULT, PAGE_MAX),
+            "itemsLimit": _limit(ITEMS_PAGE_DEFAULT, ITEMS_PAGE_MAX, "Items per page"),
+            "cursor": {
+                "name": "cursor",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "The `next_cursor` of the previous page, as given (opaque). Any other value, "
+                "or a cursor of another list, is a 400 `invalid_cursor`.",
             },
             "Idempotency-Key": {
                 "name": "Idempotency-Key",

@@ -26,6 +26,12 @@ from daemon.settings import Settings
 
 TAGS = ["views"]
 _PLAYBACK_422 = ("invalid_watch_seconds", "invalid_event_type", "invalid_session_id")
+_REPLAYED = {"Idempotent-Replayed": ref("headers", "Idempotent-Replayed")}
+_IDEMPOTENCY = (
+    "With an Idempotency-Key (claimed in Redis before the view is buffered), a retry is answered "
+    "again and counted once; 503 `idempotency_unavailable`: Redis is unreachable, so the key cannot "
+    "be checked."
+)
 
 
 def _single_body(settings: Settings) -> Schema:
@@ -68,19 +74,19 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 description="Anonymous requests are allowed; a token that is sent must be valid, and makes "
                 "the view an engagement event of its `sub`. The body is optional (at most "
                 f"{settings.body_max_bytes} bytes). 503 `buffer_full`: the view buffer is full or the "
-                f"process is shutting down. {retry}",
+                f"process is shutting down. {_IDEMPOTENCY} {retry}",
                 tags=TAGS,
                 security=AUTH_OPTIONAL,
-                parameters=[ref("parameters", "contentId")],
+                parameters=[ref("parameters", "contentId"), ref("parameters", "Idempotency-Key")],
                 body={"required": False, "content": json_content(_single_body(settings))},
-                responses={202: ok("Accepted (empty body).")},
+                responses={202: ok("Accepted (empty body).", headers=_REPLAYED)},
                 errors={
-                    400: JSON_BODY_400,
+                    400: (*JSON_BODY_400, "invalid_idempotency_key"),
                     401: INVALID_TOKEN,
                     404: NOT_FOUND,
                     413: ("body_too_large",),
-                    422: ("invalid_content_id", *JSON_BODY_422, *_PLAYBACK_422),
-                    503: ("buffer_full",),
+                    422: ("invalid_content_id", *JSON_BODY_422, *_PLAYBACK_422, "idempotency_key_reused"),
+                    503: ("buffer_full", "idempotency_unavailable"),
                 },
             )
         },
@@ -90,9 +96,12 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 "Bulk view ingestion from trusted services (scope `ingest`)",
                 description="A JSON or msgpack array of view items, all or nothing: one bad item rejects "
                 "the batch, and the error's `index` names it. At most "
-                f"{settings.batch_max_items} items and {settings.batch_max_bytes} bytes. {retry}",
+                f"{settings.batch_max_items} items and {settings.batch_max_bytes} bytes. The "
+                "Idempotency-Key is scoped to the ingest client (the token's `sub`). "
+                f"{_IDEMPOTENCY} {retry}",
                 tags=TAGS,
                 security=auth_scope("ingest"),
+                parameters=[ref("parameters", "Idempotency-Key")],
                 body={
                     "required": True,
                     "content": {
@@ -109,10 +118,11 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                             "properties": {"accepted": ref("schemas", "Count")},
                             "additionalProperties": False,
                         },
+                        _REPLAYED,
                     )
                 },
                 errors={
-                    400: JSON_BODY_400,
+                    400: (*JSON_BODY_400, "invalid_idempotency_key"),
                     401: TOKEN_ERRORS,
                     403: ("insufficient_scope",),
                     413: ("body_too_large", "too_many_items"),
@@ -124,8 +134,9 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                         "invalid_content_id",
                         "invalid_user_id",
                         *_PLAYBACK_422,
+                        "idempotency_key_reused",
                     ),
-                    503: ("buffer_full",),
+                    503: ("buffer_full", "idempotency_unavailable"),
                 },
             )
         },
