@@ -100,7 +100,7 @@ async def get_entry(request: Request) -> Response:
             log.warning("resume position unavailable: Postgres unreachable (%s)", exc)
             raise unavailable(services, "Watch history is temporarily unavailable.") from None
     if entry is None:
-        raise ApiError(404, "not_found", "This item is not in the watch history.")
+        raise ApiError(404, "history_entry_not_found", "This item is not in the watch history.")
     return json_response(entry.as_json())
 
 

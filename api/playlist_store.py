@@ -69,7 +69,7 @@ RETURNING content_id, position, added_at
 
 
 def not_found() -> ApiError:
-    return ApiError(404, "not_found", "No such playlist.")
+    return ApiError(404, "playlist_not_found", "No such playlist of yours.")
 
 
 def playlist_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -178,7 +178,7 @@ async def remove_item(conn: asyncpg.Connection, user_id: str, playlist_id: int, 
     await _lock(conn, user_id, playlist_id)
     position = await conn.fetchval(_DELETE_ITEM, playlist_id, content_id)
     if position is None:
-        raise ApiError(404, "not_found", "This item is not in the playlist.")
+        raise ApiError(404, "item_not_found", "This item is not in the playlist.")
     await conn.execute(_CLOSE_GAP, playlist_id, position)
     await conn.execute(_TOUCH, playlist_id)
 
@@ -189,7 +189,7 @@ async def move_item(
     count = await _lock(conn, user_id, playlist_id)
     current = await conn.fetchval(_ITEM_POSITION, playlist_id, content_id)
     if current is None:
-        raise ApiError(404, "not_found", "This item is not in the playlist.")
+        raise ApiError(404, "item_not_found", "This item is not in the playlist.")
     if position >= count:
         raise ApiError(422, "invalid_position", f"position must be from 0 to {count - 1}.")
     if position > current:

@@ -172,7 +172,7 @@ def test_clearing_the_history_removes_flushed_and_pending_entries(
     assert _resume(api, "frank", "a").status_code == 404
     run_flusher_once(migrated)
     assert _rows(migrated.database_url) == {("grace", "a"): (20.0, 2)}
-    assert _resume(api, "frank", "b").json()["error"] == "not_found"
+    assert _resume(api, "frank", "b").json()["error"] == "history_entry_not_found"
 
     # And a heartbeat after the clear is recorded as usual
     assert _beat(api, "frank", "b", 50, 5).status_code == 200

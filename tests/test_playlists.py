@@ -138,7 +138,7 @@ def test_items_keep_a_dense_order_through_inserts_moves_and_removals(
 
     removed = api.client.delete(f"{URL}/{pid}/items/e", headers=_auth("bob"))
     assert (removed.status_code, removed.content) == (204, b"")
-    assert api.client.delete(f"{URL}/{pid}/items/e", headers=_auth("bob")).json()["error"] == "not_found"
+    assert api.client.delete(f"{URL}/{pid}/items/e", headers=_auth("bob")).json()["error"] == "item_not_found"
     assert _order(api, "bob", pid, limit=2) == ["d", "b", "a", "f", "c"]
     assert _positions_in_postgres(migrated.database_url, pid) == list(enumerate(["d", "b", "a", "f", "c"]))
 
@@ -198,7 +198,7 @@ def test_other_users_playlists_are_invisible(api: ApiProcess) -> None:
         ("GET", f"{URL}/999999", None),
     ):
         r = api.client.request(method, path, json=body, headers=mallory)
-        assert (r.status_code, r.json()["error"]) == (404, "not_found"), (method, path)
+        assert (r.status_code, r.json()["error"]) == (404, "playlist_not_found"), (method, path)
     assert api.client.get(URL, headers=mallory).json()["items"] == []
     assert [p["name"] for p in api.client.get(URL, headers=_auth("dave")).json()["items"]] == ["Mine"]
     assert _order(api, "dave", pid) == ["x"]

@@ -92,15 +92,16 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
             "get": operation(
                 "getHistoryEntry",
                 "The resume position of one item",
-                description="The unflushed entry in Redis, else the Postgres row; 404 `not_found` when "
-                f"there is none. {unavailable} Redis does not hold it and Postgres is unreachable.",
+                description="The unflushed entry in Redis, else the Postgres row; 404 "
+                f"`history_entry_not_found` when there is none. {unavailable} Redis does not hold it and "
+                "Postgres is unreachable.",
                 tags=TAGS,
                 security=AUTH_REQUIRED,
                 parameters=[ref("parameters", "contentId")],
                 responses={200: ok("The entry.", entry)},
                 errors={
                     401: TOKEN_ERRORS,
-                    404: NOT_FOUND,
+                    404: (*NOT_FOUND, "history_entry_not_found"),
                     422: ("invalid_content_id",),
                     503: ("unavailable",),
                 },

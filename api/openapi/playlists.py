@@ -25,6 +25,8 @@ TAGS = ["playlists"]
 _UNAVAILABLE = "503 `unavailable`: Postgres is unreachable."
 _BODY_LIMIT = f"At most {playlists.BODY_MAX_BYTES} bytes of body."
 _WRITE_422 = ("invalid_playlist_id", *JSON_BODY_422)
+_PLAYLIST_404 = (*NOT_FOUND, "playlist_not_found")  # also another user's playlist
+_ITEM_404 = (*_PLAYLIST_404, "item_not_found")
 _REPLAYED = {"Idempotent-Replayed": ref("headers", "Idempotent-Replayed")}
 _NAME = {
     "type": "string",
@@ -198,7 +200,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 errors={
                     400: ("invalid_cursor",),
                     401: TOKEN_ERRORS,
-                    404: NOT_FOUND,
+                    404: _PLAYLIST_404,
                     422: ("invalid_playlist_id", "invalid_limit"),
                     503: ("unavailable",),
                 },
@@ -215,7 +217,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 errors={
                     400: JSON_BODY_400,
                     401: TOKEN_ERRORS,
-                    404: NOT_FOUND,
+                    404: _PLAYLIST_404,
                     413: ("body_too_large",),
                     422: (*_WRITE_422, "invalid_name", "invalid_description"),
                     429: ("rate_limited",),
@@ -232,7 +234,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 responses={204: ok("Deleted (empty body).")},
                 errors={
                     401: TOKEN_ERRORS,
-                    404: NOT_FOUND,
+                    404: _PLAYLIST_404,
                     422: ("invalid_playlist_id",),
                     429: ("rate_limited",),
                     503: ("unavailable",),
@@ -256,7 +258,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 errors={
                     400: (*JSON_BODY_400, "invalid_idempotency_key"),
                     401: TOKEN_ERRORS,
-                    404: NOT_FOUND,
+                    404: _PLAYLIST_404,
                     409: ("item_exists", "too_many_items"),
                     413: ("body_too_large",),
                     422: (*_WRITE_422, "invalid_content_id", "invalid_position", "idempotency_key_reused"),
@@ -279,7 +281,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 errors={
                     400: JSON_BODY_400,
                     401: TOKEN_ERRORS,
-                    404: NOT_FOUND,
+                    404: _ITEM_404,
                     413: ("body_too_large",),
                     422: (*_WRITE_422, "invalid_content_id", "invalid_position"),
                     429: ("rate_limited",),
@@ -296,7 +298,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 responses={204: ok("Removed (empty body).")},
                 errors={
                     401: TOKEN_ERRORS,
-                    404: NOT_FOUND,
+                    404: _ITEM_404,
                     422: ("invalid_playlist_id", "invalid_content_id"),
                     429: ("rate_limited",),
                     503: ("unavailable",),
