@@ -12,7 +12,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import comments, health, internal, purge, reactions, shares, stats, subscriptions, views
+from api import (
+    comments,
+    health,
+    history,
+    internal,
+    openapi,
+    playlists,
+    purge,
+    reactions,
+    shares,
+    stats,
+    subscriptions,
+    views,
+)
 from api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
 from api.services import Services
 from daemon.settings import Settings
@@ -26,7 +39,7 @@ ROUTES = [
     Route(reactions.LIKE_ROUTE, reactions.unlike, methods=["DELETE"]),
     Route(reactions.DISLIKE_ROUTE, reactions.dislike, methods=["POST"]),
     Route(reactions.DISLIKE_ROUTE, reactions.undislike, methods=["DELETE"]),
-    Route("/api/v1/content/{contentId}/stats", stats.get_stats, methods=["GET"]),
+    Route(stats.STATS_ROUTE, stats.get_stats, methods=["GET"]),
     Route(internal.REGISTRY_ROUTE, internal.put_content, methods=["PUT"]),
     Route(purge.PURGE_ROUTE, purge.purge, methods=["DELETE"]),
     Route(shares.SHARES_ROUTE, shares.share, methods=["POST"]),
@@ -36,11 +49,41 @@ ROUTES = [
     Route(subscriptions.SUBSCRIBE_ROUTE, subscriptions.subscribe, methods=["POST"]),
     Route(subscriptions.SUBSCRIBE_ROUTE, subscriptions.unsubscribe, methods=["DELETE"]),
     Route(subscriptions.CREATOR_ROUTE, subscriptions.get_creator, methods=["GET"]),
+    Route(history.HISTORY_ROUTE, history.list_entries, methods=["GET"]),
+    Route(history.HISTORY_ROUTE, history.clear, methods=["DELETE"]),
+    Route(history.ENTRY_ROUTE, history.put_entry, methods=["PUT"]),
+    Route(history.ENTRY_ROUTE, history.get_entry, methods=["GET"]),
+    Route(playlists.PLAYLISTS_ROUTE, playlists.list_playlists, methods=["GET"]),
+    Route(playlists.PLAYLISTS_ROUTE, playlists.create_playlist, methods=["POST"]),
+    Route(playlists.PLAYLIST_ROUTE, playlists.get_playlist, methods=["GET"]),
+    Route(playlists.PLAYLIST_ROUTE, playlists.update_playlist, methods=["PATCH"]),
+    Route(playlists.PLAYLIST_ROUTE, playlists.delete_playlist, methods=["DELETE"]),
+    Route(playlists.ITEMS_ROUTE, playlists.add_item, methods=["POST"]),
+    Route(playlists.ITEM_ROUTE, playlists.move_item, methods=["PATCH"]),
+    Route(playlists.ITEM_ROUTE, playlists.remove_item, methods=["DELETE"]),
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", health.metrics, methods=["GET"]),
+    Route(openapi.OPENAPI_ROUTE, openapi.serve, methods=["GET"]),
 ]
 _ROUTE_OF_ENDPOINT = {route.endpoint: route.path for route in ROUTES}
+_METHODS_OF_PATH: dict[str, set[str]] = {}
+for _route in ROUTES:
+    _METHODS_OF_PATH.setdefault(_route.path, set()).update(_route.methods or ())
+
+
+def _allow_all_methods(handler):  # type: ignore[no-untyped-def]
+    """A 405's ``Allow`` lists every method of the path. Starlette's names only the methods of the first
+    route with that path (``POST`` for ``/like``, which also has ``DELETE`` on a route of its own)."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        response = await handler(request, exc)
+        route = _ROUTE_OF_ENDPOINT.get(request.scope.get("endpoint"))
+        if response.status_code == 405 and route is not None:
+            response.headers["Allow"] = ", ".join(sorted(_METHODS_OF_PATH[route]))
+        return response
+
+    return handle
 
 
 def _counted(handler):  # type: ignore[no-untyped-def]
@@ -68,7 +111,7 @@ def build_app(services: Services) -> Starlette:
         routes=ROUTES,
         exception_handlers={
             ApiError: handle_api_error,
-            HTTPException: _counted(handle_http_exception),
+            HTTPException: _counted(_allow_all_methods(handle_http_exception)),
             Exception: _counted(handle_unexpected),
         },
         lifespan=lifespan,

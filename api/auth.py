@@ -6,6 +6,7 @@ verified token is cached (bounded, until it expires) so that signature checks ar
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,11 @@ class Authenticator:
         else:
             self._key = None
             self._algorithms = []
+        # The user id goes into Redis keys and Postgres text columns: a NUL (which Postgres refuses, so a
+        # like from such a user would stop every flush) or a lone surrogate (which is not UTF-8) must not
+        # get in, nor an id too long for a btree index entry.
+        self._sub_max_len = settings.content_id_max_len
+        self._sub_re = re.compile(f"[^\\x00-\\x1f\\x7f\\ud800-\\udfff]{{1,{self._sub_max_len}}}")
         self._cache: dict[str, Principal] = {}
         self._cache_size = settings.jwt_cache_size
 
@@ -88,8 +94,12 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise _unauthorized("invalid_token", "The token could not be verified.") from None
         sub = claims["sub"]
-        if not isinstance(sub, str) or not sub:
-            raise _unauthorized("invalid_token", "The token's 'sub' claim must be a non-empty string.")
+        if not isinstance(sub, str) or not self._sub_re.fullmatch(sub):
+            raise _unauthorized(
+                "invalid_token",
+                f"The token's 'sub' claim must be 1 to {self._sub_max_len} characters, none of them a "
+                "control character.",
+            )
         scope = claims.get("scope", "")
         scopes = frozenset(
             scope.split() if isinstance(scope, str) else scope if isinstance(scope, list) else ()

@@ -24,6 +24,7 @@ from api.errors import ApiError, json_response
 from api.idempotency import idempotency_key
 from api.ingest import json_object
 from api.instrument import instrumented
+from api.pagination import MAX_ID, bad_cursor, limit_param, positive_int
 from api.reactions import check_rate
 from api.services import Services
 from api.subscriptions import unavailable
@@ -34,13 +35,9 @@ log = logging.getLogger(__name__)
 COMMENTS_ROUTE = "/api/v1/content/{contentId}/comments"
 COMMENT_ROUTE = "/api/v1/content/{contentId}/comments/{commentId}"
 
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
-MAX_ID = 2**63 - 1
 _FIELDS = frozenset({"body", "parent_comment_id"})
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_DIGITS = re.compile(r"[0-9]{1,19}")
 _CURSOR = re.compile(r"([0-9]{1,20})\.([0-9]{1,19})\.([0-9]{1,10})")
 
 
@@ -70,9 +67,10 @@ def _bad_parent() -> ApiError:
 
 
 def _positive_id(value: str | None, error: ApiError) -> int:
-    if value is None or not _DIGITS.fullmatch(value) or not 1 <= int(value) <= MAX_ID:
+    checked = positive_int(value)
+    if checked is None:
         raise error
-    return int(value)
+    return checked
 
 
 def _scope(content_id: str, parent_id: int | None) -> int:
@@ -87,7 +85,7 @@ def encode_cursor(row: asyncpg.Record, content_id: str, parent_id: int | None) -
 
 def decode_cursor(cursor: str, content_id: str, parent_id: int | None) -> tuple[datetime, int]:
     """The keyset position a cursor carries; 400 invalid_cursor when it is not one of this listing's."""
-    bad = ApiError(400, "invalid_cursor", "cursor is not a next_cursor of this listing.")
+    bad = bad_cursor()
     if len(cursor) > 96:
         raise bad
     try:
@@ -95,7 +93,7 @@ def decode_cursor(cursor: str, content_id: str, parent_id: int | None) -> tuple[
     except ValueError:
         raise bad from None
     match = _CURSOR.fullmatch(raw)
-    if match is None or int(match[3]) != _scope(content_id, parent_id):
+    if match is None or int(match[3]) != _scope(content_id, parent_id) or int(match[2]) > MAX_ID:
         raise bad
     try:
         return _EPOCH + timedelta(microseconds=int(match[1])), int(match[2])
@@ -155,12 +153,7 @@ async def list_comments(request: Request) -> Response:
     content_id = services.bodies.content_id(request.path_params["contentId"])
     services.auth.authenticate(request.headers.get("authorization"))  # optional, but valid if sent
     query = request.query_params
-    limit = DEFAULT_LIMIT
-    if "limit" in query:
-        raw = query["limit"]
-        if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-            raise ApiError(422, "invalid_limit", f"limit must be an integer from 1 to {MAX_LIMIT}.")
-        limit = int(raw)
+    limit = limit_param(request)
     parent_id = None
     if "parent_comment_id" in query:
         parent_id = _positive_id(query["parent_comment_id"], _bad_parent())

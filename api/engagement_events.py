@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from api.ingest import Playback
 from api.registry import UNKNOWN, ContentRegistry
 from daemon.events import (
+    MEDIA_ADDED_TO_PLAYLIST,
     MEDIA_DISLIKED,
     MEDIA_LIKED,
     MEDIA_SHARED,
@@ -89,6 +90,11 @@ class EngagementEvents:
         """A share that was recorded: media_shared."""
         if self.enabled:
             self.playback((user_id, content_id, MEDIA_SHARED, None, ""))
+
+    def added_to_playlist(self, user_id: str, content_id: str) -> None:
+        """An item added to one of the user's playlists: media_added_to_playlist."""
+        if self.enabled:
+            self.playback((user_id, content_id, MEDIA_ADDED_TO_PLAYLIST, None, ""))
 
     def subscription(self, user_id: str, creator_id: str, subscribed: bool) -> None:
         """engagement.subscription.changed, keyed on creator_id, for the Notification Service fan-out.

@@ -31,6 +31,7 @@ EVENT_TYPES = frozenset({MEDIA_STARTED, *PLAYBACK_COUNTERS})
 _EVENT_TYPES_OR_NULL = frozenset({*EVENT_TYPES, None})
 _SECONDS_TYPES = {int, type(None)}
 _get_content_id = itemgetter("content_id")
+_JSON_WHITESPACE = b" \t\r\n"
 
 # A view or playback signal to publish: user_id, content_id, event_type, watch_seconds (None when
 # absent), session_id ("" when absent).
@@ -116,7 +117,7 @@ class BodyReader:
 
     def single_view(self, body: bytes) -> SingleView:
         """The optional JSON body of a single view: watch_seconds, event_type, session_id."""
-        if not body.strip():
+        if not body.strip(_JSON_WHITESPACE):  # (bytes.strip() would also drop \x0b and \x0c, not JSON)
             return NO_BODY
         doc = json_object(body, SINGLE_FIELDS)
         given = doc.get("watch_seconds")

@@ -18,8 +18,9 @@ from daemon.purge import PurgeIncomplete, purge_user
 log = logging.getLogger(__name__)
 
 PURGE_ROUTE = "/internal/v1/users/{userId}"
+USER_ID_MAX_LEN = 256
 # A token's sub: any text but control characters (and lone surrogates, which no store can encode).
-_USER_ID = re.compile("[^\x00-\x1f\x7f\ud800-\udfff]{1,256}")
+_USER_ID = re.compile(f"[^\x00-\x1f\x7f\ud800-\udfff]{{1,{USER_ID_MAX_LEN}}}")
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
@@ -29,7 +30,11 @@ async def purge(request: Request) -> Response:
     services.auth.require(request.headers.get("authorization"), scope="internal")
     user_id = request.path_params["userId"]
     if not _USER_ID.fullmatch(user_id):
-        raise ApiError(422, "invalid_user_id", "userId must be 1 to 256 characters, no control characters.")
+        raise ApiError(
+            422,
+            "invalid_user_id",
+            f"userId must be 1 to {USER_ID_MAX_LEN} characters, no control characters.",
+        )
     retry = {"Retry-After": str(services.settings.buffer_retry_after_s)}
     try:
         pool = await services.pool()

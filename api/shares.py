@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 SHARES_ROUTE = "/api/v1/content/{contentId}/shares"
 
 _FIELDS = frozenset({"platform", "external"})
-_PLATFORM = re.compile(r"[a-z0-9_\-]{1,32}")
+PLATFORM_PATTERN = "[a-z0-9_-]{1,32}"
+_PLATFORM = re.compile(PLATFORM_PATTERN)
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _INSERT = (
     "INSERT INTO shares (content_id, user_id, platform, external) VALUES ($1, $2, $3, $4) RETURNING share_id"

@@ -17,12 +17,13 @@ from daemon import keys
 
 log = logging.getLogger(__name__)
 
+STATS_ROUTE = "/api/v1/content/{contentId}/stats"
 STAT_FIELDS = ("views", "likes", "dislikes", "comments", "shares")
 # HyperLogLog estimates (standard error 0.81%), exact for small counts; see api/viewers.py.
 UNIQUE_FIELDS = ("unique_viewers", "unique_viewers_today")
 
 
-@instrumented("/api/v1/content/{contentId}/stats")
+@instrumented(STATS_ROUTE)
 async def get_stats(request: Request) -> Response:
     services: Services = request.app.state.services
     content_id = services.bodies.content_id(request.path_params["contentId"])

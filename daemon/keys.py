@@ -42,6 +42,12 @@ eng:{s:N}:uvbatch               set     members taken from uvtouch by a flusher,
                                         has their counts
 eng:{s:N}:registry              hash    content_id -> "<creator_id>|<content_type>": the content
                                         registry (Postgres content_registry), read to enrich events
+eng:{s:N}:hist:<user_id>        hash    content_id -> "<ts_us>|<pct>|<pos>": the user's watch
+                                        positions not yet known to be in Postgres; N = shard of
+                                        the *user* id (every history key of a user is in its slot)
+eng:{s:N}:hdelta                hash    "<content_id>|<user_id>" -> "<ts_us>|<pct>|<pos>": heartbeats
+                                        not yet flushed (coalesced: the last one per pair)
+eng:{s:N}:hbatch                hash    heartbeats captured by a flusher with the batch
 eng:config:shards               string  the shard count the data was written with
 eng:{u:<user_id>}:bidem:<key>   string  a view batch's Idempotency-Key claim (the ingest client)
 eng:{u:<user_id>}:rl:<action>   zset    request id -> admission time (ms): one user's sliding-window
@@ -170,6 +176,19 @@ def comment_mark_key(shard: int, comment_id: int, counted: bool) -> str:
 def state_field(content_id: str, user_id: str) -> str:
     """Content ids never hold '|' (their charset is A-Za-z0-9_.:-); user ids may: split on the first."""
     return f"{content_id}|{user_id}"
+
+
+def history_key(shard: int, user_id: str) -> str:
+    """A user's unflushed watch positions; N is the shard of the **user** id."""
+    return f"{PREFIX}:{{s:{shard}}}:hist:{user_id}"
+
+
+def hdelta_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:hdelta"
+
+
+def hbatch_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:hbatch"
 
 
 def rate_limit_key(user_id: str, action: str) -> str:

@@ -147,16 +147,23 @@ class Metrics:
         )
         self.fallback_writes = Counter(
             "engagement_fallback_writes",
-            "Writes made in Postgres alone because Redis was unreachable (like, subscription, comment).",
+            "Writes made in Postgres alone because Redis was unreachable (like, subscription, comment,"
+            " history).",
             ["kind"],
             registry=r,
         )
-        for kind in ("like", "subscription"):
+        for kind in ("like", "subscription", "history"):
             self.fallback_writes.labels(kind=kind)
         # Flusher (Redis deltas -> Postgres).
         r = flusher
         self.flushed_rows = Counter(
             "engagement_flush_rows", "content_counters rows written by the flusher.", registry=r
+        )
+        self.flushed_history_rows = Counter(
+            "engagement_flush_history_rows",
+            "watch_history rows written by the flusher (one per user and item per pass, however many"
+            " heartbeats).",
+            registry=r,
         )
         self.flushed_batches = Counter(
             "engagement_flush_batches", "Shard batches committed to Postgres by the flusher.", registry=r

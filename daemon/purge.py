@@ -16,7 +16,7 @@ Comments are anonymised (body and author removed, thread shape kept) and uncount
 ``daemon.comment_counts``. Views and shares are counts of events, not per-user state: their counts stay,
 the ``shares`` rows (who shared what) go.
 
-To add a step (e.g. a Redis copy of watch history), append ``("name", coroutine)`` to ``STEPS``; the
+To add a step, append ``("name", coroutine)`` to ``STEPS``; the
 coroutine takes a ``PurgeContext`` and returns ``{"<what>": removed, ...}``, and must be idempotent.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 from redis.exceptions import RedisError
 
-from daemon import comment_counts, keys
+from daemon import comment_counts, history, keys
 from daemon.settings import Settings
 from lua import Scripts
 
@@ -219,15 +219,15 @@ async def purge_comments(ctx: PurgeContext) -> dict[str, int]:
 
 
 async def purge_rows(ctx: PurgeContext) -> dict[str, int]:
-    """Shares, watch history, playlists (their items cascade), and the Idempotency-Key records and
-    fallback log rows that name the user."""
+    """Shares, playlists (their items cascade), and the Idempotency-Key records and fallback log rows
+    that name the user."""
     async with ctx.pool.acquire() as conn, conn.transaction():
         counts = {
             what: int((await conn.execute(f"DELETE FROM {what} WHERE user_id = $1", ctx.user_id)).split()[-1])
-            for what in ("shares", "watch_history", "playlists")
+            for what in ("shares", "playlists")
         }
         records = 0
-        for table in ("comment_idempotency", "fallback_idempotency"):
+        for table in ("comment_idempotency", "fallback_idempotency", "playlist_idempotency"):
             records += int(
                 (await conn.execute(f"DELETE FROM {table} WHERE user_id = $1", ctx.user_id)).split()[-1]
             )
@@ -238,9 +238,16 @@ async def purge_rows(ctx: PurgeContext) -> dict[str, int]:
     return {**counts, "idempotency_records": records}
 
 
+async def purge_history(ctx: PurgeContext) -> dict[str, int]:
+    """Watch history in Redis (the user's entries and heartbeats not yet flushed) and Postgres, as a
+    clear does (daemon/history.py): a heartbeat captured before the purge is not written after it."""
+    rows = await history.purge_history(ctx.redis, ctx.pool, ctx.scripts, ctx.settings.shards, ctx.user_id)
+    return {"watch_history": rows}
+
+
 async def purge_rate_limits(ctx: PurgeContext) -> dict[str, int]:
     """The user's sliding-window logs (``eng:{u:<user>}:rl:<action>``): one slot, one DEL."""
-    actions = {"like", "dislike", "subscribe", "share", "comment"}
+    actions = {"like", "dislike", "subscribe", "share", "comment", "history", "playlist"}
     actions |= {part.split("=", 1)[0].strip() for part in ctx.settings.rate_limits.split(",") if "=" in part}
     await ctx.redis.delete(*(keys.rate_limit_key(ctx.user_id, a) for a in sorted(actions)))
     return {}
@@ -250,6 +257,7 @@ STEPS: list[tuple[str, Step]] = [
     ("likes", purge_likes),
     ("subscriptions", purge_subscriptions),
     ("comments", purge_comments),
+    ("history", purge_history),
     ("rows", purge_rows),
     ("rate_limits", purge_rate_limits),
 ]

@@ -62,7 +62,10 @@ class Settings:
     unique_viewers_day: str = ""  # YYYY-MM-DD: pin the UTC day of daily HLLs (tests); "": the clock
 
     # Per-user sliding-window rate limits: "<action>=<limit>/<window>" with units ms, s, m, h.
-    rate_limits: str = "like=100/60s,dislike=100/60s,subscribe=30/60s,share=60/60s,comment=20/60s"
+    rate_limits: str = (
+        "like=100/60s,dislike=100/60s,subscribe=30/60s,share=60/60s,comment=20/60s,"
+        "history=600/60s,playlist=120/60s"
+    )
     idempotency_ttl_s: int = 86_400  # how long an Idempotency-Key's first answer is kept
     comment_max_chars: int = 10_000  # longest comment body, after trimming (characters)
 
@@ -72,6 +75,8 @@ class Settings:
     body_max_bytes: int = 4096  # single-view body
     content_id_max_len: int = 128
     watch_seconds_max: int = 86_400
+    playlists_max_per_user: int = 200
+    playlist_items_max: int = 5_000
 
     # Flusher.
     flush_interval_ms: int = 1_000
@@ -129,6 +134,8 @@ class Settings:
             except ValueError:
                 message = "ENGAGEMENT_UNIQUE_VIEWERS_DAY must be empty or a YYYY-MM-DD date"
                 raise SettingsError(message) from None
+        if self.playlists_max_per_user < 1 or self.playlist_items_max < 1:
+            raise SettingsError("playlist limits must be at least 1")
         from api.ratelimit import parse_limits  # here, not at the top: api pulls in starlette
 
         try:

@@ -22,9 +22,12 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from daemon import keys
+from daemon.history import prune_clears
 from daemon.metrics import Metrics
+from daemon.pg_idempotency import prune_playlist_idempotency
 from daemon.reconcile import reconcile
 from daemon.settings import Settings
+from flusher.history_writer import parse_heartbeats, trim_calls
 from flusher.uniques import flush_uniques
 from flusher.writer import CapturedBatch, WriteResult, prune_ledger, write_batches
 from lua import Scripts
@@ -65,6 +68,8 @@ class Flusher:
                         keys.sbatch_key(shard),
                         keys.subdelta_key(shard),
                         keys.subbatch_key(shard),
+                        keys.hdelta_key(shard),
+                        keys.hbatch_key(shard),
                     ],
                     [self.owner, self.settings.flush_lease_ms, f"{shard}-{uuid.uuid4().hex}"],
                 )
@@ -76,11 +81,25 @@ class Flusher:
                 raise result
             if not result:  # None: leased by another flusher; []: nothing to flush
                 continue
-            batch_id, flat, states, subscriptions = result
+            batch_id, flat, states, subscriptions, heartbeats = result
             rows, creators = _parse_rows(flat)
             subs = _parse_states(subscriptions)
-            batches.append(CapturedBatch(shard, batch_id, rows, _parse_states(states), creators, subs))
+            batches.append(
+                CapturedBatch(
+                    shard, batch_id, rows, _parse_states(states), creators, subs, parse_heartbeats(heartbeats)
+                )
+            )
         return batches
+
+    async def trim_history(self, batches: Sequence[CapturedBatch]) -> None:
+        """After the commit: drop from each user's ``hist`` hash the entries Postgres now has (those
+        not replaced by a newer heartbeat meanwhile). Before ``finish``, so a crash only repeats it."""
+        calls = trim_calls(((b.shard, b.history) for b in batches), keys.history_key)
+        if not calls:
+            return
+        for result in await self.scripts.trim_history.call_many(self.redis, calls):
+            if isinstance(result, Exception):
+                raise result
 
     async def finish(self, batches: Sequence[CapturedBatch]) -> None:
         calls = [
@@ -91,6 +110,7 @@ class Flusher:
                     keys.lease_key(b.shard),
                     keys.sbatch_key(b.shard),
                     keys.subbatch_key(b.shard),
+                    keys.hbatch_key(b.shard),
                 ],
                 [b.batch_id, self.owner],
             )
@@ -111,8 +131,10 @@ class Flusher:
             return None
         async with self.pool.acquire() as conn:
             result = await write_batches(conn, batches)
+        await self.trim_history(batches)
         await self.finish(batches)
         self.metrics.flushed_rows.inc(result.rows)
+        self.metrics.flushed_history_rows.inc(result.history_rows)
         self.metrics.flushed_batches.inc(len(result.committed))
         self.metrics.skipped_batches.inc(len(result.already))
         self.metrics.flush_seconds.observe(time.perf_counter() - started)
@@ -186,8 +208,15 @@ class Flusher:
         self._last_prune = now
         async with self.pool.acquire() as conn:
             pruned = await prune_ledger(conn, self.settings.flush_ledger_retention_days)
-        if pruned:
-            log.info("pruned %d flush ledger entries", pruned)
+            clears = await prune_clears(conn, self.settings.flush_ledger_retention_days)
+            keys_pruned = await prune_playlist_idempotency(conn, self.settings.idempotency_ttl_s)
+        if pruned or clears or keys_pruned:
+            log.info(
+                "pruned %d flush ledger entries, %d history clears, %d playlist idempotency records",
+                pruned,
+                clears,
+                keys_pruned,
+            )
 
 
 def _parse_rows(flat: Sequence[str]) -> tuple[dict[str, list[int]], dict[str, int]]:

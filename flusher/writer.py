@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from daemon.keys import COUNTERS
+from flusher.history_writer import Heartbeat, write_history
 
 _TEMP = "counter_deltas"
 _COLUMNS = ("content_id", *COUNTERS)
@@ -89,6 +90,8 @@ class CapturedBatch:
     creators: dict[str, int] = field(default_factory=dict)
     # (user_id, creator_id) -> 1 subscribed, 0 unsubscribed: the latest state, last write wins
     subscriptions: dict[tuple[str, str], int] = field(default_factory=dict)
+    # (user_id, content_id) -> the last watch-history heartbeat (N: the user's shard)
+    history: dict[tuple[str, str], Heartbeat] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -96,6 +99,7 @@ class WriteResult:
     committed: list[CapturedBatch]  # newly written in this transaction
     already: list[CapturedBatch]  # found in the ledger: written by an earlier, interrupted flush
     rows: int  # content_counters rows written
+    history_rows: int = 0  # watch_history rows written
 
 
 async def write_batches(conn: asyncpg.Connection, batches: Sequence[CapturedBatch]) -> WriteResult:
@@ -129,7 +133,8 @@ async def write_batches(conn: asyncpg.Connection, batches: Sequence[CapturedBatc
             await conn.execute(_DELETE_STATES)
             await conn.execute(_UPSERT_STATES)
         await _write_creators(conn, committed)
-    return WriteResult(committed, already, len(records))
+        history_rows = await write_history(conn, (b.history for b in committed))
+    return WriteResult(committed, already, len(records), history_rows)
 
 
 def _merge(batches: Iterable[CapturedBatch]) -> Iterable[tuple[object, ...]]:

@@ -85,6 +85,9 @@ class Scripts:
     reconcile_live: LuaScript
     claim_idempotency: LuaScript
     capture_uniques: LuaScript
+    record_history: LuaScript
+    clear_history: LuaScript
+    trim_history: LuaScript
 
     @classmethod
     def load(cls) -> Scripts:

@@ -1,5 +1,5 @@
--- capture_batch: take a shard's pending deltas, like states and subscriptions as one flush batch, under
--- a lease.
+-- capture_batch: take a shard's pending deltas, like states, subscriptions and watch-history heartbeats
+-- as one flush batch, under a lease.
 --
 -- Key layout (hash tag {s:N}, one slot):
 --   KEYS[1]  eng:{s:N}:delta     HASH   "<counter>:<content_id>" -> increment not yet in Postgres
@@ -10,6 +10,9 @@
 --   KEYS[6]  eng:{s:N}:sbatch    HASH   the captured like states, until Postgres has them
 --   KEYS[7]  eng:{s:N}:subdelta  HASH   "<creator_id>|<user_id>" -> subscription not yet in Postgres
 --   KEYS[8]  eng:{s:N}:subbatch  HASH   the captured subscriptions, until Postgres has them
+--   KEYS[9]  eng:{s:N}:hdelta    HASH   "<content_id>|<user_id>" -> "<ts_us>|<pct>|<pos>": heartbeats
+--                                       not yet in Postgres (N: the user's shard)
+--   KEYS[10] eng:{s:N}:hbatch    HASH   the captured heartbeats, until Postgres has them
 -- ARGV:
 --   ARGV[1]  lease owner token
 --   ARGV[2]  lease duration, milliseconds
@@ -17,13 +20,15 @@
 -- Returns:
 --   false                                  the shard is leased by another owner
 --   {}                                     nothing to flush (no lease taken)
---   {batch_id, {f1, v1, ...}, {s1, v1, ...}, {u1, v1, ...}}  the batch to write: deltas, like
---                                          states, then subscriptions. A stranded batch (an earlier
+--   {batch_id, {f1, v1, ...}, {s1, v1, ...}, {u1, v1, ...}, {h1, v1, ...}}  the batch to write:
+--                                          deltas, like states, subscriptions, then heartbeats.
+--                                          A stranded batch (an earlier
 --                                          capture whose delete never happened) is returned again
 --                                          rather than overwritten.
 
 local delta_key, batch_key, batch_id_key, lease_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sdelta_key, sbatch_key, subdelta_key, subbatch_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local hdelta_key, hbatch_key = KEYS[9], KEYS[10]
 local owner, lease_ms, new_batch_id = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 
 local holder = redis.call('GET', lease_key)
@@ -32,7 +37,7 @@ if holder and holder ~= owner then
 end
 
 local stranded = redis.call('EXISTS', batch_id_key) == 1
-if not stranded and redis.call('EXISTS', delta_key, sdelta_key, subdelta_key) == 0 then
+if not stranded and redis.call('EXISTS', delta_key, sdelta_key, subdelta_key, hdelta_key) == 0 then
   if holder then
     redis.call('DEL', lease_key)
   end
@@ -50,6 +55,9 @@ if not stranded then
   if redis.call('EXISTS', subdelta_key) == 1 then
     redis.call('RENAME', subdelta_key, subbatch_key)
   end
+  if redis.call('EXISTS', hdelta_key) == 1 then
+    redis.call('RENAME', hdelta_key, hbatch_key)
+  end
   redis.call('SET', batch_id_key, new_batch_id)
 end
 return {
@@ -57,4 +65,5 @@ return {
   redis.call('HGETALL', batch_key),
   redis.call('HGETALL', sbatch_key),
   redis.call('HGETALL', subbatch_key),
+  redis.call('HGETALL', hbatch_key),
 }

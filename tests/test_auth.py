@@ -13,6 +13,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from service_fixtures import counters_in_postgres, run_flusher_once, token
 
 from api.auth import Authenticator
 from api.errors import ApiError
@@ -69,11 +70,39 @@ def test_hs256_tokens_are_verified_and_their_scopes_read() -> None:
         ({"scope": "ingest"}, "invalid_token"),  # no sub
         ({"sub": ""}, "invalid_token"),
         ({"sub": 42}, "invalid_token"),
+        ({"sub": "a\x00b"}, "invalid_token"),  # Postgres refuses NUL in text
+        ({"sub": "\ud800"}, "invalid_token"),  # a lone surrogate is not UTF-8
+        ({"sub": "tab\there"}, "invalid_token"),
+        ({"sub": "x" * 129}, "invalid_token"),  # longer than ENGAGEMENT_CONTENT_ID_MAX_LEN
     ],
 )
 def test_bad_claims_are_refused_with_their_code(claims: dict, code: str) -> None:
     auth = Authenticator(Settings.from_env({}, jwt_secret=SECRET))
     assert _code(auth, f"Bearer {jwt.encode(claims, SECRET, 'HS256')}") == code
+
+
+def test_any_sub_of_printable_characters_up_to_the_id_length_is_a_user() -> None:
+    auth = Authenticator(Settings.from_env({}, jwt_secret=SECRET))
+    for sub in ("user@example.com", "x" * 128, "é|ü 名前"):
+        assert auth.require(f"Bearer {jwt.encode({'sub': sub}, SECRET, 'HS256')}").sub == sub
+
+
+def test_a_sub_postgres_cannot_store_is_a_401_and_the_flusher_keeps_flushing(api, migrated) -> None:
+    # Found while working on the API contract (schemathesis sends one fixed token, so not by it): a lone
+    # surrogate in `sub` was a 500 on every authenticated
+    # endpoint (not UTF-8), and a NUL was a 200 like that the flusher could then never COPY to
+    # Postgres, which stopped every flush.
+    for sub in ("\ud800", "a\x00b"):
+        for method, path in [("POST", "/api/v1/content/v1/like"), ("GET", "/api/v1/content/v1/stats")]:
+            response = api.client.request(method, path, headers={"Authorization": f"Bearer {token(sub)}"})
+
+            assert (response.status_code, response.json()["error"]) == (401, "invalid_token"), (sub, path)
+    liked = api.client.post("/api/v1/content/v1/like", headers={"Authorization": f"Bearer {token('ann')}"})
+    assert liked.status_code == 200
+
+    run_flusher_once(migrated)
+
+    assert counters_in_postgres(migrated.database_url)["v1"]["likes"] == 1
 
 
 def test_alg_none_other_algorithms_wrong_secrets_and_bad_headers_are_refused() -> None:

@@ -87,7 +87,7 @@ def test_with_redis_stopped_likes_and_subscriptions_are_written_to_postgres(
     # Given a like that reached Postgres through Redis and the flusher
     assert _react(api, "ann", "item-a", "like").json() == {"state": "liked", "likes": 1, "dislikes": 0}
     run_flusher_once(migrated)
-    assert _fallback_writes(api) == {"like": 0.0, "subscription": 0.0}
+    assert _fallback_writes(api) == {"like": 0.0, "subscription": 0.0, "history": 0.0}
 
     # When Redis stops
     redis_back.stop()
@@ -139,7 +139,7 @@ def test_with_redis_stopped_likes_and_subscriptions_are_written_to_postgres(
     assert (r.json()["likes"], r.json()["dislikes"], r.json()["viewer_state"]) == (1, 0, "liked")
 
     # And every request answered from Postgres is counted (the 422 conflict is not)
-    outage = {"like": 9.0, "subscription": 3.0}
+    outage = {"like": 9.0, "subscription": 3.0, "history": 0.0}
     assert _fallback_writes(api) == outage
 
     # When Redis returns and reconcile runs
@@ -236,7 +236,11 @@ def test_storm_with_redis_stopped_midway_converges_exactly_after_reconcile_and_f
     pending_pairs = {pair for pair, state in likes.items() if before.get(pair, 0) != state}
 
     # When Redis stops midway and a third phase is written straight to Postgres
-    assert _fallback_writes(api) == {"like": 0.0, "subscription": 0.0}  # Redis served phases A and B
+    assert _fallback_writes(api) == {
+        "like": 0.0,
+        "subscription": 0.0,
+        "history": 0.0,
+    }  # Redis served phases A and B
     redis_back.stop()
     phase_c = plan(4, absolute_only=pending_pairs)
     # zed's pending like is removed, its pending dislike switched, its pending subscription withdrawn
@@ -246,7 +250,7 @@ def test_storm_with_redis_stopped_midway_converges_exactly_after_reconcile_and_f
     asyncio.run(_run_phase(api.base_url, phase_c))
     outage_requests = sum(len(steps) for steps in phase_c.values())
     sub_requests = sum(1 for steps in phase_c.values() for t, _ in steps if t in CREATORS)
-    outage = {"like": outage_requests - sub_requests, "subscription": sub_requests}
+    outage = {"like": outage_requests - sub_requests, "subscription": sub_requests, "history": 0.0}
     assert _fallback_writes(api) == outage
 
     # And Redis returns, reconcile runs, then the flusher writes what was pending

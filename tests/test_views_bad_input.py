@@ -159,6 +159,8 @@ def test_bad_single_views_get_their_documented_error_and_are_not_counted(drained
     for case, body, status, code in [
         ("body not JSON", b"{not json", 400, "malformed_body"),
         ("body truncated JSON", b'{"watch_seconds": 1', 400, "malformed_body"),
+        # (schemathesis found this one: bytes.strip() took it for an empty body and counted a view)
+        ("body of non-JSON whitespace (form feed)", b"\x0c\t", 400, "malformed_body"),
         ("body a JSON array", b"[1, 2]", 422, "invalid_body"),
         ("body a JSON string", b'"watch"', 422, "invalid_body"),
         ("body a JSON number", b"5", 422, "invalid_body"),

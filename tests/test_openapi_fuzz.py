@@ -1,0 +1,127 @@
+"""schemathesis against a live ``engagementd api`` on private Redis and Postgres, loading the document
+the api serves at /openapi.json: no request the document allows (or one it forbids) gets a 5xx, and
+every answer conforms to the document (status documented, content type, body schema, headers).
+
+It runs the schemathesis CLI (``st run``) as a subprocess: its phases (examples, coverage: boundary and
+invalid values; fuzzing; stateful) are what a developer runs by hand (README, "API contract"). The short
+run and a run with Redis stopped are part of every test run; a longer one is marked slow. All send a
+token whose scope holds ``ingest`` and ``internal``, so every operation is reached past its auth check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from service_fixtures import ROOT, token
+
+from api.app import ROUTES
+
+CONFIG = Path(__file__).resolve().parent / "schemathesis.toml"
+
+
+def st_run(
+    base_url: str, workdir: Path, *options: str, timeout_s: float, config: Path = CONFIG
+) -> subprocess.CompletedProcess[str]:
+    """``st run`` against ``base_url``'s own document, derandomized (the same cases every run)."""
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "run",
+        f"{base_url}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {token('fuzz-user', scope='ingest internal')}",
+        "--workers",
+        "1",
+        "--no-color",
+        *options,
+    ]
+    env = {"PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}", "SCHEMATHESIS_HOOKS": "schemathesis_hooks"}
+    return subprocess.run(
+        command, cwd=workdir, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+@pytest.fixture
+def fuzzed_api(start_api, migrated):  # type: ignore[no-untyped-def]
+    # No rate limits: the fuzzer is one user, and a 429 on every like would hide the like path.
+    return start_api(migrated.replace(rate_limits=""))
+
+
+def succeeded(har: Path) -> set[tuple[str, str]]:
+    """(METHOD, route) of every request of a schemathesis HAR report that got a 2xx."""
+    found = set()
+    for entry in json.loads(har.read_text())["log"]["entries"]:
+        method, path = entry["request"]["method"], unquote(urlsplit(entry["request"]["url"]).path)
+        if not 200 <= entry["response"]["status"] < 300:
+            continue
+        for route in ROUTES:
+            if method in (route.methods or ()) and route.path_regex.fullmatch(path):
+                found.add((method, route.path))
+    return found
+
+
+# Operations that need no id the run must first create: each must be reached past validation at least
+# once. The /users/me ones act on the token's sub (the fuzzer's user).
+REACHED = {
+    ("PUT", "/api/v1/users/me/history/{contentId}"),
+    ("GET", "/api/v1/users/me/history"),
+    ("DELETE", "/api/v1/users/me/history"),
+    ("POST", "/api/v1/users/me/playlists"),
+    ("GET", "/api/v1/users/me/playlists"),
+    ("POST", "/api/v1/content/{contentId}/comments"),
+    ("GET", "/api/v1/content/{contentId}/comments"),
+    ("DELETE", "/internal/v1/users/{userId}"),
+    ("POST", "/api/v1/content/{contentId}/like"),
+    ("POST", "/api/v1/views/batch"),
+}
+
+
+def test_no_request_gets_a_server_error_and_every_answer_conforms(fuzzed_api, tmp_path):
+    har = tmp_path / "run.har"
+    result = st_run(
+        fuzzed_api.base_url,
+        tmp_path,
+        "--max-examples",
+        "5",
+        "--report",
+        "har",
+        "--report-har-path",
+        str(har),
+        timeout_s=240,
+    )
+
+    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
+    assert REACHED - succeeded(har) == set(), "operations the fuzzer never got a 2xx from"
+
+
+def test_with_redis_stopped_the_only_server_errors_are_documented_503s(fuzzed_api, redis_server, tmp_path):
+    # The same run with Redis down: the fallbacks to Postgres answer, and what cannot be served is a
+    # documented 503 with Retry-After (not_a_server_error lets 503 through; status and header
+    # conformance check that the operation documents it).
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        CONFIG.read_text() + 'not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", 503]\n'
+    )
+    redis_server.kill()
+    try:
+        result = st_run(fuzzed_api.base_url, tmp_path, "--max-examples", "5", timeout_s=240, config=config)
+    finally:
+        redis_server.start()
+
+    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
+
+
+@pytest.mark.slow
+def test_a_longer_fuzz_run_finds_no_server_error_and_no_nonconforming_answer(fuzzed_api, tmp_path):
+    result = st_run(fuzzed_api.base_url, tmp_path, "--max-examples", "25", timeout_s=600)
+
+    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
