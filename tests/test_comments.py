@@ -8,7 +8,7 @@ import threading
 
 import asyncpg
 import httpx
-from service_fixtures import ApiProcess, counters_in_postgres, run_flusher_once, token
+from service_fixtures import ApiProcess, counters_in_postgres, run_flusher_once, token, wait_until
 
 from daemon.settings import Settings
 
@@ -222,6 +222,7 @@ def test_pages_stay_correct_while_comments_arrive(api: ApiProcess, migrated: Set
     thread.start()
     seen: list[int] = []
     try:
+        wait_until(lambda: len(added) > 0, what="the second client's first comment")
         cursor = None
         while True:
             params: dict[str, object] = {"limit": 7}
@@ -240,7 +241,6 @@ def test_pages_stay_correct_while_comments_arrive(api: ApiProcess, migrated: Set
     # Then every comment that existed is seen exactly once, newest first; none twice
     assert len(seen) == len(set(seen))
     assert [c for c in seen if c in set(existing)] == existing[::-1]
-    assert len(added) > 0
     rows = _fetch(migrated.database_url, "SELECT count(*) AS n FROM comments WHERE content_id = 'viral'")
     assert _comments_stat(api, "viral") == rows[0]["n"]
 
