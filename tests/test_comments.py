@@ -212,7 +212,7 @@ def test_pages_stay_correct_while_comments_arrive(api: ApiProcess, migrated: Set
             n = 0
             while not stop.is_set():
                 r = client.post(
-                    "/api/v1/content/viral/comments", json={"body": f"new {n}"}, headers=_auth("w")
+                    "/api/v1/content/viral/comments", json={"body": f"new {n}"}, headers=_auth(f"w{n}")
                 )
                 assert r.status_code == 201, r.text
                 added.append(r.json()["comment_id"])
