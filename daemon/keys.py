@@ -31,6 +31,12 @@ eng:{s:N}:drain:<drain_id>      string  marker: a view drain was applied (expire
 eng:{s:N}:registry              hash    content_id -> "<creator_id>|<content_type>": the content
                                         registry (Postgres content_registry), read to enrich events
 eng:config:shards               string  the shard count the data was written with
+eng:{c:<group>}:offsets         hash    "<topic>:<partition>" -> last offset applied by the Kafka
+                                        consumer group (the idempotency store; expires after 24 h)
+eng:{c:<group>}:claims          hash    "<topic>:<partition>" -> last offset reserved by a batch
+eng:{c:<group>}:journal         hash    batch id -> msgpack: the batch's offset ranges and its view
+                                        drains, kept until the batch is applied (crash recovery)
+eng:{c:<group>}:journal_ranges  hash    batch id -> msgpack: the offset ranges alone
 eng:{u:<user_id>}:rl:<action>   zset    request id -> admission time (ms): one user's sliding-window
                                         log for one action; expires one window after the last one
 ==============================  ======  =================================================
@@ -160,6 +166,23 @@ def registry_key(shard: int) -> str:
 
 def drain_key(shard: int, drain_id: str) -> str:
     return f"{PREFIX}:{{s:{shard}}}:drain:{drain_id}"
+
+
+def consumer_offsets_key(group: str) -> str:
+    """The Kafka consumer's idempotency store: every key of one group shares the tag {c:<group>}."""
+    return f"{PREFIX}:{{c:{group}}}:offsets"
+
+
+def consumer_claims_key(group: str) -> str:
+    return f"{PREFIX}:{{c:{group}}}:claims"
+
+
+def consumer_journal_key(group: str) -> str:
+    return f"{PREFIX}:{{c:{group}}}:journal"
+
+
+def consumer_journal_ranges_key(group: str) -> str:
+    return f"{PREFIX}:{{c:{group}}}:journal_ranges"
 
 
 def parse_delta_field(field: str) -> tuple[str, str]:

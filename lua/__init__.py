@@ -80,6 +80,8 @@ class Scripts:
     release_lease: LuaScript
     take_lease: LuaScript
     reconcile_live: LuaScript
+    begin_consumed: LuaScript
+    finish_consumed: LuaScript
 
     @classmethod
     def load(cls) -> Scripts:
