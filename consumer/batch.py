@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from confluent_kafka import Message
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -37,15 +38,17 @@ from consumer.actions import PURGE, REGISTRY, Abandoned, Action, ActionRunner, i
 from consumer.actions import REACTION as REACTION_ACTION
 from consumer.actions import SHARE as SHARE_ACTION
 from consumer.dlq import DeadLetter, DeadLetterProducer
-from consumer.messages import REACTION, SHARE, SIGNAL, VIEW, Invalid, Validator
+from consumer.messages import KINDS, REACTION, SHARE, SIGNAL, VIEW, Invalid, Validator
 from consumer.metrics import ConsumerMetrics
 from consumer.store import OffsetStore, Range, tp_field
 from daemon.keys import PLAYBACK_COUNTERS
 from daemon.metrics import Metrics
-from daemon.settings import Settings
+from daemon.settings import Settings, ingest_topics
 from lua import Scripts
 
 log = logging.getLogger(__name__)
+_loads = orjson.loads
+_KINDS = KINDS
 
 TopicPartition = tuple[str, int]
 Groups = dict[TopicPartition, list[Message]]  # a batch's messages per partition, in offset order
@@ -89,12 +92,22 @@ class BatchProcessor:
         self._dlq = dead_letters
         self._stopping = stopping
         self._validator = Validator(settings.content_id_max_len, settings.watch_seconds_max)
-        self._ingest = settings.consumer_ingest_topic
+        self._id_ok = self._validator.id_re.fullmatch
+        self._watch_max = settings.watch_seconds_max
+        self._ingest = frozenset(ingest_topics(settings))
         self._published = settings.consumer_published_topic
         self._user_deleted = settings.consumer_user_deleted_topic
+        self._in_flight: set[str] = set()  # this process's journaled batches still being applied
 
     async def process(self, msgs: list[Message]) -> dict[TopicPartition, int]:
         """Apply a batch; returns the offset to commit per partition (last offset + 1)."""
+        complete = await self.prepare(msgs)
+        return await complete()
+
+    async def prepare(self, msgs: list[Message]) -> Callable[[], Awaitable[dict[TopicPartition, int]]]:
+        """Steps 1 to 5; returns the rest (6 and 7), which the loop runs while it prepares the next
+        batch (Redis applies one batch while this process decodes the next). The rest returns the
+        offsets to commit per partition (last offset + 1)."""
         groups: dict[TopicPartition, list[Message]] = {}
         for msg in msgs:
             tp = (msg.topic(), msg.partition())
@@ -107,15 +120,21 @@ class BatchProcessor:
             self._m.consumed.labels(tp[0]).inc(len(group))
         while True:
             try:
-                await self._attempt(groups)
+                finish = await self._attempt(groups)
                 break
             except _Conflict:
                 log.warning("batch offsets reserved by another batch; recovering it and planning again")
-        return {tp: group[-1].offset() + 1 for tp, group in groups.items()}
+        commits = {tp: group[-1].offset() + 1 for tp, group in groups.items()}
 
-    async def _attempt(self, groups: dict[TopicPartition, list[Message]]) -> None:
+        async def complete() -> dict[TopicPartition, int]:
+            await finish()
+            return commits
+
+        return complete
+
+    async def _attempt(self, groups: dict[TopicPartition, list[Message]]) -> Callable[[], Awaitable[None]]:
         fresh, ranges = await self._fresh(groups)
-        views, actions, dead, ignored = self._parse(fresh)
+        views, actions, dead, counted = self._parse(fresh)
         if actions:
             dead += await self._runner.run(actions)
         if dead:
@@ -124,14 +143,24 @@ class BatchProcessor:
             for letter in dead:
                 self._m.dead_letters.labels(letter.topic, letter.code).inc()
         batch_id = ""
+        buffer: JournaledBuffer | None = None
         if views[0] or views[3]:
             batch_id = uuid.uuid4().hex
-            await self._apply_views(batch_id, ranges, *views)
-        if ranges:
-            await self._retrying(lambda: self._store.finish(batch_id, ranges))
-        counted = len(views[0]) + sum(map(len, views[3].values())) + ignored
-        if counted:
-            self._m.applied.labels(self._ingest).inc(counted)
+            buffer = await self._journal(batch_id, ranges, *views)
+            self._in_flight.add(batch_id)
+
+        async def finish() -> None:
+            try:
+                if buffer is not None:
+                    await self._drain(buffer)
+                if ranges:
+                    await self._retrying(lambda: self._store.finish(batch_id, ranges))
+            finally:
+                self._in_flight.discard(batch_id)
+            for topic, n in counted.items():
+                self._m.applied.labels(topic).inc(n)
+
+        return finish
 
     async def _fresh(
         self, groups: dict[TopicPartition, list[Message]]
@@ -140,7 +169,7 @@ class BatchProcessor:
         applied, journals = await self._retrying(lambda: self._store.state(fields.values()))
         wanted = set(fields.values())
         for batch_id, journal_ranges in journals.items():
-            if any(field in wanted for field, _, _ in journal_ranges):
+            if batch_id not in self._in_flight and any(field in wanted for field, _, _ in journal_ranges):
                 await self._recover(batch_id)
                 for field, _, last in journal_ranges:
                     applied[field] = max(applied.get(field, -1), last)
@@ -157,7 +186,9 @@ class BatchProcessor:
                 ranges.append((fields[tp], group[0].offset(), group[-1].offset()))
         return fresh, ranges
 
-    def _parse(self, fresh: Groups) -> tuple[Views, list[Action], list[DeadLetter], int]:
+    def _parse(self, fresh: Groups) -> tuple[Views, list[Action], list[DeadLetter], dict[str, int]]:
+        """The batch's view counts, its actions, its dead letters, and per topic the messages counted
+        through the buffer (views, signals) or deliberately ignored."""
         ids: list[str] = []
         watch_ids: list[str] = []
         watch_seconds: list[int] = []
@@ -166,14 +197,29 @@ class BatchProcessor:
         viewers: list[tuple[str, str]] = []
         actions: list[Action] = []
         dead: list[DeadLetter] = []
-        ignored = 0
+        counted: dict[str, int] = {}
         validator = self._validator
         for (topic, _), group in fresh.items():
-            if topic == self._ingest:
+            if topic in self._ingest:
+                before = len(dead) + len(actions)
                 parse = validator.ingest
                 for msg in group:
+                    value = msg.value()
+                    fast = self._fast_view(value)  # the common shapes, checked inline
+                    if fast is not None:
+                        content_id, user_id, seconds, counter = fast
+                        if counter is None:
+                            ids.append(content_id)
+                            if user_id is not None:
+                                viewers.append((content_id, user_id))
+                        else:
+                            signals.setdefault(counter, []).append(content_id)
+                        if seconds:
+                            watch_ids.append(content_id)
+                            watch_seconds.append(seconds)
+                        continue
                     try:
-                        event = parse(msg.value())
+                        event = parse(value)
                     except Invalid as exc:
                         dead.append(DeadLetter.of(msg, exc.code, exc.message, 0))
                         continue
@@ -190,12 +236,14 @@ class BatchProcessor:
                     elif kind == SHARE:
                         actions.append(ingest_action(msg, event, SHARE_ACTION))
                         continue
-                    else:
-                        ignored += 1
+                    else:  # media_added_to_playlist
                         continue
                     if event.watch_seconds:
                         watch_ids.append(event.content_id)
                         watch_seconds.append(event.watch_seconds)
+                n = len(group) - (len(dead) + len(actions) - before)
+                if n:
+                    counted[topic] = counted.get(topic, 0) + n
             elif topic == self._published:
                 for msg in group:
                     try:
@@ -211,9 +259,45 @@ class BatchProcessor:
             else:  # not subscribed: cannot happen, but never drop silently
                 for msg in group:
                     dead.append(DeadLetter.of(msg, "unknown_topic", "The consumer has no handler.", 0))
-        return (ids, watch_ids, watch_seconds, signals), actions, dead, ignored
+        return (ids, watch_ids, watch_seconds, signals), actions, dead, counted
 
-    async def _apply_views(
+    def _fast_view(self, value: bytes | None) -> tuple[str, str | None, int, str | None] | None:
+        """(content_id, user_id, watch seconds, playback counter or None for a view) of a valid view
+        or playback signal; None for anything else, which then goes through Validator.ingest (the
+        same rules, with the precise error)."""
+        try:
+            event = _loads(value)  # type: ignore[arg-type]
+            payload = event["payload"]
+            kind = _KINDS[payload["event_type"]]
+            content_id = payload["content_id"]
+        except Exception:  # noqa: BLE001 - anything odd takes the precise path
+            return None
+        if (
+            kind > SIGNAL
+            or type(content_id) is not str
+            or not self._id_ok(content_id)
+            or type(payload) is not dict
+            or type(event.get("event_id")) is not str
+            or type(event.get("timestamp")) is not str
+            or type(event.get("source_service")) is not str
+        ):
+            return None
+        user_id = payload.get("user_id")
+        if user_id is not None and (type(user_id) is not str or not self._id_ok(user_id)):
+            return None
+        seconds = payload.get("watch_duration_seconds")
+        if seconds is None:
+            seconds = 0
+        elif type(seconds) is not int or not 0 <= seconds <= self._watch_max:
+            return None
+        return (
+            content_id,
+            user_id,
+            seconds,
+            None if kind == VIEW else PLAYBACK_COUNTERS[payload["event_type"]],
+        )
+
+    async def _journal(
         self,
         batch_id: str,
         ranges: list[Range],
@@ -221,7 +305,8 @@ class BatchProcessor:
         watch_ids: list[str],
         watch_seconds: list[int],
         signals: dict[str, list[str]],
-    ) -> None:
+    ) -> JournaledBuffer:
+        """Count the views in a view buffer, cut it into drains and journal them with the ranges."""
         settings = self._settings
         buffer = JournaledBuffer(settings, self._redis, self._scripts.apply_views, self._metrics)
         if not buffer.add_many(ids, watch_ids, watch_seconds, signals):
@@ -230,6 +315,10 @@ class BatchProcessor:
         conflicts = await self._retrying(lambda: self._store.begin(batch_id, ranges, calls))
         if conflicts:
             raise _Conflict(conflicts)
+        return buffer
+
+    async def _drain(self, buffer: JournaledBuffer) -> None:
+        settings = self._settings
         delay = settings.consumer_retry_base_ms / 1000
         while not await buffer.drain_once():  # False: Redis unreachable; the drains stay in flight
             await self._backoff(delay)

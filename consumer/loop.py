@@ -1,7 +1,9 @@
 """The consume loop: take a batch, apply it (consumer/batch.py), commit its offsets, repeat.
 
 ``consume(num_messages=...)`` runs in a worker thread so the event loop stays free; offsets are
-committed synchronously, per partition, only after the batch is applied and marked in Redis. On SIGTERM
+committed synchronously, per partition, only after the batch is applied and marked in Redis. Batches
+overlap by one: while Redis applies batch k's view drains and its offsets are committed, batch k+1 is
+taken, validated and journaled (its drains wait for batch k). Commits stay in batch order. On SIGTERM
 the loop finishes the batch in hand, commits it and closes the consumer (leaving the group). With
 ``once`` it stops as soon as every assigned partition is consumed to its end.
 """
@@ -9,8 +11,10 @@ the loop finishes the batch in hand, commits it and closes the consumer (leaving
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
@@ -70,6 +74,7 @@ class ConsumeLoop:
         consumer.subscribe(self._topics)
         size = self._settings.consumer_batch_max_messages
         timeout_s = self._settings.consumer_batch_timeout_ms / 1000
+        pending: asyncio.Task[None] | None = None  # the previous batch: applying, then committing
         try:
             while not self._stopping:
                 msgs = await asyncio.to_thread(consumer.consume, size, timeout_s)
@@ -78,23 +83,36 @@ class ConsumeLoop:
                     self._log_errors(msgs)
                 if good:
                     started = time.perf_counter()
-                    try:
-                        commits = await self._processor.process(good)
-                    except Abandoned:
-                        log.warning("shutdown while a dependency is unreachable: batch left uncommitted")
-                        break
-                    await asyncio.to_thread(self._commit, commits)
-                    self._m.batch_seconds.observe(time.perf_counter() - started)
-                    self.batches += 1
+                    complete = await self._processor.prepare(good)
+                    if pending is not None:  # one batch in flight at most
+                        await pending
+                    pending = asyncio.create_task(self._complete(complete, started))
+                if pending is not None and pending.done():
+                    await pending  # raises what it raised
+                    pending = None
                 now = time.monotonic()
                 if now >= self._lag_at:
                     self._lag_at = now + LAG_INTERVAL_S
                     await asyncio.to_thread(self._update_lag)
-                if once and not good and await asyncio.to_thread(self._caught_up):
+                if once and not good and pending is None and await asyncio.to_thread(self._caught_up):
                     break
+        except Abandoned:
+            log.warning("shutdown while a dependency is unreachable: batch left uncommitted")
         finally:
+            if pending is not None:
+                with contextlib.suppress(Abandoned):
+                    await pending  # the batch in hand: applied and committed before leaving
             await asyncio.to_thread(consumer.close)  # leaves the group: its partitions move at once
             log.info("consumer closed after %d batches", self.batches)
+
+    async def _complete(
+        self, complete: Callable[[], Awaitable[dict[tuple[str, int], int]]], started: float
+    ) -> None:
+        """Apply one prepared batch and commit its offsets (the batch before it is done)."""
+        commits = await complete()
+        await asyncio.to_thread(self._commit, commits)
+        self._m.batch_seconds.observe(time.perf_counter() - started)
+        self.batches += 1
 
     def _commit(self, commits: dict[tuple[str, int], int]) -> None:
         offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in commits.items()]

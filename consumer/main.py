@@ -20,7 +20,7 @@ from consumer.store import OffsetStore
 from daemon import db, keys
 from daemon.kafka_mock import MockCluster
 from daemon.metrics import Metrics
-from daemon.settings import Settings
+from daemon.settings import Settings, ingest_topics
 from lua import Scripts
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def purge_for(redis: Any, scripts: Scripts, pool: asyncpg.Pool, settings: Settin
 
 
 def topics_for(settings: Settings, purge: PurgeUser | None) -> list[str]:
-    topics = [settings.consumer_ingest_topic, settings.consumer_published_topic]
+    topics = [*ingest_topics(settings), settings.consumer_published_topic]
     if purge is not None:
         topics.append(settings.consumer_user_deleted_topic)
     return [t for t in topics if t]

@@ -75,7 +75,7 @@ class IngestEvent:
 
 class Validator:
     def __init__(self, id_max_len: int, watch_seconds_max: int) -> None:
-        self._id = re.compile(f"{ID_CHARS}{{1,{id_max_len}}}")
+        self.id_re = re.compile(f"{ID_CHARS}{{1,{id_max_len}}}")
         self._watch_max = watch_seconds_max
 
     def ingest(self, value: bytes | None) -> IngestEvent:
@@ -124,7 +124,7 @@ class Validator:
         return self._checked_id(_payload(value).get("user_id"), "user_id")
 
     def _checked_id(self, value: Any, name: str) -> str:
-        if type(value) is not str or not self._id.fullmatch(value):
+        if type(value) is not str or not self.id_re.fullmatch(value):
             raise Invalid(f"invalid_{name}", f"{name} must be an id of A-Z a-z 0-9 _ . : - characters.")
         return value
 

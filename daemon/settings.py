@@ -75,7 +75,7 @@ class Settings:
     # Kafka consumer (`engagementd consume`): one group, three topics (empty topic name: not consumed).
     consumer_group: str = "engagementd"
     consumer_group_protocol: str = "classic"  # or "consumer" (KIP-848: Kafka 4, the mock cluster)
-    consumer_ingest_topic: str = "engagement.ingest"
+    consumer_ingest_topic: str = "engagement.ingest"  # comma-separated: several topics of that format
     consumer_published_topic: str = "media.published"
     consumer_user_deleted_topic: str = "user.deleted"
     consumer_batch_max_messages: int = 10_000  # messages taken in one batch
@@ -158,4 +158,9 @@ def _parse(f: dataclasses.Field[object], raw: str) -> object:
     return raw
 
 
-__all__ = ["Settings", "SettingsError"]
+def ingest_topics(settings: Settings) -> list[str]:
+    """The topics of ``consumer_ingest_topic`` (a comma-separated list)."""
+    return [t.strip() for t in settings.consumer_ingest_topic.split(",") if t.strip()]
+
+
+__all__ = ["Settings", "SettingsError", "ingest_topics"]
