@@ -85,11 +85,12 @@ class ConsumeLoop:
                     started = time.perf_counter()
                     complete = await self._processor.prepare(good)
                     if pending is not None:  # one batch in flight at most
-                        await pending
+                        previous, pending = pending, None
+                        await previous
                     pending = asyncio.create_task(self._complete(complete, started))
                 if pending is not None and pending.done():
-                    await pending  # raises what it raised
-                    pending = None
+                    previous, pending = pending, None
+                    await previous  # raises what it raised
                 now = time.monotonic()
                 if now >= self._lag_at:
                     self._lag_at = now + LAG_INTERVAL_S
@@ -99,11 +100,13 @@ class ConsumeLoop:
         except Abandoned:
             log.warning("shutdown while a dependency is unreachable: batch left uncommitted")
         finally:
-            if pending is not None:
-                with contextlib.suppress(Abandoned):
-                    await pending  # the batch in hand: applied and committed before leaving
-            await asyncio.to_thread(consumer.close)  # leaves the group: its partitions move at once
-            log.info("consumer closed after %d batches", self.batches)
+            try:
+                if pending is not None:
+                    with contextlib.suppress(Abandoned):
+                        await pending  # the batch in hand: applied and committed before leaving
+            finally:
+                await asyncio.to_thread(consumer.close)  # leaves the group: its partitions move at once
+                log.info("consumer closed after %d batches", self.batches)
 
     async def _complete(
         self, complete: Callable[[], Awaitable[dict[tuple[str, int], int]]], started: float
