@@ -52,8 +52,9 @@ _KINDS = KINDS
 
 TopicPartition = tuple[str, int]
 Groups = dict[TopicPartition, list[Message]]  # a batch's messages per partition, in offset order
-# ids of views, ids and seconds of watch time, playback signals (counter -> ids): ViewBuffer.add_many's
-Views = tuple[list[str], list[str], list[int], dict[str, list[str]]]
+# ids of views, ids and seconds of watch time, playback signals (counter -> ids), and the views with
+# a user id as parallel lists (content ids, user ids)
+Views = tuple[list[str], list[str], list[int], dict[str, list[str]], list[str], list[str]]
 
 
 class JournaledBuffer(ViewBuffer):
@@ -193,8 +194,10 @@ class BatchProcessor:
         watch_ids: list[str] = []
         watch_seconds: list[int] = []
         signals: dict[str, list[str]] = {}
-        # (content_id, user_id) of the views that carry a user: what the HTTP batch path has too
-        viewers: list[tuple[str, str]] = []
+        # the views that carry a user, as parallel lists (content ids, user ids), as the HTTP batch
+        # path collects them for unique viewers
+        viewer_ids: list[str] = []
+        viewer_users: list[str] = []
         actions: list[Action] = []
         dead: list[DeadLetter] = []
         counted: dict[str, int] = {}
@@ -211,7 +214,8 @@ class BatchProcessor:
                         if counter is None:
                             ids.append(content_id)
                             if user_id is not None:
-                                viewers.append((content_id, user_id))
+                                viewer_ids.append(content_id)
+                                viewer_users.append(user_id)
                         else:
                             signals.setdefault(counter, []).append(content_id)
                         if seconds:
@@ -227,7 +231,8 @@ class BatchProcessor:
                     if kind == VIEW:
                         ids.append(event.content_id)
                         if event.user_id is not None:
-                            viewers.append((event.content_id, event.user_id))
+                            viewer_ids.append(event.content_id)
+                            viewer_users.append(event.user_id)
                     elif kind == SIGNAL:
                         signals.setdefault(PLAYBACK_COUNTERS[event.event_type], []).append(event.content_id)
                     elif kind == REACTION:
@@ -259,7 +264,7 @@ class BatchProcessor:
             else:  # not subscribed: cannot happen, but never drop silently
                 for msg in group:
                     dead.append(DeadLetter.of(msg, "unknown_topic", "The consumer has no handler.", 0))
-        return (ids, watch_ids, watch_seconds, signals), actions, dead, counted
+        return (ids, watch_ids, watch_seconds, signals, viewer_ids, viewer_users), actions, dead, counted
 
     def _fast_view(self, value: bytes | None) -> tuple[str, str | None, int, str | None] | None:
         """(content_id, user_id, watch seconds, playback counter or None for a view) of a valid view
@@ -305,10 +310,14 @@ class BatchProcessor:
         watch_ids: list[str],
         watch_seconds: list[int],
         signals: dict[str, list[str]],
+        viewer_ids: list[str],
+        viewer_users: list[str],
     ) -> JournaledBuffer:
         """Count the views in a view buffer, cut it into drains and journal them with the ranges."""
         settings = self._settings
         buffer = JournaledBuffer(settings, self._redis, self._scripts.apply_views, self._metrics)
+        # With unique viewers (the hll branch's ViewBuffer.add_many(..., viewers)), pass
+        # ``(viewer_ids, viewer_users) if viewer_ids else None`` as the fifth argument.
         if not buffer.add_many(ids, watch_ids, watch_seconds, signals):
             raise RuntimeError("a batch larger than ENGAGEMENT_BUFFER_MAX_ITEMS")
         calls = [drain.call(settings) for drain in buffer.cut()]

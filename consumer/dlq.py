@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger("librdkafka.dlq")
@@ -108,6 +108,16 @@ class DeadLetterProducer:
                 return
             except BufferError:  # local queue full: serve delivery reports, then try again
                 self._producer.poll(0.1)
+
+    def touch_topics(self, topics: list[str]) -> None:
+        """Ask for the topics' metadata, which creates a missing topic where the cluster creates topics
+        on demand (the mock cluster, compose's Kafka): a consumer subscribed to a topic that does not
+        exist yet would otherwise not see it before its next metadata refresh."""
+        for topic in topics:
+            try:
+                self._producer.list_topics(topic=topic, timeout=10.0)
+            except KafkaException as exc:
+                log.warning("no metadata for topic %s (%s)", topic, exc)
 
     def close(self) -> None:
         self._producer.flush(10.0)

@@ -85,6 +85,7 @@ async def run_consumer(
         processor = BatchProcessor(
             settings, redis, scripts, metrics, consumer_metrics, store, runner, dead_letters, stopping
         )
+        await asyncio.to_thread(dead_letters.touch_topics, topics)
         loop = ConsumeLoop(settings, bootstrap, topics, processor, consumer_metrics)
         event_loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
