@@ -124,7 +124,10 @@ class BatchProcessor:
                 finish = await self._attempt(groups)
                 break
             except _Conflict:
+                # another consumer's batch (recovered by the next attempt), or this process's own batch
+                # still in flight after a rebalance handed the same offsets back: let it finish first
                 log.warning("batch offsets reserved by another batch; recovering it and planning again")
+                await asyncio.sleep(self._settings.consumer_retry_base_ms / 1000)
         commits = {tp: group[-1].offset() + 1 for tp, group in groups.items()}
 
         async def complete() -> dict[TopicPartition, int]:
