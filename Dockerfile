@@ -15,6 +15,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
 COPY api ./api
+COPY consumer ./consumer
 COPY flusher ./flusher
 COPY lua ./lua
 RUN pip install . \

@@ -46,6 +46,14 @@ def cmd_flusher(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.main import run_consumer
+
+    return asyncio.run(
+        run_consumer(settings, once=args.once, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+    )
+
+
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.reconcile import run_reconcile
 
@@ -77,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     flusher.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     flusher.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics server")
     flusher.set_defaults(func=cmd_flusher)
+
+    consume = sub.add_parser("consume", help="apply Kafka events (views, likes, registry, purges) to Redis")
+    consume.add_argument("--once", action="store_true", help="exit 0 once caught up")
+    consume.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
+    consume.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics server")
+    consume.set_defaults(func=cmd_consume)
 
     sub.add_parser(
         "reconcile", help="rebuild Redis live counts and states from Postgres plus pending deltas"

@@ -2,8 +2,10 @@
 
 Private Redis and Postgres in the data folder (``ENGAGEMENT_DEV_DATA_DIR``, default ``.data``),
 started from the installed binaries (Postgres as the ``postgres`` user when run as root), the schema
-migrated, then the api and the flusher as child processes. One Ctrl-C (or SIGTERM) stops them all:
-the api drains its view buffer, the flusher finishes its pass, the servers shut down cleanly.
+migrated, then the api and the flusher as child processes, and the Kafka consumer when
+``ENGAGEMENT_KAFKA_BOOTSTRAP`` is set (``mock``: librdkafka's mock cluster, started here and shared by
+the api's producer and the consumer). One Ctrl-C (or SIGTERM) stops them all: the api drains its view
+buffer, the flusher finishes its pass, the consumer commits its batch, the servers shut down cleanly.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import jwt
 
 from daemon import db
+from daemon.kafka_mock import MockCluster
 from daemon.servers import PostgresServer, RedisServer, free_port
 from daemon.settings import Settings
 
@@ -50,6 +53,7 @@ def run_dev(settings: Settings, host: str, port: int) -> int:
     redis = RedisServer(data_dir / "redis")
     postgres = PostgresServer(data_dir / "postgres")
     children: list[subprocess.Popen[bytes]] = []
+    mock: MockCluster | None = None
     stop = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -69,12 +73,22 @@ def run_dev(settings: Settings, host: str, port: int) -> int:
             jwt_secret="" if settings.jwt_public_key else secret,
         )
         asyncio.run(db.migrate(settings))
+        if settings.kafka_bootstrap == "mock":  # one mock cluster for every child
+            mock = MockCluster()
+            settings = settings.replace(
+                kafka_bootstrap=mock.bootstrap_servers, consumer_group_protocol="consumer"
+            )
         env = {**os.environ, **settings.as_env()}
         metrics_port = free_port()
         children.append(_spawn(["api", "--host", host, "--port", str(port)], env))
         flusher = ["flusher", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
         children.append(_spawn(flusher, env))
-        _announce(settings, host, port, metrics_port, secret if not settings.jwt_public_key else None)
+        consumer_port = free_port() if settings.kafka_bootstrap else None
+        if consumer_port is not None:
+            consume = ["consume", "--metrics-port", str(consumer_port), "--metrics-host", "127.0.0.1"]
+            children.append(_spawn(consume, env))
+        secret_shown = secret if not settings.jwt_public_key else None
+        _announce(settings, host, port, metrics_port, consumer_port, secret_shown)
         while not stop:
             for child in children:
                 if child.poll() is not None:
@@ -93,11 +107,15 @@ def run_dev(settings: Settings, host: str, port: int) -> int:
                 child.kill()
         postgres.stop()
         redis.stop()
+        if mock is not None:
+            mock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _announce(settings: Settings, host: str, port: int, metrics_port: int, secret: str | None) -> None:
+def _announce(
+    settings: Settings, host: str, port: int, metrics_port: int, consumer_port: int | None, secret: str | None
+) -> None:
     lines = [
         "",
         "engagementd dev is running",
@@ -106,6 +124,10 @@ def _announce(settings: Settings, host: str, port: int, metrics_port: int, secre
         f"  Redis          {settings.redis_url}",
         f"  Postgres       {settings.database_url}",
     ]
+    if consumer_port is not None:
+        lines.append(
+            f"  consumer       {settings.kafka_bootstrap}, metrics at http://127.0.0.1:{consumer_port}/metrics"
+        )
     if secret:
         exp = int(time.time()) + 86_400
         ingest = jwt.encode({"sub": "dev-ingest", "scope": "ingest internal", "exp": exp}, secret, "HS256")

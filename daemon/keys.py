@@ -50,6 +50,14 @@ eng:{s:N}:hdelta                hash    "<content_id>|<user_id>" -> "<ts_us>|<pc
 eng:{s:N}:hbatch                hash    heartbeats captured by a flusher with the batch
 eng:config:shards               string  the shard count the data was written with
 eng:{u:<user_id>}:bidem:<key>   string  a view batch's Idempotency-Key claim (the ingest client)
+
+
+eng:{c:<group>}:offsets         hash    "<topic>:<partition>" -> last offset applied by the Kafka
+                                        consumer group (the idempotency store; expires after 24 h)
+eng:{c:<group>}:claims          hash    "<topic>:<partition>" -> last offset reserved by a batch
+eng:{c:<group>}:journal         hash    batch id -> msgpack: the batch's offset ranges and its view
+                                        drains, kept until the batch is applied (crash recovery)
+eng:{c:<group>}:journal_ranges  hash    batch id -> msgpack: the offset ranges alone
 eng:{u:<user_id>}:rl:<action>   zset    request id -> admission time (ms): one user's sliding-window
                                         log for one action; expires one window after the last one
 ==============================  ======  =================================================
@@ -238,6 +246,23 @@ def uv_day(pinned: str = "", now: float | None = None) -> str:
 def day_date(day: str) -> date:
     """yyyymmdd (a day of the daily HLL keys) -> date."""
     return date(int(day[:4]), int(day[4:6]), int(day[6:8]))
+
+
+def consumer_offsets_key(group: str) -> str:
+    """The Kafka consumer's idempotency store: every key of one group shares the tag {c:<group>}."""
+    return f"{PREFIX}:{{c:{group}}}:offsets"
+
+
+def consumer_claims_key(group: str) -> str:
+    return f"{PREFIX}:{{c:{group}}}:claims"
+
+
+def consumer_journal_key(group: str) -> str:
+    return f"{PREFIX}:{{c:{group}}}:journal"
+
+
+def consumer_journal_ranges_key(group: str) -> str:
+    return f"{PREFIX}:{{c:{group}}}:journal_ranges"
 
 
 def parse_delta_field(field: str) -> tuple[str, str]:

@@ -84,6 +84,19 @@ class Settings:
     flush_ledger_retention_days: int = 7
     reconcile_interval_s: float = 300.0  # the flusher reconciles live counts this often; 0: never
 
+    # Kafka consumer (`engagementd consume`): one group, three topics (empty topic name: not consumed).
+    consumer_group: str = "engagementd"
+    consumer_group_protocol: str = "classic"  # or "consumer" (KIP-848: Kafka 4, the mock cluster)
+    consumer_ingest_topic: str = "engagement.ingest"  # comma-separated: several topics of that format
+    consumer_published_topic: str = "media.published"
+    consumer_user_deleted_topic: str = "user.deleted"
+    consumer_batch_max_messages: int = 20_000  # messages taken in one batch
+    consumer_batch_timeout_ms: int = 100  # longest wait to fill a batch
+    consumer_retry_max_tries: int = 10  # tries of a failing message before it is dead-lettered
+    consumer_retry_base_ms: int = 100  # first backoff between tries, doubled each time
+    consumer_retry_max_ms: int = 5_000  # ceiling of that backoff (and of the wait while Redis is down)
+    consumer_offsets_ttl_s: int = 86_400  # how long the idempotency store remembers applied offsets
+
     # Postgres pool.
     db_pool_min: int = 1
     db_pool_max: int = 10
@@ -136,6 +149,12 @@ class Settings:
                 raise SettingsError(message) from None
         if self.playlists_max_per_user < 1 or self.playlist_items_max < 1:
             raise SettingsError("playlist limits must be at least 1")
+        if self.consumer_batch_max_messages < 1 or self.consumer_batch_timeout_ms < 1:
+            raise SettingsError("consumer batch size and timeout must be at least 1")
+        if self.consumer_retry_max_tries < 1 or self.consumer_retry_base_ms < 0:
+            raise SettingsError("consumer retries: at least 1 try, a backoff not negative")
+        if self.consumer_group_protocol not in ("classic", "consumer"):
+            raise SettingsError("ENGAGEMENT_CONSUMER_GROUP_PROTOCOL must be classic or consumer")
         from api.ratelimit import parse_limits  # here, not at the top: api pulls in starlette
 
         try:
@@ -165,4 +184,9 @@ def _parse(f: dataclasses.Field[object], raw: str) -> object:
     return raw
 
 
-__all__ = ["Settings", "SettingsError"]
+def ingest_topics(settings: Settings) -> list[str]:
+    """The topics of ``consumer_ingest_topic`` (a comma-separated list)."""
+    return [t.strip() for t in settings.consumer_ingest_topic.split(",") if t.strip()]
+
+
+__all__ = ["Settings", "SettingsError", "ingest_topics"]

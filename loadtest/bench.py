@@ -24,6 +24,9 @@ viral   N views of ONE content id: Redis commands per 1,000 views from INFO comm
         those run inside Lua scripts included; the harness's INFO/CONFIG and its /stats polls left out)
         [<= 10]; then ``engagementd flusher --once``: content_counters rows written for that item
         (pg_stat_user_tables n_tup_ins + n_tup_upd) [1 per item per flush].
+consume events/s through one ``engagementd consume`` process into Redis (media_started events pre-produced
+        to the mock cluster) vs a bare confluent-kafka loop that only decodes them; medians and the
+        median per-round ratio [>= 100,000 events/s]. Every run must count exactly N views in Redis.
 
 Everything is bound to 127.0.0.1; every child runs in its own process group and is killed on exit.
 The harness itself, Redis, Postgres, wrk and the flusher are pinned to CPU 1 so CPU 0 is the server's.
@@ -43,6 +46,7 @@ from typing import Any
 
 from loadtest.bodies import IDS, ITEMS
 from loadtest.bulk import bench_bulk, bench_bulk_matrix
+from loadtest.consume import bench_consume
 from loadtest.likes import bench_likes
 from loadtest.procs import CHILDREN, RESULTS, BenchError, install_cleanup, log, pin_cpus
 from loadtest.report import machine_info, summary
@@ -51,7 +55,7 @@ from loadtest.single import SINGLE_POOL, bench_single
 from loadtest.viral import bench_viral
 from loadtest.wrkrun import CONNECTIONS, WARMUP_S, run_wrk
 
-PARTS = ["single", "likes", "bulk", "viral", "bulk-matrix"]
+PARTS = ["single", "likes", "bulk", "viral", "bulk-matrix", "consume"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -83,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="bulk content ids: uniform over 100,000, or zipf (s=1.1, seeded) over 1,000,000",
     )
     parser.add_argument("--viral-views", type=int, default=200_000)
+    parser.add_argument("--consume-events", type=int, default=500_000, help="events per consume run")
+    parser.add_argument("--consume-batch", type=int, default=20_000, help="consumer batch size")
+    parser.add_argument("--consume-ids", choices=IDS, default="uniform", help="content ids of consume events")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     ns = parser.parse_args(argv)
     if ns.runs < 1 or not 1 <= ns.duration <= 120:
@@ -123,6 +130,14 @@ def run_parts(ns: argparse.Namespace, backends: Backends | None, workdir: Path, 
             except BenchError as exc:
                 out["errors"]["likes"] = str(exc)
                 log(f"likes failed: {exc}")
+    if ns.only in (None, "consume") and backends is not None:
+        try:
+            bench_consume(ns, backends, workdir, out)
+        except BenchError as exc:
+            out["errors"]["consume"] = str(exc)
+            log(f"consume failed: {exc}")
+    if ns.only == "consume":
+        return
     real: AppServer | None = None
     if backends is not None and ns.only in (None, "bulk", "viral", "bulk-matrix"):
         try:

@@ -149,6 +149,7 @@ def summary(out: dict[str, Any]) -> str:
                 verdict(pre.get("rows_reported") == pre.get("content_counters_writes")),
             )
         )
+    rows += consume_rows(out.get("consume"))
     for name, err in out.get("errors", {}).items():
         rows.append((f"{name}: ERROR", err.splitlines()[0][:60] if err else "", "", "FAIL"))
     m = out["machine"]
@@ -161,6 +162,30 @@ def summary(out: dict[str, Any]) -> str:
     if bm and "valid" in bm:
         lines += ["", matrix_table(bm)]
     return "\n".join(lines)
+
+
+def consume_rows(c: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """The consume part: events/s of the bare loop and of engagementd consume, their ratio."""
+    if not c or not c.get("rounds"):
+        return []
+    ids = c.get("ids", "uniform")
+    return [
+        (f"consume ({ids}): bare loop events/s (median)", f"{c['bare_median_eps']:,.0f}", "calibration", "-"),
+        (
+            f"consume ({ids}): engagementd events/s (median)",
+            f"{c['real_median_eps']:,.0f}",
+            ">= 100,000",
+            verdict(c["real_median_eps"] >= 100_000),
+        ),
+        (f"consume ({ids}): ratio engagementd/bare (median)", f"{c['ratio_median']:.3f}", "", "-"),
+        (
+            f"consume ({ids}): events per consumer CPU-second",
+            f"{c['real_events_per_cpu_s_median']:,.0f}",
+            "(noise check)",
+            "-",
+        ),
+        (f"consume ({ids}): Redis CPU-us per event", f"{c['redis_us_per_event_median']:.2f}", "", "-"),
+    ]
 
 
 def likes_rows(lk: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:

@@ -88,6 +88,8 @@ class Scripts:
     record_history: LuaScript
     clear_history: LuaScript
     trim_history: LuaScript
+    begin_consumed: LuaScript
+    finish_consumed: LuaScript
 
     @classmethod
     def load(cls) -> Scripts:

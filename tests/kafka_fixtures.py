@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError
@@ -35,9 +36,11 @@ def consume(
     timeout_s: float = 30.0,
     settle_s: float = 0.5,
     group_protocol: str = "consumer",
-) -> list[Record]:
+    headers: bool = False,
+) -> list[Any]:
     """Exactly the first ``n`` messages of ``topic``, read with a new consumer group from the earliest
-    offset; fails if fewer arrive before the deadline or more arrive within ``settle_s`` after.
+    offset; fails if fewer arrive before the deadline or more arrive within ``settle_s`` after. With
+    ``headers``, each record also carries the message's headers (a list of (name, bytes)).
 
     The KIP-848 ``consumer`` group protocol joins the mock cluster's group in ~0.1 s; ``classic``
     works too but waits out the mock coordinator's ~3 s initial rebalance delay."""
@@ -51,7 +54,7 @@ def consume(
             "logger": _rdkafka_log,
         }
     )
-    records: list[Record] = []
+    records: list[Any] = []
     try:
         consumer.subscribe([topic])
         deadline = time.monotonic() + timeout_s
@@ -68,7 +71,8 @@ def consume(
                     if err.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise AssertionError(f"consumer error on {topic}: {err}")
-                records.append((msg.key(), msg.value(), msg.partition() or 0))
+                record = (msg.key(), msg.value(), msg.partition() or 0)
+                records.append((*record, msg.headers() or []) if headers else record)
     finally:
         consumer.close()
     if len(records) != n:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from consumer_helpers import INGEST, envelope, produce
 from service_fixtures import ROOT, service_env, wait_until
 
 from daemon.servers import free_port
@@ -124,5 +125,52 @@ def test_dev_mode_runs_everything_and_one_interrupt_stops_it_all() -> None:
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "ingest token" in out
+    leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout
+    assert leftovers == "", leftovers
+
+
+@pytest.mark.slow
+def test_dev_mode_with_kafka_mock_consumes_engagement_ingest() -> None:
+    # Given `engagementd dev` with ENGAGEMENT_KAFKA_BOOTSTRAP=mock
+    data = Path(tempfile.mkdtemp(prefix="engagementd-dev-", dir="/tmp"))
+    data.chmod(0o755)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ENGAGEMENT_DEV_DATA_DIR": str(data / "data")}
+    env["ENGAGEMENT_KAFKA_BOOTSTRAP"] = "mock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "dev", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while not lines or "Ctrl-C stops everything" not in lines[-1]:
+            lines.append(proc.stdout.readline())
+            assert lines[-1], "dev exited before announcing"
+        (consumer_line,) = [line for line in lines if line.strip().startswith("consumer")]
+        bootstrap = consumer_line.split()[1].rstrip(",")
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base}/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 120, "engagementd dev to be ready")
+        # When a playback service publishes a view to engagement.ingest
+        produce(bootstrap, INGEST, [("u", envelope({"event_type": "media_started", "content_id": "k-item"}))])
+        # Then the dev consumer counts it
+        wait_until(
+            lambda: httpx.get(f"{base}/api/v1/content/k-item/stats").json()["views"] == 1, 60, "the view"
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    assert proc.returncode == 0
     leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout
     assert leftovers == "", leftovers

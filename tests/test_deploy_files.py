@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.buffer import ViewBuffer
 from api.engagement_events import EngagementEvents
 from api.registry import ContentRegistry
+from consumer.metrics import ConsumerMetrics
 from daemon.cli import build_parser
 from daemon.events import USER_ENGAGEMENT_EVENTS, EventProducer, _event_metrics
 from daemon.metrics import Metrics
@@ -129,6 +130,12 @@ def exposition() -> dict[str, tuple[str, set[str]]]:
     for counter in (producer.produced, producer.delivered, producer.failures, producer.queue_full):
         counter.labels(USER_ENGAGEMENT_EVENTS)
     producer.dropped.labels(USER_ENGAGEMENT_EVENTS, "shutdown")
+    # what engagementd consume exports once it took a batch
+    consumer = ConsumerMetrics(metrics.registry)
+    for counter in (consumer.consumed, consumer.applied, consumer.duplicates):
+        counter.labels("engagement.ingest")
+    consumer.dead_letters.labels("engagement.ingest", "malformed")
+    consumer.lag.labels("engagement.ingest", "0").set(0)
     text = metrics.render().decode()
     return {
         family.name: (family.type, {s.name for s in family.samples if not s.name.endswith("_created")})

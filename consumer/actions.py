@@ -1,0 +1,194 @@
+"""The messages that are not view counts: one action each, tried, retried with backoff, or given up.
+
+- ``media_liked`` / ``media_disliked``: ``set_reaction.lua`` exactly as ``POST .../like`` and
+  ``.../dislike`` (without the per-user rate limit: the producer is a trusted service), all of a
+  batch pipelined in one round trip, in offset order. The Idempotency-Key is
+  ``kafka:<topic>:<partition>:<offset>``, so a replayed message returns the stored answer and
+  changes nothing (the seed's idempotency record, checked in the same call that applies).
+- ``media_shared``: ``api.shares.add_share`` exactly as ``POST .../shares`` (a row in ``shares`` and
+  a count), with the same key.
+- ``media.published``: the content registry's PUT (``ContentRegistry.put``): idempotent.
+- ``user.deleted``: the injected ``purge_user(user_id)``: idempotent (purging twice removes nothing
+  more).
+
+A failure is either *unavailable* (Redis or Postgres unreachable): the action is retried with backoff
+for as long as it takes and no try is counted, since dead-lettering a whole stream because a server
+restarted would only move the problem; or a *handler failure* (anything else): a try is counted, the
+action is retried with exponential backoff, and after ``consumer_retry_max_tries`` tries it is
+dead-lettered with the last error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from confluent_kafka import Message
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from api.errors import ApiError
+from api.internal import ContentRegistry
+from api.shares import add_share
+from consumer.dlq import DeadLetter
+from consumer.messages import REACTION_ACTIONS, IngestEvent
+from consumer.metrics import ConsumerMetrics
+from daemon import keys
+from daemon.purge import PurgeIncomplete
+from daemon.settings import Settings
+from lua import Scripts
+
+log = logging.getLogger(__name__)
+
+PurgeUser = Callable[[str], Awaitable[Any]]
+
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    PurgeIncomplete,  # a purge step met Redis or Postgres unreachable: the purge is re-run
+)
+REACTION, SHARE, REGISTRY, PURGE = "reaction", "share", "registry", "purge"
+
+
+class Abandoned(Exception):
+    """Shutdown was requested while the batch waited for an unreachable dependency: it is given up
+    uncommitted (and applied again, idempotently, on restart)."""
+
+
+@dataclass(slots=True)
+class Action:
+    msg: Message
+    kind: str
+    args: tuple[Any, ...]
+    tries: int = 0
+    error: str = ""
+
+    @property
+    def key(self) -> str:
+        """The Idempotency-Key of this message: its topic, partition and offset."""
+        msg = self.msg
+        return f"kafka:{msg.topic()}:{msg.partition()}:{msg.offset()}"
+
+
+def ingest_action(msg: Message, event: IngestEvent, kind: str) -> Action:
+    if kind == REACTION:
+        return Action(msg, REACTION, (event.content_id, event.user_id, REACTION_ACTIONS[event.event_type]))
+    return Action(msg, SHARE, (event.content_id, event.user_id, event.platform, event.external))
+
+
+@dataclass
+class Deps:
+    """What the api's share and registry code needs (the attributes of api.services.Services)."""
+
+    settings: Settings
+    redis: Any
+    scripts: Scripts
+    pool: Callable[[], Awaitable[asyncpg.Pool]]
+
+
+class ActionRunner:
+    def __init__(
+        self, deps: Deps, metrics: ConsumerMetrics, purge_user: PurgeUser | None, stopping: Callable[[], bool]
+    ) -> None:
+        self._deps = deps
+        self._settings = deps.settings
+        self._metrics = metrics
+        self._purge_user = purge_user
+        self._registry = ContentRegistry(deps.settings, deps.redis, deps.pool)
+        self._stopping = stopping
+
+    async def run(self, actions: list[Action]) -> list[DeadLetter]:
+        """Apply every action; returns the dead letters of those that failed every try."""
+        settings = self._settings
+        dead: list[DeadLetter] = []
+        delay = settings.consumer_retry_base_ms / 1000
+        ceiling = settings.consumer_retry_max_ms / 1000
+        pending = actions
+        while pending:
+            retry: list[Action] = []
+            for action, error in await self._round(pending):
+                if error is None:
+                    self._metrics.applied.labels(action.msg.topic()).inc()
+                elif isinstance(error, UNAVAILABLE_ERRORS):
+                    self._metrics.retries.labels("unavailable").inc()
+                    retry.append(action)
+                else:
+                    action.tries += 1
+                    action.error = f"{type(error).__name__}: {error}"
+                    if action.tries >= settings.consumer_retry_max_tries:
+                        log.error("%s failed %d tries: %s", action.key, action.tries, action.error)
+                        dead.append(DeadLetter.of(action.msg, "handler_failed", action.error, action.tries))
+                    else:
+                        self._metrics.retries.labels("handler_failed").inc()
+                        retry.append(action)
+            pending = retry
+            if pending:
+                if self._stopping():
+                    raise Abandoned
+                await asyncio.sleep(delay)  # exponential backoff between tries
+                delay = min(delay * 2, ceiling)
+        return dead
+
+    async def _round(self, actions: list[Action]) -> list[tuple[Action, BaseException | None]]:
+        out: list[tuple[Action, BaseException | None]] = []
+        reactions = [a for a in actions if a.kind == REACTION]
+        if reactions:
+            out += await self._reactions(reactions)
+        for action in actions:
+            if action.kind != REACTION:
+                try:
+                    await self._one(action)
+                    out.append((action, None))
+                except Exception as exc:  # classified by the caller
+                    out.append((action, exc))
+        return out
+
+    async def _reactions(self, actions: list[Action]) -> list[tuple[Action, BaseException | None]]:
+        deps = self._deps
+        shards, ttl = self._settings.shards, self._settings.idempotency_ttl_s
+        calls = []
+        for action in actions:
+            content_id, user_id, verb = action.args
+            shard = keys.shard_of(content_id, shards)
+            script_keys = [
+                keys.live_key(shard),
+                keys.delta_key(shard),
+                keys.state_key(shard),
+                keys.sdelta_key(shard),
+                keys.idem_key(shard, content_id, user_id, action.key),
+            ]
+            calls.append((script_keys, [content_id, user_id, verb, ttl, verb]))
+        try:
+            results = await deps.scripts.set_reaction.call_many(deps.redis, calls)
+        except Exception as exc:
+            return [(action, exc) for action in actions]
+        return [
+            (action, result if isinstance(result, Exception) else None)
+            for action, result in zip(actions, results, strict=True)
+        ]
+
+    async def _one(self, action: Action) -> None:
+        if action.kind == SHARE:
+            content_id, user_id, platform, external = action.args
+            try:
+                await add_share(self._deps, content_id, user_id, platform, external, action.key)  # type: ignore[arg-type]
+            except ApiError as exc:
+                if exc.status == 503:
+                    raise ConnectionError(exc.message) from None
+                raise
+        elif action.kind == REGISTRY:
+            await self._registry.put(*action.args)
+        elif action.kind == PURGE:
+            assert self._purge_user is not None
+            await self._purge_user(action.args[0])
+        else:
+            raise AssertionError(action.kind)

@@ -1,0 +1,368 @@
+"""One consumer batch, from Kafka messages to Redis, exactly once per offset.
+
+1. Group the messages by partition; read the idempotency store (one round trip): the applied offset
+   of each partition and the journals of unfinished batches. A journal covering one of these
+   partitions is recovered first (its drains re-applied, then finished). Messages at or below the
+   applied offset are duplicates: skipped and counted.
+2. Validate every message. One that cannot be parsed or validated is a dead letter at once.
+3. Apply the actions (likes, shares, registry, purge), each idempotent by its offset (consumer/actions.py);
+   retry with backoff; dead-letter those that failed every try.
+4. Send the dead letters and wait for Kafka's acknowledgement.
+5. Count views and playback signals in a view buffer (api/buffer.py, the HTTP path's own), cut it into
+   per-shard drains, and journal them with the batch's offset ranges in one call (``begin_consumed``).
+   If another batch holds some of these offsets, go back to 1 (it is recovered there).
+6. Apply the drains (``apply_views.lua``, one pipelined round trip), retrying while Redis is down.
+7. Mark the offsets applied and drop the journal in one call (``finish_consumed``).
+
+The caller then commits the offsets to Kafka. A SIGKILL anywhere: before 5, nothing counted is
+unmarked except the idempotent actions, which a replay repeats harmlessly; between 5 and 7 the
+journal is recovered by whoever reads those partitions next, and drain ids make the re-application
+count once; after 7, the replay is skipped as duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import Message
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from api.buffer import Drain, ViewBuffer
+from consumer.actions import PURGE, REGISTRY, Abandoned, Action, ActionRunner, ingest_action
+from consumer.actions import REACTION as REACTION_ACTION
+from consumer.actions import SHARE as SHARE_ACTION
+from consumer.dlq import DeadLetter, DeadLetterProducer
+from consumer.messages import KINDS, REACTION, SHARE, SIGNAL, VIEW, Invalid, Validator
+from consumer.metrics import ConsumerMetrics
+from consumer.store import OffsetStore, Range, tp_field
+from daemon.keys import PLAYBACK_COUNTERS
+from daemon.metrics import Metrics
+from daemon.settings import Settings, ingest_topics
+from lua import Scripts
+
+log = logging.getLogger(__name__)
+_loads = orjson.loads
+_KINDS = KINDS
+
+TopicPartition = tuple[str, int]
+Groups = dict[TopicPartition, list[Message]]  # a batch's messages per partition, in offset order
+# ids of views, ids and seconds of watch time, playback signals (counter -> ids), and the views with
+# a user id as parallel lists (content ids, user ids)
+Views = tuple[list[str], list[str], list[int], dict[str, list[str]], list[str], list[str]]
+
+
+class JournaledBuffer(ViewBuffer):
+    """The api's view buffer, used for one batch: cut explicitly so the drains can be journaled
+    before they are applied with ``drain_once``."""
+
+    def cut(self) -> list[Drain]:
+        self._cut()
+        return list(self._inflight)
+
+
+class _Conflict(Exception):
+    """Another batch reserved some of this batch's offsets: recover it and plan again."""
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Any,
+        scripts: Scripts,
+        metrics: Metrics,
+        consumer_metrics: ConsumerMetrics,
+        store: OffsetStore,
+        runner: ActionRunner,
+        dead_letters: DeadLetterProducer,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._scripts = scripts
+        self._metrics = metrics
+        self._m = consumer_metrics
+        self._store = store
+        self._runner = runner
+        self._dlq = dead_letters
+        self._stopping = stopping
+        self._validator = Validator(settings.content_id_max_len, settings.watch_seconds_max)
+        self._id_ok = self._validator.id_re.fullmatch
+        self._watch_max = settings.watch_seconds_max
+        self._ingest = frozenset(ingest_topics(settings))
+        self._published = settings.consumer_published_topic
+        self._user_deleted = settings.consumer_user_deleted_topic
+        self._in_flight: set[str] = set()  # this process's journaled batches still being applied
+
+    async def process(self, msgs: list[Message]) -> dict[TopicPartition, int]:
+        """Apply a batch; returns the offset to commit per partition (last offset + 1)."""
+        complete = await self.prepare(msgs)
+        return await complete()
+
+    async def prepare(self, msgs: list[Message]) -> Callable[[], Awaitable[dict[TopicPartition, int]]]:
+        """Steps 1 to 5; returns the rest (6 and 7), which the loop runs while it prepares the next
+        batch (Redis applies one batch while this process decodes the next). The rest returns the
+        offsets to commit per partition (last offset + 1)."""
+        groups: dict[TopicPartition, list[Message]] = {}
+        for msg in msgs:
+            tp = (msg.topic(), msg.partition())
+            group = groups.get(tp)
+            if group is None:
+                groups[tp] = [msg]
+            else:
+                group.append(msg)
+        for tp, group in groups.items():
+            self._m.consumed.labels(tp[0]).inc(len(group))
+        while True:
+            try:
+                finish = await self._attempt(groups)
+                break
+            except _Conflict:
+                # another consumer's batch (recovered by the next attempt), or this process's own batch
+                # still in flight after a rebalance handed the same offsets back: let it finish first
+                log.warning("batch offsets reserved by another batch; recovering it and planning again")
+                await asyncio.sleep(self._settings.consumer_retry_base_ms / 1000)
+        commits = {tp: group[-1].offset() + 1 for tp, group in groups.items()}
+
+        async def complete() -> dict[TopicPartition, int]:
+            await finish()
+            return commits
+
+        return complete
+
+    async def _attempt(self, groups: dict[TopicPartition, list[Message]]) -> Callable[[], Awaitable[None]]:
+        fresh, ranges = await self._fresh(groups)
+        views, actions, dead, counted = self._parse(fresh)
+        if actions:
+            dead += await self._runner.run(actions)
+        if dead:
+            if not await self._dlq.send(dead, self._stopping):
+                raise Abandoned
+            for letter in dead:
+                self._m.dead_letters.labels(letter.topic, letter.code).inc()
+        batch_id = ""
+        buffer: JournaledBuffer | None = None
+        if views[0] or views[3]:
+            batch_id = uuid.uuid4().hex
+            buffer = await self._journal(batch_id, ranges, *views)
+            self._in_flight.add(batch_id)
+
+        async def finish() -> None:
+            try:
+                if buffer is not None:
+                    await self._drain(buffer)
+                if ranges:
+                    await self._retrying(lambda: self._store.finish(batch_id, ranges))
+            finally:
+                self._in_flight.discard(batch_id)
+            for topic, n in counted.items():
+                self._m.applied.labels(topic).inc(n)
+
+        return finish
+
+    async def _fresh(
+        self, groups: dict[TopicPartition, list[Message]]
+    ) -> tuple[dict[TopicPartition, list[Message]], list[Range]]:
+        fields = {tp: tp_field(*tp) for tp in groups}
+        applied, journals = await self._retrying(lambda: self._store.state(fields.values()))
+        wanted = set(fields.values())
+        for batch_id, journal_ranges in journals.items():
+            if batch_id not in self._in_flight and any(field in wanted for field, _, _ in journal_ranges):
+                await self._recover(batch_id)
+                for field, _, last in journal_ranges:
+                    applied[field] = max(applied.get(field, -1), last)
+        fresh: dict[TopicPartition, list[Message]] = {}
+        ranges: list[Range] = []
+        for tp, group in groups.items():
+            seen = applied.get(fields[tp], -1)
+            if group[0].offset() <= seen:
+                kept = [m for m in group if m.offset() > seen]
+                self._m.duplicates.labels(tp[0]).inc(len(group) - len(kept))
+                group = kept
+            if group:
+                fresh[tp] = group
+                ranges.append((fields[tp], group[0].offset(), group[-1].offset()))
+        return fresh, ranges
+
+    def _parse(self, fresh: Groups) -> tuple[Views, list[Action], list[DeadLetter], dict[str, int]]:
+        """The batch's view counts, its actions, its dead letters, and per topic the messages counted
+        through the buffer (views, signals) or deliberately ignored."""
+        ids: list[str] = []
+        watch_ids: list[str] = []
+        watch_seconds: list[int] = []
+        signals: dict[str, list[str]] = {}
+        # the views that carry a user, as parallel lists (content ids, user ids), as the HTTP batch
+        # path collects them for unique viewers
+        viewer_ids: list[str] = []
+        viewer_users: list[str] = []
+        actions: list[Action] = []
+        dead: list[DeadLetter] = []
+        counted: dict[str, int] = {}
+        validator = self._validator
+        for (topic, _), group in fresh.items():
+            if topic in self._ingest:
+                before = len(dead) + len(actions)
+                parse = validator.ingest
+                for msg in group:
+                    value = msg.value()
+                    fast = self._fast_view(value)  # the common shapes, checked inline
+                    if fast is not None:
+                        content_id, user_id, seconds, counter = fast
+                        if counter is None:
+                            ids.append(content_id)
+                            if user_id is not None:
+                                viewer_ids.append(content_id)
+                                viewer_users.append(user_id)
+                        else:
+                            signals.setdefault(counter, []).append(content_id)
+                        if seconds:
+                            watch_ids.append(content_id)
+                            watch_seconds.append(seconds)
+                        continue
+                    try:
+                        event = parse(value)
+                    except Invalid as exc:
+                        dead.append(DeadLetter.of(msg, exc.code, exc.message, 0))
+                        continue
+                    kind = event.kind
+                    if kind == VIEW:
+                        ids.append(event.content_id)
+                        if event.user_id is not None:
+                            viewer_ids.append(event.content_id)
+                            viewer_users.append(event.user_id)
+                    elif kind == SIGNAL:
+                        signals.setdefault(PLAYBACK_COUNTERS[event.event_type], []).append(event.content_id)
+                    elif kind == REACTION:
+                        actions.append(ingest_action(msg, event, REACTION_ACTION))
+                        continue
+                    elif kind == SHARE:
+                        actions.append(ingest_action(msg, event, SHARE_ACTION))
+                        continue
+                    else:  # media_added_to_playlist
+                        continue
+                    if event.watch_seconds:
+                        watch_ids.append(event.content_id)
+                        watch_seconds.append(event.watch_seconds)
+                n = len(group) - (len(dead) + len(actions) - before)
+                if n:
+                    counted[topic] = counted.get(topic, 0) + n
+            elif topic == self._published:
+                for msg in group:
+                    try:
+                        actions.append(Action(msg, REGISTRY, validator.published(msg.value())))
+                    except Invalid as exc:
+                        dead.append(DeadLetter.of(msg, exc.code, exc.message, 0))
+            elif topic == self._user_deleted:
+                for msg in group:
+                    try:
+                        actions.append(Action(msg, PURGE, (validator.user_deleted(msg.value()),)))
+                    except Invalid as exc:
+                        dead.append(DeadLetter.of(msg, exc.code, exc.message, 0))
+            else:  # not subscribed: cannot happen, but never drop silently
+                for msg in group:
+                    dead.append(DeadLetter.of(msg, "unknown_topic", "The consumer has no handler.", 0))
+        return (ids, watch_ids, watch_seconds, signals, viewer_ids, viewer_users), actions, dead, counted
+
+    def _fast_view(self, value: bytes | None) -> tuple[str, str | None, int, str | None] | None:
+        """(content_id, user_id, watch seconds, playback counter or None for a view) of a valid view
+        or playback signal; None for anything else, which then goes through Validator.ingest (the
+        same rules, with the precise error)."""
+        try:
+            event = _loads(value)  # type: ignore[arg-type]
+            payload = event["payload"]
+            kind = _KINDS[payload["event_type"]]
+            content_id = payload["content_id"]
+        except Exception:  # noqa: BLE001 - anything odd takes the precise path
+            return None
+        if (
+            kind > SIGNAL
+            or type(content_id) is not str
+            or not self._id_ok(content_id)
+            or type(payload) is not dict
+            or type(event.get("event_id")) is not str
+            or type(event.get("timestamp")) is not str
+            or type(event.get("source_service")) is not str
+        ):
+            return None
+        user_id = payload.get("user_id")
+        if user_id is not None and (type(user_id) is not str or not self._id_ok(user_id)):
+            return None
+        seconds = payload.get("watch_duration_seconds")
+        if seconds is None:
+            seconds = 0
+        elif type(seconds) is not int or not 0 <= seconds <= self._watch_max:
+            return None
+        return (
+            content_id,
+            user_id,
+            seconds,
+            None if kind == VIEW else PLAYBACK_COUNTERS[payload["event_type"]],
+        )
+
+    async def _journal(
+        self,
+        batch_id: str,
+        ranges: list[Range],
+        ids: list[str],
+        watch_ids: list[str],
+        watch_seconds: list[int],
+        signals: dict[str, list[str]],
+        viewer_ids: list[str],
+        viewer_users: list[str],
+    ) -> JournaledBuffer:
+        """Count the views in a view buffer, cut it into drains and journal them with the ranges."""
+        settings = self._settings
+        buffer = JournaledBuffer(settings, self._redis, self._scripts.apply_views, self._metrics)
+        viewers = (viewer_ids, viewer_users) if viewer_ids else None  # unique viewers, as over HTTP
+        if not buffer.add_many(ids, watch_ids, watch_seconds, signals, viewers):
+            raise RuntimeError("a batch larger than ENGAGEMENT_BUFFER_MAX_ITEMS")
+        calls = [drain.call(settings) for drain in buffer.cut()]
+        conflicts = await self._retrying(lambda: self._store.begin(batch_id, ranges, calls))
+        if conflicts:
+            raise _Conflict(conflicts)
+        return buffer
+
+    async def _drain(self, buffer: JournaledBuffer) -> None:
+        settings = self._settings
+        delay = settings.consumer_retry_base_ms / 1000
+        while not await buffer.drain_once():  # False: Redis unreachable; the drains stay in flight
+            await self._backoff(delay)
+            delay = min(delay * 2, settings.consumer_retry_max_ms / 1000)
+
+    async def _recover(self, batch_id: str) -> None:
+        """Finish a batch another consumer (or this one, before a crash) journaled."""
+        journal = await self._retrying(lambda: self._store.journal(batch_id))
+        if journal is None:
+            return  # finished meanwhile
+        ranges, calls = journal
+        log.warning("recovering journaled batch %s (%d drains)", batch_id, len(calls))
+        script = self._scripts.apply_views
+        while calls:
+            results = await self._retrying(lambda c=calls: script.call_many(self._redis, c))
+            calls = [c for c, result in zip(calls, results, strict=True) if isinstance(result, Exception)]
+            if calls:
+                await self._backoff(self._settings.consumer_retry_max_ms / 1000)
+        await self._retrying(lambda: self._store.finish(batch_id, ranges))
+
+    async def _retrying(self, call: Callable[[], Any]) -> Any:
+        """Await ``call()`` until Redis answers (it is the store: without it nothing can be applied)."""
+        delay = self._settings.consumer_retry_base_ms / 1000
+        while True:
+            try:
+                return await call()
+            except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+                log.warning("Redis unreachable (%s); retrying", exc)
+            await self._backoff(delay)
+            delay = min(delay * 2, self._settings.consumer_retry_max_ms / 1000)
+
+    async def _backoff(self, delay: float) -> None:
+        self._m.retries.labels("unavailable").inc()
+        if self._stopping():
+            raise Abandoned
+        await asyncio.sleep(delay)  # backoff while a dependency is unreachable

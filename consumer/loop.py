@@ -1,0 +1,181 @@
+"""The consume loop: take a batch, apply it (consumer/batch.py), commit its offsets, repeat.
+
+``consume(num_messages=...)`` runs in a worker thread so the event loop stays free; offsets are
+committed synchronously, per partition, only after the batch is applied and marked in Redis. Batches
+overlap by one: while Redis applies batch k's view drains and its offsets are committed, batch k+1 is
+taken, validated and journaled (its drains wait for batch k). Commits stay in batch order. On SIGTERM
+the loop finishes the batch in hand, commits it and closes the consumer (leaving the group). With
+``once`` it stops as soon as every assigned partition is consumed to its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+
+from consumer.actions import Abandoned
+from consumer.batch import BatchProcessor
+from consumer.metrics import ConsumerMetrics
+from daemon.settings import Settings
+
+log = logging.getLogger(__name__)
+_rdkafka_log = logging.getLogger("librdkafka.consumer")
+LAG_INTERVAL_S = 1.0
+
+
+def consumer_config(settings: Settings, bootstrap_servers: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": settings.consumer_group,
+        "group.protocol": settings.consumer_group_protocol,
+        "client.id": "engagementd-consumer",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "logger": _rdkafka_log,
+    }
+
+
+class ConsumeLoop:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap_servers: str,
+        topics: list[str],
+        processor: BatchProcessor,
+        metrics: ConsumerMetrics,
+    ) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._processor = processor
+        self._m = metrics
+        self._consumer = Consumer(consumer_config(settings, bootstrap_servers))
+        self._stopping = False
+        self._lag_at = 0.0
+        self._lag_labels: set[tuple[str, str]] = set()
+        self.batches = 0
+
+    def stop(self) -> None:
+        """Finish the batch in hand, commit, leave the group (SIGTERM)."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def run(self, once: bool = False) -> None:
+        consumer = self._consumer
+        consumer.subscribe(self._topics)
+        size = self._settings.consumer_batch_max_messages
+        timeout_s = self._settings.consumer_batch_timeout_ms / 1000
+        pending: asyncio.Task[None] | None = None  # the previous batch: applying, then committing
+        try:
+            while not self._stopping:
+                msgs = await asyncio.to_thread(consumer.consume, size, timeout_s)
+                good = [m for m in msgs if m.error() is None] if msgs else msgs
+                if len(good) != len(msgs):
+                    self._log_errors(msgs)
+                if good:
+                    started = time.perf_counter()
+                    complete = await self._processor.prepare(good)
+                    if pending is not None:  # one batch in flight at most
+                        previous, pending = pending, None
+                        await previous
+                    pending = asyncio.create_task(self._complete(complete, started))
+                if pending is not None and pending.done():
+                    previous, pending = pending, None
+                    await previous  # raises what it raised
+                now = time.monotonic()
+                if now >= self._lag_at:
+                    self._lag_at = now + LAG_INTERVAL_S
+                    await asyncio.to_thread(self._update_lag)
+                if once and not good and pending is None and await asyncio.to_thread(self._caught_up):
+                    break
+        except Abandoned:
+            log.warning("shutdown while a dependency is unreachable: batch left uncommitted")
+        finally:
+            try:
+                if pending is not None:
+                    with contextlib.suppress(Abandoned):
+                        await pending  # the batch in hand: applied and committed before leaving
+            finally:
+                await asyncio.to_thread(consumer.close)  # leaves the group: its partitions move at once
+                log.info("consumer closed after %d batches", self.batches)
+
+    async def _complete(
+        self, complete: Callable[[], Awaitable[dict[tuple[str, int], int]]], started: float
+    ) -> None:
+        """Apply one prepared batch and commit its offsets (the batch before it is done)."""
+        commits = await complete()
+        await asyncio.to_thread(self._commit, commits)
+        self._m.batch_seconds.observe(time.perf_counter() - started)
+        self.batches += 1
+
+    def _commit(self, commits: dict[tuple[str, int], int]) -> None:
+        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in commits.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # e.g. the partitions moved to another member meanwhile: the offsets are marked applied in
+            # Redis, so whoever replays them skips them as duplicates.
+            self._m.commit_errors.inc()
+            log.warning("offset commit failed (%s); the idempotency store covers the replay", exc)
+
+    def _log_errors(self, msgs: list[Any]) -> None:
+        for msg in msgs:
+            err = msg.error()
+            if err is None or err.code() == KafkaError._PARTITION_EOF:
+                continue
+            if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                log.info("topic %s does not exist yet: %s", msg.topic(), err.str())
+            else:
+                log.warning("consumer error: %s", err.str())
+
+    def _update_lag(self) -> None:
+        consumer = self._consumer
+        try:
+            positions = consumer.position(consumer.assignment())
+        except KafkaException:
+            return
+        labels = set()
+        for tp in positions:
+            if tp.offset < 0:
+                continue
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
+                continue
+            label = (tp.topic, str(tp.partition))
+            labels.add(label)
+            self._m.lag.labels(*label).set(max(high - tp.offset, 0))
+        for label in self._lag_labels - labels:  # partitions revoked: their series go away
+            self._m.lag.remove(*label)
+        self._lag_labels = labels
+
+    def _caught_up(self) -> bool:
+        """Every assigned partition consumed to its end (``--once``)."""
+        consumer = self._consumer
+        assignment = consumer.assignment()
+        if not assignment:
+            return False
+        try:
+            positions = consumer.position(assignment)
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(assignment, 10.0)}
+            for tp in positions:
+                low, high = consumer.get_watermark_offsets(tp, timeout=10.0)
+                offset = tp.offset
+                if offset == OFFSET_INVALID or offset < 0:
+                    offset = committed.get((tp.topic, tp.partition), OFFSET_INVALID)
+                if offset < 0:
+                    offset = low
+                if offset < high:
+                    return False
+        except KafkaException as exc:
+            log.warning("could not read the partitions' ends (%s)", exc)
+            return False
+        return True

@@ -1,0 +1,105 @@
+"""The consumer process: ``engagementd consume [--once] [--metrics-port P]``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from typing import Any
+
+import asyncpg
+from prometheus_client import start_http_server
+
+from consumer.actions import ActionRunner, Deps, PurgeUser
+from consumer.batch import BatchProcessor
+from consumer.dlq import DeadLetterProducer
+from consumer.loop import ConsumeLoop
+from consumer.metrics import ConsumerMetrics
+from consumer.store import OffsetStore
+from daemon import db, keys, purge
+from daemon.kafka_mock import MockCluster
+from daemon.metrics import Metrics
+from daemon.redis_client import make_redis
+from daemon.settings import Settings, ingest_topics
+from lua import Scripts
+
+log = logging.getLogger(__name__)
+
+
+def purge_for(redis: Any, scripts: Scripts, pool: asyncpg.Pool, settings: Settings) -> PurgeUser:
+    """The GDPR purge ``user.deleted`` runs (daemon/purge.py). It raises ``PurgeIncomplete`` when a step
+    failed: the message is then retried with backoff like any failing handler."""
+    return functools.partial(purge.purge_user, redis, scripts, pool, settings)
+
+
+def topics_for(settings: Settings, purge: PurgeUser | None) -> list[str]:
+    topics = [*ingest_topics(settings), settings.consumer_published_topic]
+    if purge is not None:
+        topics.append(settings.consumer_user_deleted_topic)
+    return [t for t in topics if t]
+
+
+async def run_consumer(
+    settings: Settings,
+    once: bool = False,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+    purge_user: PurgeUser | None = None,
+    ready: asyncio.Event | None = None,
+) -> int:
+    """Consume until SIGTERM (or, with ``once``, until caught up). ``purge_user`` overrides
+    ``purge_for`` (tests inject a recorder)."""
+    if not settings.kafka_bootstrap:
+        log.error("ENGAGEMENT_KAFKA_BOOTSTRAP is not set: nothing to consume")
+        return 2
+    metrics = Metrics(roles=("consumer",))
+    consumer_metrics = ConsumerMetrics(metrics.registry)
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
+    mock = MockCluster() if settings.kafka_bootstrap == "mock" else None
+    bootstrap = mock.bootstrap_servers if mock is not None else settings.kafka_bootstrap
+    redis = make_redis(settings)
+    scripts = Scripts.load()
+    pool = await db.create_pool(settings)
+    retry_max_s = settings.consumer_retry_max_ms / 1000
+    dead_letters = DeadLetterProducer(bootstrap, settings.consumer_group, retry_max_s)
+    try:
+        await keys.check_shards(redis, settings.shards)
+        purge = purge_user if purge_user is not None else purge_for(redis, scripts, pool, settings)
+        topics = topics_for(settings, purge)
+        if purge is None and settings.consumer_user_deleted_topic:
+            log.warning("no GDPR purge wired: %s is not consumed", settings.consumer_user_deleted_topic)
+
+        async def get_pool() -> asyncpg.Pool:
+            return pool
+
+        loop: ConsumeLoop | None = None
+
+        def stopping() -> bool:
+            return loop is not None and loop.stopping
+
+        deps = Deps(settings, redis, scripts, get_pool)
+        runner = ActionRunner(deps, consumer_metrics, purge, stopping)
+        store = OffsetStore(redis, scripts, settings.consumer_group, settings.consumer_offsets_ttl_s)
+        processor = BatchProcessor(
+            settings, redis, scripts, metrics, consumer_metrics, store, runner, dead_letters, stopping
+        )
+        await asyncio.to_thread(dead_letters.touch_topics, topics)
+        loop = ConsumeLoop(settings, bootstrap, topics, processor, consumer_metrics)
+        event_loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            event_loop.add_signal_handler(sig, loop.stop)
+        log.info("consuming %s as group %s from %s", ", ".join(topics), settings.consumer_group, bootstrap)
+        if ready is not None:
+            ready.set()
+        await loop.run(once=once)
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().remove_signal_handler(sig)
+        await asyncio.to_thread(dead_letters.close)
+        await redis.aclose()
+        await pool.close()
+        if mock is not None:
+            mock.close()

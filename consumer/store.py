@@ -1,0 +1,95 @@
+"""The consumer's idempotency store in Redis (seed 000: keyed on ``{topic}:{partition}:{offset}``,
+entries expiring after 24 h), kept per partition instead of per message.
+
+A partition is consumed in offset order and a batch is applied as a whole before its offsets are
+committed, so "every offset up to N of this partition was applied" is one number: ``offsets`` holds
+it per ``<topic>:<partition>`` (a hash in the group's slot ``{c:<group>}``, expiring
+``consumer_offsets_ttl_s`` after the last batch). An offset at or below it has been seen and is
+skipped. That is the seed's store (is ``topic:partition:offset`` applied?) in one field per partition
+and one round trip per batch instead of one per message.
+
+A batch's view counts go through the view buffer's drains (``apply_views.lua``, one per shard,
+each remembered by its drain id). Those are many calls in many slots, so they cannot be atomic with
+the offsets; the batch is journaled instead: ``begin`` reserves the batch's offset ranges (``claims``)
+and stores its drains under its batch id in one call; ``finish`` raises the applied offsets and drops
+the journal in one call. A consumer killed in between leaves the journal; whoever next reads a
+partition it covers re-applies its drains (drain ids make that count once) and finishes it, before
+taking anything from that partition. A batch that finds its ranges reserved by another batch (a
+consumer that lost its partitions but is still applying) recovers that batch the same way and plans
+again.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+from daemon import keys
+from lua import Scripts
+
+Range = tuple[str, int, int]  # "<topic>:<partition>", first offset, last offset
+
+
+def tp_field(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+class OffsetStore:
+    def __init__(self, redis: Any, scripts: Scripts, group: str, ttl_s: int) -> None:
+        self._redis = redis
+        self._scripts = scripts
+        self._ttl_s = ttl_s
+        self.offsets_key = keys.consumer_offsets_key(group)
+        self.claims_key = keys.consumer_claims_key(group)
+        self.journal_key = keys.consumer_journal_key(group)
+        self.ranges_key = keys.consumer_journal_ranges_key(group)
+
+    async def state(self, fields: Iterable[str]) -> tuple[dict[str, int], dict[str, list[Range]]]:
+        """The applied offset of each field (absent: none applied), and the ranges of every journal
+        left by a batch not finished yet: one round trip."""
+        fields = list(fields)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hmget(self.offsets_key, fields)
+        pipe.hgetall(self.ranges_key)
+        values, journals = await pipe.execute()
+        applied = {f: int(v) for f, v in zip(fields, values, strict=True) if v is not None}
+        return applied, {batch_id: _unpack_ranges(blob) for batch_id, blob in journals.items()}
+
+    async def begin(self, batch_id: str, ranges: list[Range], calls: list[Any]) -> list[str]:
+        """Reserve ``ranges`` and journal the drain ``calls``; returns the fields that conflict
+        (already applied or reserved), in which case nothing was written."""
+        packed_ranges = _pack(ranges)
+        entry = _pack([ranges, calls])
+        args: list[Any] = [self._ttl_s, batch_id, entry, packed_ranges]
+        for field, first, last in ranges:
+            args += (field, first, last)
+        store_keys = [self.offsets_key, self.claims_key, self.journal_key, self.ranges_key]
+        return list(await self._scripts.begin_consumed(self._redis, store_keys, args))
+
+    async def finish(self, batch_id: str, ranges: list[Range]) -> None:
+        args: list[Any] = [self._ttl_s, batch_id]
+        for field, _, last in ranges:
+            args += (field, last)
+        await self._scripts.finish_consumed(
+            self._redis, [self.offsets_key, self.journal_key, self.ranges_key], args
+        )
+
+    async def journal(self, batch_id: str) -> tuple[list[Range], list[Any]] | None:
+        """A journaled batch: its ranges and drain calls ([keys, args] each); None once finished."""
+        blob = await self._redis.hget(self.journal_key, batch_id)
+        if blob is None:
+            return None
+        ranges, calls = msgpack.unpackb(base64.b64decode(blob))
+        return [tuple(r) for r in ranges], calls
+
+
+# The client decodes replies as text: binary journal entries travel base64-encoded.
+def _pack(value: Any) -> str:
+    return base64.b64encode(msgpack.packb(value)).decode("ascii")
+
+
+def _unpack_ranges(blob: str) -> list[Range]:
+    return [tuple(r) for r in msgpack.unpackb(base64.b64decode(blob))]  # type: ignore[misc]

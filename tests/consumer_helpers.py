@@ -1,0 +1,133 @@
+"""Helpers of the consumer tests: produce enveloped events to the mock cluster, consumer settings,
+and ``engagementd consume`` as a real process (so tests can SIGKILL it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+import orjson
+import redis
+from confluent_kafka import Producer
+from service_fixtures import ROOT, service_env
+
+from daemon import keys
+from daemon.settings import Settings
+
+_rdkafka_log = logging.getLogger("librdkafka.test-producer")
+INGEST = "engagement.ingest"
+PUBLISHED = "media.published"
+USER_DELETED = "user.deleted"
+
+
+def envelope(payload: dict[str, Any], /, **overrides: Any) -> bytes:
+    event = {
+        "event_id": str(uuid.uuid4()),
+        "timestamp": "2026-11-22T02:00:00.000Z",
+        "source_service": "playback-service",
+        "payload": payload,
+        **overrides,
+    }
+    return orjson.dumps(event)
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[str | None, bytes | None]]) -> int:
+    """Produce (key, value) records and wait for every acknowledgement; returns how many."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "logger": _rdkafka_log, "enable.idempotence": True}
+    )
+    failures: list[str] = []
+
+    def report(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    n = 0
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+    assert producer.flush(30) == 0
+    assert not failures, failures[:3]
+    return n
+
+
+def consumer_settings(settings: Settings, bootstrap: str, **changes: Any) -> Settings:
+    return settings.replace(
+        kafka_bootstrap=bootstrap,
+        consumer_group=f"g-{uuid.uuid4().hex[:8]}",
+        consumer_group_protocol="consumer",  # joins the mock cluster's group at once
+        consumer_batch_timeout_ms=50,
+        consumer_retry_base_ms=1,
+        consumer_retry_max_ms=20,
+        rate_limits="",
+        **changes,
+    )
+
+
+class ConsumerProcess:
+    """``engagementd consume`` as a child process."""
+
+    def __init__(self, settings: Settings, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "consume", *args],
+            env=service_env(settings),
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
+
+
+def applied_offsets(settings: Settings) -> dict[str, int]:
+    """The consumer group's idempotency store: "<topic>:<partition>" -> last applied offset."""
+    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as r:
+        return {k: int(v) for k, v in r.hgetall(keys.consumer_offsets_key(settings.consumer_group)).items()}
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[str, int]:
+    """ "<topic>:<partition>" -> offset of the last message, for every non-empty partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ends", "logger": _rdkafka_log})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        out = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                out[f"{topic}:{p}"] = high - 1
+        return out
+    finally:
+        consumer.close()
+
+
+def fetch(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

@@ -1,0 +1,156 @@
+"""The consumer SIGKILLed mid-stream and restarted, twice: exact totals in Postgres; SIGTERM commits
+and leaves the group; /metrics on --metrics-port."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from consumer_helpers import (
+    INGEST,
+    ConsumerProcess,
+    applied_offsets,
+    consumer_settings,
+    end_offsets,
+    envelope,
+    produce,
+)
+from service_fixtures import counters_in_postgres, run_flusher_once, wait_until
+
+from daemon.kafka_mock import MockCluster
+from daemon.servers import free_port
+from daemon.settings import Settings
+
+EVENTS = 40_000
+SIGNALS = {"media_completed": "completions", "media_skipped": "skips", "media_replay": "replays"}
+
+
+def _events(rng: random.Random) -> tuple[list[tuple[str, bytes]], dict[str, Counter[str]]]:
+    records, expected = [], {}
+    for i in range(EVENTS):
+        content_id, user_id = f"item-{rng.randrange(300)}", f"user-{rng.randrange(2000)}"
+        event_type = rng.choice(["media_started"] * 8 + list(SIGNALS))
+        payload: dict[str, object] = {"event_type": event_type, "content_id": content_id, "user_id": user_id}
+        counts = expected.setdefault(content_id, Counter())
+        if i % 4 == 0:
+            payload["watch_duration_seconds"] = 30
+            counts["watch_seconds"] += 30
+        counts[SIGNALS.get(event_type, "views")] += 1
+        records.append((user_id, envelope(payload)))
+    for i in range(500):  # likes of distinct (user, item) pairs
+        content_id, user_id = f"item-{i % 300}", f"liker-{i}"
+        expected.setdefault(content_id, Counter())["likes"] += 1
+        records.append(
+            (user_id, envelope({"event_type": "media_liked", "content_id": content_id, "user_id": user_id}))
+        )
+    return records, expected
+
+
+def _progress(settings: Settings) -> int:
+    return sum(offset + 1 for offset in applied_offsets(settings).values())
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ConsumerProcess]]:
+    started: list[ConsumerProcess] = []
+    yield started
+    for proc in started:
+        proc.kill()
+
+
+@pytest.mark.slow
+def test_consumer_killed_twice_mid_stream_counts_every_event_exactly_once(
+    kafka_cluster: MockCluster, migrated: Settings, processes: list[ConsumerProcess]
+) -> None:
+    # Given 40,500 events on 4 partitions
+    records, expected = _events(random.Random(11))
+    total = produce(kafka_cluster.bootstrap_servers, INGEST, records)
+    ends = end_offsets(kafka_cluster.bootstrap_servers, INGEST)
+    assert len(ends) == 4 and sum(o + 1 for o in ends.values()) == total
+    settings = consumer_settings(
+        migrated, kafka_cluster.bootstrap_servers, consumer_batch_max_messages=400, log_level="WARNING"
+    )
+    rng = random.Random()
+
+    # When the consumer is SIGKILLed twice while it works, at random points of its batches
+    for share in (rng.uniform(0.1, 0.3), rng.uniform(0.45, 0.65)):
+        proc = ConsumerProcess(settings)
+        processes.append(proc)
+        wait_until(lambda s=share: _progress(settings) >= s * total, 60, f"{share:.0%} of the events applied")
+        proc.kill()  # wherever the batch loop is: journaling, applying, marking or committing
+    assert _progress(settings) < total, "the consumer finished before the second kill"
+
+    # and a third consumer runs until every partition is applied to its end, then gets SIGTERM
+    # (partitions a killed member held move to it once the mock coordinator expires that member)
+    proc = ConsumerProcess(settings)
+    processes.append(proc)
+    wait_until(lambda: applied_offsets(settings) == ends, 120, "every partition applied to its end")
+    assert proc.stop() == 0
+
+    # Then Postgres holds exact totals
+    run_flusher_once(settings)
+    counters = counters_in_postgres(settings.database_url)
+    for content_id, counts in expected.items():
+        assert {k: v for k, v in counters[content_id].items() if v} == dict(counts), content_id
+
+
+def test_sigterm_commits_the_batch_and_leaves_the_group_and_metrics_count_it(
+    kafka_cluster: MockCluster, migrated: Settings, processes: list[ConsumerProcess]
+) -> None:
+    # Given 5,000 views and 3 poison messages consumed by one process with --metrics-port
+    settings = consumer_settings(migrated, kafka_cluster.bootstrap_servers, consumer_batch_max_messages=1000)
+    views = [
+        (f"u{i}", envelope({"event_type": "media_started", "content_id": f"v{i % 9}"})) for i in range(5000)
+    ]
+    total = produce(kafka_cluster.bootstrap_servers, INGEST, views + [("p", b"{")] * 3)
+    ends = end_offsets(kafka_cluster.bootstrap_servers, INGEST)
+    metrics_port = free_port()
+    proc = ConsumerProcess(settings, "--metrics-port", str(metrics_port))
+    processes.append(proc)
+    wait_until(lambda: applied_offsets(settings) == ends, 60, "every partition applied to its end")
+
+    def samples() -> dict[str, float]:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        except httpx.TransportError:
+            return {}
+        return {m[1]: float(m[2]) for m in re.finditer(r"^(engagement_consumer_\S+) (\S+)$", text, re.M)}
+
+    def lag_zero_on_four_partitions() -> bool:
+        lags = [v for name, v in samples().items() if name.startswith("engagement_consumer_lag_messages{")]
+        return len(lags) == 4 and not any(lags)
+
+    wait_until(lag_zero_on_four_partitions, 30, "a consumer lag of 0 on the 4 partitions")
+    got = samples()
+    topic = f'{{topic="{INGEST}"}}'
+    assert got[f"engagement_consumer_events_total{topic}"] == total
+    assert got[f"engagement_consumer_applied_total{topic}"] == 5000
+    assert got[f'engagement_consumer_dead_letters_total{{reason="malformed",topic="{INGEST}"}}'] == 3
+    assert got["engagement_consumer_batch_duration_seconds_count"] >= 1
+
+    # When it gets SIGTERM
+    assert proc.stop() == 0
+
+    # Then its offsets are committed to the end of every partition
+    committed = Consumer(
+        {"bootstrap.servers": kafka_cluster.bootstrap_servers, "group.id": settings.consumer_group}
+    )
+    try:
+        parts = [TopicPartition(INGEST, int(field.rsplit(":", 1)[1])) for field in ends]
+        got_offsets = {
+            f"{tp.topic}:{tp.partition}": tp.offset - 1 for tp in committed.committed(parts, timeout=10)
+        }
+    finally:
+        committed.close()
+    assert got_offsets == ends
+    # and it left the group: a new member takes every partition at once and finds nothing to apply
+    nxt = ConsumerProcess(settings, "--once")
+    processes.append(nxt)
+    assert nxt.proc.wait(timeout=60) == 0
+    run_flusher_once(settings)
+    assert sum(c["views"] for c in counters_in_postgres(settings.database_url).values()) == 5000
