@@ -21,6 +21,7 @@ from daemon import db
 from daemon.events import EventProducer
 from daemon.metrics import Metrics
 from daemon.metrics_share import SharedMetrics
+from daemon.redis_client import check_config as check_redis_config
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
 from lua import Scripts
@@ -89,6 +90,8 @@ class Services:
                 await self.redis.initialize()  # type: ignore[attr-defined]
             except (RedisError, OSError) as exc:
                 log.warning("Redis Cluster not reachable at start (%s); will retry on use", exc)
+        if (warning := await check_redis_config(self.redis)) is not None:
+            log.warning("%s", warning)
         self.buffer.start()
         if self.shared_metrics is not None:
             self.shared_metrics.start()

@@ -7,7 +7,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
+from daemon.keys import HASH_MAX_LISTPACK_ENTRIES
 from daemon.settings import Settings
 
 
@@ -40,3 +42,20 @@ def make_redis(settings: Settings) -> aioredis.Redis:
         retry_on_error=[RedisConnectionError],
     )
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+async def check_config(redis: aioredis.Redis) -> str | None:
+    """A warning when Redis keeps large hashes as listpacks, or None. CONFIG may be refused (managed
+    Redis): then there is nothing to check."""
+    try:
+        found = await redis.config_get("hash-max-listpack-entries")
+    except (RedisError, OSError):
+        return None
+    values = {int(v) for v in found.values()} if found else set()
+    too_big = sorted(v for v in values if v > HASH_MAX_LISTPACK_ENTRIES)
+    if not too_big:
+        return None
+    return (
+        f"Redis hash-max-listpack-entries is {too_big[-1]}: per-shard hashes stay listpacks and every "
+        f"update scans them; set it to {HASH_MAX_LISTPACK_ENTRIES} or less (README, Redis configuration)"
+    )

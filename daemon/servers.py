@@ -33,6 +33,7 @@ from daemon.childproc import (
     poll_until,
     port_in_use,
 )
+from daemon.keys import HASH_MAX_LISTPACK_ENTRIES
 
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -70,6 +71,8 @@ class RedisServer(ChildServer):
         assert self.binary is not None
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "no"]
         cmd += ["--dir", str(self.data_dir), "--logfile", str(self.log_path), "--save", ""]
+        # Per-shard hashes hold hundreds of fields: see daemon/keys.py HASH_MAX_LISTPACK_ENTRIES.
+        cmd += ["--hash-max-listpack-entries", str(HASH_MAX_LISTPACK_ENTRIES)]
         if self.appendonly:
             cmd += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
