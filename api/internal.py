@@ -10,13 +10,10 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.engagement_events import EngagementEvents as EngagementEvents  # re-exported
 from api.errors import ApiError, json_response
 from api.ingest import json_object
 from api.instrument import instrumented
 from api.registry import CONTENT_TYPES
-from api.registry import UNKNOWN as UNKNOWN  # re-exported
-from api.registry import ContentRegistry as ContentRegistry  # re-exported
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,11 @@ from starlette.responses import Response
 
 from api import playlist_store as store
 from api.errors import ApiError, json_response
+from api.idempotency import idempotency_key
 from api.ingest import json_object
 from api.instrument import instrumented
 from api.pagination import MAX_ID, bad_cursor, cursor_param, encode_cursor, limit_param, positive_int
-from api.reactions import check_rate, idempotency_key
+from api.reactions import check_rate
 from api.services import Services
 from api.subscriptions import unavailable
 from daemon import pg_idempotency

@@ -15,7 +15,6 @@ from starlette.types import Receive, Scope, Send
 from api import fallback
 from api.errors import ApiError
 from api.idempotency import REPLAYED_HEADER, checked_idempotency_key
-from api.idempotency import idempotency_key as idempotency_key  # re-exported: handlers import it from here
 from api.pipeliner import pipeliner_for
 from api.ratelimit import RateLimiter, refusal
 from api.services import Services

@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.errors import ApiError
-from api.internal import ContentRegistry
+from api.registry import ContentRegistry
 from api.shares import add_share
 from consumer.dlq import DeadLetter
 from consumer.messages import REACTION_ACTIONS, IngestEvent

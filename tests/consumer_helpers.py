@@ -3,7 +3,6 @@ and ``engagementd consume`` as a real process (so tests can SIGKILL it)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -13,11 +12,11 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-import asyncpg
 import orjson
 import redis
 from confluent_kafka import Producer
 from service_fixtures import ROOT, service_env
+from service_fixtures import fetch as fetch  # re-exported for the consumer tests
 
 from daemon import keys
 from daemon.settings import Settings
@@ -120,14 +119,3 @@ def end_offsets(bootstrap: str, topic: str) -> dict[str, int]:
         return out
     finally:
         consumer.close()
-
-
-def fetch(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())

@@ -36,6 +36,14 @@ def redis_server(servers_dir: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+def redis_back(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The session Redis, running again after the test whatever the test did to it."""
+    yield redis_server
+    if not redis_server.is_running():
+        redis_server.start()
+
+
 @pytest.fixture(scope="session")
 def pg_server(servers_dir: Path) -> Iterator[PostgresServer]:
     server = PostgresServer(servers_dir / "pg", fast=True)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import jwt
 import pytest
@@ -149,3 +150,30 @@ def start_api(migrated: Settings) -> Iterator[Callable[..., ApiProcess]]:
     yield start
     for proc in started:
         proc.kill()
+
+
+def cli_reconcile(settings: Settings) -> str:
+    """``engagementd reconcile`` as a process; its report (stdout). Fails the test on a non-zero exit."""
+    out = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "reconcile"],
+        env=service_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def fetch(database_url: str, query: str, *args: object) -> list[asyncpg.Record]:
+    """One query on a connection of its own."""
+
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

@@ -4,15 +4,18 @@ wait on the rows and reconcile applies each exactly once."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
-from service_fixtures import ROOT, ApiProcess, counters_in_postgres, run_flusher_once, service_env, token
+from service_fixtures import (
+    ApiProcess,
+    cli_reconcile,
+    counters_in_postgres,
+    run_flusher_once,
+    token,
+)
 
-from api.services import make_redis
 from daemon import comment_counts, db, keys
+from daemon.redis_client import make_redis
 from daemon.servers import RedisServer
 from daemon.settings import Settings
 from lua import Scripts
@@ -48,26 +51,6 @@ def _comment_fallbacks(api: ApiProcess) -> float:
     return 0.0
 
 
-def _cli_reconcile(settings: Settings) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "reconcile"],
-        env=service_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-@pytest.fixture
-def redis_back(redis_server: RedisServer) -> Iterator[RedisServer]:
-    yield redis_server
-    if not redis_server.is_running():
-        redis_server.start()
-
-
 def test_with_redis_stopped_comments_are_accepted_and_counts_end_exact_after_reconcile(
     start_api: Callable[..., ApiProcess], migrated: Settings, redis_back: RedisServer
 ) -> None:
@@ -95,9 +78,9 @@ def test_with_redis_stopped_comments_are_accepted_and_counts_end_exact_after_rec
     redis_back.start()
     api.kill()
     api = start_api()
-    assert "4 comment counts settled" in _cli_reconcile(migrated)
+    assert "4 comment counts settled" in cli_reconcile(migrated)
     assert _stats(api) == ("redis", 4)
-    assert "comment counts settled" not in _cli_reconcile(migrated)
+    assert "comment counts settled" not in cli_reconcile(migrated)
     run_flusher_once(migrated)
     assert counters_in_postgres(migrated.database_url)["item-c"]["comments"] == 4
     assert _stats(api) == ("redis", 4)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import asyncpg
 import httpx
-from service_fixtures import ApiProcess, counters_in_postgres, run_flusher_once, token, wait_until
+from service_fixtures import ApiProcess, counters_in_postgres, fetch, run_flusher_once, token, wait_until
 
 from daemon.settings import Settings
 
@@ -42,17 +41,6 @@ def _delete(api: ApiProcess, item: str, comment_id: object, user: str) -> httpx.
 
 def _comments_stat(api: ApiProcess, item: str) -> int:
     return api.client.get(f"/api/v1/content/{item}/stats").json()["comments"]
-
-
-def _fetch(database_url: str, query: str, *args: object) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def _register(api: ApiProcess, item: str, creator: str) -> None:
@@ -170,7 +158,7 @@ def test_bad_comments_are_refused_with_specific_errors_and_record_nothing(
     # The longest body (after trimming) is fine
     longest = _post(api, "clip-4", "alice", {"body": "  " + "é" * 10_000 + "\n"})
     assert (longest.status_code, len(longest.json()["body"])) == (201, 10_000)
-    rows = _fetch(migrated.database_url, "SELECT count(*) AS n FROM comments WHERE content_id = 'clip-4'")
+    rows = fetch(migrated.database_url, "SELECT count(*) AS n FROM comments WHERE content_id = 'clip-4'")
     assert rows[0]["n"] == 2
     assert _comments_stat(api, "clip-4") == 1
 
@@ -241,7 +229,7 @@ def test_pages_stay_correct_while_comments_arrive(api: ApiProcess, migrated: Set
     # Then every comment that existed is seen exactly once, newest first; none twice
     assert len(seen) == len(set(seen))
     assert [c for c in seen if c in set(existing)] == existing[::-1]
-    rows = _fetch(migrated.database_url, "SELECT count(*) AS n FROM comments WHERE content_id = 'viral'")
+    rows = fetch(migrated.database_url, "SELECT count(*) AS n FROM comments WHERE content_id = 'viral'")
     assert _comments_stat(api, "viral") == rows[0]["n"]
 
 
@@ -283,7 +271,7 @@ def test_only_the_author_or_the_creator_may_delete_and_the_thread_keeps_its_shap
     assert _comments_stat(api, "clip-8") == 1
     run_flusher_once(migrated)
     assert counters_in_postgres(migrated.database_url)["clip-8"]["comments"] == 1
-    rows = _fetch(migrated.database_url, "SELECT body FROM comments WHERE comment_id = $1", top["comment_id"])
+    rows = fetch(migrated.database_url, "SELECT body FROM comments WHERE comment_id = $1", top["comment_id"])
     assert rows[0]["body"] == "top"  # a soft delete: the row and its body stay
 
 

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import asyncpg
 import httpx
-import pytest
-from service_fixtures import ROOT, ApiProcess, run_flusher_once, service_env, token
+from service_fixtures import ApiProcess, cli_reconcile, fetch, run_flusher_once, token
 
 from daemon.servers import RedisServer
 from daemon.settings import Settings
@@ -46,38 +42,6 @@ def _fallback_writes(api: ApiProcess) -> dict[str, float]:
             kind = line.split('kind="', 1)[1].split('"', 1)[0]
             found[kind] = float(line.rsplit(" ", 1)[1])
     return found
-
-
-def _cli_reconcile(settings: Settings) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "reconcile"],
-        env=service_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-def _fetch(database_url: str, query: str) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return await conn.fetch(query)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
-@pytest.fixture
-def redis_back(redis_server: RedisServer) -> Iterator[RedisServer]:
-    """The session Redis, running again after the test whatever happened to it."""
-    yield redis_server
-    if not redis_server.is_running():
-        redis_server.start()
 
 
 def test_with_redis_stopped_likes_and_subscriptions_are_written_to_postgres(
@@ -144,7 +108,7 @@ def test_with_redis_stopped_likes_and_subscriptions_are_written_to_postgres(
 
     # When Redis returns and reconcile runs
     redis_back.start()
-    out = _cli_reconcile(migrated)
+    out = cli_reconcile(migrated)
     assert "10 fallback writes settled" in out, out  # the two replays wrote nothing
 
     # Then Redis serves the same counts and states, and the next change moves on from them
@@ -159,7 +123,7 @@ def test_with_redis_stopped_likes_and_subscriptions_are_written_to_postgres(
         "subscribed",
     )
     assert _fallback_writes(api) == outage  # the same process: Redis served every request since
-    assert "fallback writes settled" not in _cli_reconcile(migrated)
+    assert "fallback writes settled" not in cli_reconcile(migrated)
 
 
 def _replay(state: int, action: str) -> int:
@@ -255,7 +219,7 @@ def test_storm_with_redis_stopped_midway_converges_exactly_after_reconcile_and_f
 
     # And Redis returns, reconcile runs, then the flusher writes what was pending
     redis_back.start()
-    assert f"{outage_requests} fallback writes settled" in _cli_reconcile(migrated)
+    assert f"{outage_requests} fallback writes settled" in cli_reconcile(migrated)
 
     def check(source: str) -> None:
         want_counts = {
@@ -277,31 +241,31 @@ def test_storm_with_redis_stopped_midway_converges_exactly_after_reconcile_and_f
             want = sum(1 for (_, c), s in subs.items() if c == creator and s)
             assert (r.headers["x-counts-source"], r.json()["subscribers"]) == (source, want), creator
         # Postgres: counts and records exactly the users' final states
-        rows = _fetch(migrated.database_url, "SELECT content_id, likes, dislikes FROM content_counters")
+        rows = fetch(migrated.database_url, "SELECT content_id, likes, dislikes FROM content_counters")
         assert {r["content_id"]: (r["likes"], r["dislikes"]) for r in rows} == want_counts
-        rows = _fetch(migrated.database_url, "SELECT user_id, content_id, value FROM likes")
+        rows = fetch(migrated.database_url, "SELECT user_id, content_id, value FROM likes")
         assert {(r["user_id"], r["content_id"]): r["value"] for r in rows} == {
             pair: s for pair, s in likes.items() if s
         }
-        rows = _fetch(migrated.database_url, "SELECT creator_id, subscribers FROM creator_counters")
+        rows = fetch(migrated.database_url, "SELECT creator_id, subscribers FROM creator_counters")
         assert {r["creator_id"]: r["subscribers"] for r in rows} == {
             c: sum(1 for (_, cc), s in subs.items() if cc == c and s) for c in CREATORS
         }
-        rows = _fetch(migrated.database_url, "SELECT user_id, creator_id FROM creator_subscriptions")
+        rows = fetch(migrated.database_url, "SELECT user_id, creator_id FROM creator_subscriptions")
         assert {(r["user_id"], r["creator_id"]) for r in rows} == {pair for pair, s in subs.items() if s}
 
     run_flusher_once(migrated)
     check("redis")
     # The pre-outage pending states were not resurrected
     assert likes[("zed", "fb-0")] == 0 and likes[("zed", "fb-1")] == 1 and likes[("zed", "fb-2")] == 1
-    rows = _fetch(migrated.database_url, "SELECT count(*) AS n FROM fallback_log WHERE NOT reconciled")
+    rows = fetch(migrated.database_url, "SELECT count(*) AS n FROM fallback_log WHERE NOT reconciled")
     assert rows[0]["n"] == 0
 
     # And once Redis serves again, further changes (relative ones included) move on from the right states
     asyncio.run(_run_phase(api.base_url, plan(3)))
     run_flusher_once(migrated)
     check("redis")
-    assert "0 fields repaired, drift 0, 0 like states and 0 subscriptions rebuilt" in _cli_reconcile(migrated)
+    assert "0 fields repaired, drift 0, 0 like states and 0 subscriptions rebuilt" in cli_reconcile(migrated)
     assert _fallback_writes(api) == outage  # the same process: Redis served every request since
 
 

@@ -38,9 +38,9 @@ from service_fixtures import (
 )
 
 from api.buffer import ViewBuffer
-from api.services import make_redis
 from daemon import db, keys
 from daemon.metrics import Metrics
+from daemon.redis_client import make_redis
 from daemon.settings import Settings
 from flusher.flusher import Flusher
 from flusher.writer import write_batches

@@ -5,7 +5,7 @@ Redis being down."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import asyncpg
 import httpx
@@ -222,20 +222,12 @@ def test_history_requests_without_a_valid_token_or_id_are_refused(api: ApiProces
         assert (r.status_code, r.json()["error"]) == (400, "invalid_cursor"), cursor
 
 
-@pytest.fixture
-def stopped_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
-    """Stops the session Redis for a test; the next test's redis_url fixture starts it again."""
-    yield redis_server
-    if not redis_server.is_running():
-        redis_server.start()
-
-
 def test_while_redis_is_down_heartbeats_go_to_postgres_and_clearing_is_refused(
-    api: ApiProcess, migrated: Settings, stopped_redis: RedisServer
+    api: ApiProcess, migrated: Settings, redis_back: RedisServer
 ) -> None:
     # Given an entry pending in Redis, when Redis stops
     assert _beat(api, "heidi", "old", 10, 1).status_code == 200
-    stopped_redis.stop()
+    redis_back.stop()
 
     # Then heartbeats are written straight to Postgres and read back from there
     for i in range(3):
@@ -251,7 +243,7 @@ def test_while_redis_is_down_heartbeats_go_to_postgres_and_clearing_is_refused(
     assert (r.status_code, r.json()["error"], r.headers["retry-after"]) == (503, "unavailable", "1")
 
     # When Redis is back, the pending heartbeat is flushed next to the fallback one
-    stopped_redis.start()
+    redis_back.start()
     run_flusher_once(migrated)
     assert _rows(migrated.database_url) == {("heidi", "film"): (32.0, 102), ("heidi", "old"): (10.0, 1)}
     assert _all_pages(api, "heidi", 10) == [["film", "old"]]

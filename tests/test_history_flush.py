@@ -21,9 +21,9 @@ import redis.asyncio as aioredis
 from service_fixtures import ApiProcess, pending_redis_work, run_flusher_once, token, wait_until
 from test_flusher_crash import FlusherProcess, poll
 
-from api.services import make_redis
 from daemon import db, history, keys
 from daemon.metrics import Metrics
+from daemon.redis_client import make_redis
 from daemon.servers import RedisClusterServers
 from daemon.settings import Settings
 from flusher.flusher import Flusher

@@ -5,19 +5,16 @@ other users untouched; a second run removes nothing; a purge interrupted midway 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from urllib.parse import quote
 
-import asyncpg
 import pytest
 import redis
-from service_fixtures import ROOT, ApiProcess, run_flusher_once, service_env, token
+from service_fixtures import ApiProcess, cli_reconcile, fetch, run_flusher_once, token
 
-from api.services import make_redis
 from daemon import db, keys
 from daemon.purge import PurgeIncomplete, purge_user
+from daemon.redis_client import make_redis
 from daemon.servers import RedisServer
 from daemon.settings import Settings
 from lua import Scripts
@@ -43,17 +40,6 @@ def _comment(api: ApiProcess, item: str, user: str, text: str, parent: int | Non
     return _ok(api.client.post(f"/api/v1/content/{item}/comments", json=body, headers=_auth(user)))[
         "comment_id"
     ]
-
-
-def _sql(database_url: str, query: str, *args: object) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def _given_two_users(api: ApiProcess, settings: Settings) -> dict[str, int]:
@@ -92,12 +78,12 @@ def _given_two_users(api: ApiProcess, settings: Settings) -> dict[str, int]:
         beat = {"progress_pct": 30, "position_seconds": 60}
         r = c.put("/api/v1/users/me/history/clip-d", json=beat, headers=_auth(user))
         assert r.status_code in (200, 204), r.text
-    _sql(
+    fetch(
         settings.database_url,
         "INSERT INTO watch_history (user_id, content_id, progress_pct) VALUES"
         " ('alice', 'clip-a', 50), ('alice', 'clip-b', 10), ('bob', 'clip-a', 70)",
     )
-    _sql(
+    fetch(
         settings.database_url,
         "WITH p AS (INSERT INTO playlists (user_id, name) VALUES ('alice', 'mine'), ('bob', 'his')"
         " RETURNING playlist_id) INSERT INTO playlist_items (playlist_id, content_id, position)"
@@ -148,30 +134,30 @@ def _then_only_bob_is_left(api: ApiProcess, settings: Settings, ids: dict[str, i
 def _then_postgres_holds_only_bob(settings: Settings) -> None:
     url = settings.database_url
     q = "SELECT user_id, {} FROM {} ORDER BY 1, 2"
-    assert [tuple(r) for r in _sql(url, q.format("content_id", "likes"))] == [
+    assert [tuple(r) for r in fetch(url, q.format("content_id", "likes"))] == [
         ("bob", "clip-a"),
         ("bob", "clip-b"),
         ("bob", "clip-c"),
     ]
-    assert [tuple(r) for r in _sql(url, q.format("creator_id", "creator_subscriptions"))] == [
+    assert [tuple(r) for r in fetch(url, q.format("creator_id", "creator_subscriptions"))] == [
         ("bob", "studio-1"),
         ("bob", "studio-2"),
     ]
     counters = {
         r["content_id"]: (r["likes"], r["dislikes"], r["comments"], r["shares"])
-        for r in _sql(url, "SELECT * FROM content_counters")
+        for r in fetch(url, "SELECT * FROM content_counters")
     }
     assert counters == {"clip-a": (1, 0, 2, 2), "clip-b": (1, 0, 0, 0), "clip-c": (1, 0, 0, 0)}
-    subscribers = dict(tuple(r) for r in _sql(url, "SELECT creator_id, subscribers FROM creator_counters"))
+    subscribers = dict(tuple(r) for r in fetch(url, "SELECT creator_id, subscribers FROM creator_counters"))
     assert subscribers == {"studio-1": 1, "studio-2": 1, "studio-3": 0}
     tables = ("shares", "watch_history", "playlists", "comment_idempotency", "fallback_idempotency")
     for table in (*tables, "playlist_idempotency"):
-        assert {r[0] for r in _sql(url, f"SELECT DISTINCT user_id FROM {table}")} <= {"bob"}, table
-    assert _sql(url, "SELECT count(*) FROM comments WHERE user_id = 'alice'")[0][0] == 0
-    assert _sql(url, "SELECT count(*) FROM comments WHERE user_id IS NULL AND body IS NULL")[0][0] == 4
-    assert _sql(url, "SELECT count(*) FROM comments WHERE counted = soft_delete_flag")[0][0] == 0
-    assert _sql(url, "SELECT count(*) FROM playlist_items")[0][0] == 1  # bob's
-    assert [tuple(r) for r in _sql(url, "SELECT user_id, content_id FROM watch_history ORDER BY 2")] == [
+        assert {r[0] for r in fetch(url, f"SELECT DISTINCT user_id FROM {table}")} <= {"bob"}, table
+    assert fetch(url, "SELECT count(*) FROM comments WHERE user_id = 'alice'")[0][0] == 0
+    assert fetch(url, "SELECT count(*) FROM comments WHERE user_id IS NULL AND body IS NULL")[0][0] == 4
+    assert fetch(url, "SELECT count(*) FROM comments WHERE counted = soft_delete_flag")[0][0] == 0
+    assert fetch(url, "SELECT count(*) FROM playlist_items")[0][0] == 1  # bob's
+    assert [tuple(r) for r in fetch(url, "SELECT user_id, content_id FROM watch_history ORDER BY 2")] == [
         ("bob", "clip-a"),
         ("bob", "clip-d"),
     ]  # alice's pending heartbeat was not written by the flush after the purge
@@ -228,13 +214,6 @@ def test_a_purge_removes_every_record_of_the_user_and_moves_counts_exactly(
     _then_only_bob_is_left(api, migrated, ids, "redis")
 
 
-@pytest.fixture
-def redis_back(redis_server: RedisServer) -> Iterator[RedisServer]:
-    yield redis_server
-    if not redis_server.is_running():
-        redis_server.start()
-
-
 def test_a_purge_interrupted_midway_ends_exact_when_run_again(
     start_api: Callable[..., ApiProcess], migrated: Settings, redis_back: RedisServer
 ) -> None:
@@ -278,7 +257,7 @@ def test_a_purge_interrupted_midway_ends_exact_when_run_again(
         "playlists": 1,
         "idempotency_records": 1,
     }
-    assert _sql(migrated.database_url, "SELECT count(*) FROM comments WHERE user_id = 'alice'")[0][0] == 0
+    assert fetch(migrated.database_url, "SELECT count(*) FROM comments WHERE user_id = 'alice'")[0][0] == 0
 
     # When Redis returns and the purge runs again
     redis_back.start()
@@ -299,19 +278,6 @@ def test_a_purge_interrupted_midway_ends_exact_when_run_again(
     _then_only_bob_is_left(api, migrated, ids, "redis")
     _then_postgres_holds_only_bob(migrated)
     _then_redis_holds_nothing_of_alice(migrated, flushed=True)
-
-
-def _cli_reconcile(settings: Settings) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "reconcile"],
-        env=service_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 def test_a_purge_after_a_redis_outage_settles_the_fallback_writes_exactly(
@@ -336,7 +302,7 @@ def test_a_purge_after_a_redis_outage_settles_the_fallback_writes_exactly(
     r = api.client.delete(f"/internal/v1/users/{quote(weird, safe='')}", headers=INTERNAL)
     assert r.status_code == 202, r.text
     assert r.json()["removed"]["subscriptions"] == 0  # the subscription was only in Postgres
-    assert "3 fallback writes settled" in _cli_reconcile(migrated)
+    assert "3 fallback writes settled" in cli_reconcile(migrated)
     run_flusher_once(migrated)
 
     # Then only bob's like is left, in Redis and in Postgres
@@ -345,11 +311,11 @@ def test_a_purge_after_a_redis_outage_settles_the_fallback_writes_exactly(
         assert (body["likes"], body["dislikes"], body["viewer_state"]) == (*want, "none"), item
     assert api.client.get("/api/v1/creators/studio-f").json()["subscribers"] == 0
     url = migrated.database_url
-    assert [tuple(r) for r in _sql(url, "SELECT user_id, content_id FROM likes")] == [("bob", "clip-f")]
+    assert [tuple(r) for r in fetch(url, "SELECT user_id, content_id FROM likes")] == [("bob", "clip-f")]
     counters = {
-        r[0]: (r[1], r[2]) for r in _sql(url, "SELECT content_id, likes, dislikes FROM content_counters")
+        r[0]: (r[1], r[2]) for r in fetch(url, "SELECT content_id, likes, dislikes FROM content_counters")
     }
     assert counters == {"clip-f": (1, 0), "clip-g": (0, 0)}
-    assert _sql(url, "SELECT count(*) FROM creator_subscriptions")[0][0] == 0
-    assert _sql(url, "SELECT subscribers FROM creator_counters WHERE creator_id = 'studio-f'")[0][0] == 0
-    assert _sql(url, "SELECT count(*) FROM fallback_log WHERE user_id = $1", weird)[0][0] == 0
+    assert fetch(url, "SELECT count(*) FROM creator_subscriptions")[0][0] == 0
+    assert fetch(url, "SELECT subscribers FROM creator_counters WHERE creator_id = 'studio-f'")[0][0] == 0
+    assert fetch(url, "SELECT count(*) FROM fallback_log WHERE user_id = $1", weird)[0][0] == 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -14,13 +12,13 @@ import asyncpg
 import pytest
 import redis
 import redis.asyncio as aioredis
-from service_fixtures import ROOT, ApiProcess, run_flusher_once, service_env, token, wait_until
+from service_fixtures import ApiProcess, cli_reconcile, run_flusher_once, token, wait_until
 
 from api.buffer import ViewBuffer
-from api.services import make_redis
 from daemon import db, keys
 from daemon.metrics import Metrics
 from daemon.reconcile import reconcile
+from daemon.redis_client import make_redis
 from daemon.settings import Settings
 from flusher.flusher import Flusher
 from lua import Scripts
@@ -40,19 +38,6 @@ def _creator(api: ApiProcess, creator: str, user: str) -> dict[str, object]:
     r = api.client.get(f"/api/v1/creators/{creator}", headers=_auth(user))
     assert r.status_code == 200, r.text
     return {**r.json(), "source": r.headers["x-counts-source"]}
-
-
-def _cli_reconcile(settings: Settings) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "reconcile"],
-        env=service_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 def test_after_flushall_reconcile_restores_live_counts_and_states_exactly(
@@ -93,7 +78,7 @@ def test_after_flushall_reconcile_restores_live_counts_and_states_exactly(
     with redis.Redis.from_url(migrated.redis_url) as client:
         client.flushall()
     assert _stats(api, "clip-0", "nobody")["source"] == "postgres"
-    out = _cli_reconcile(migrated)
+    out = cli_reconcile(migrated)
 
     # Then the live counts, like states and subscriptions are back in Redis, exactly
     live_fields = sum(1 for item in items for c in ("views", "likes", "dislikes") if expected[item][c])
@@ -117,7 +102,7 @@ def test_after_flushall_reconcile_restores_live_counts_and_states_exactly(
             assert got["viewer_state"] == want
 
     # And a second run finds nothing to repair
-    assert "0 fields repaired, drift 0, 0 like states and 0 subscriptions rebuilt" in _cli_reconcile(migrated)
+    assert "0 fields repaired, drift 0, 0 like states and 0 subscriptions rebuilt" in cli_reconcile(migrated)
 
 
 @dataclass

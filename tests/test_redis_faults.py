@@ -7,11 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
-import pytest
 import redis
 from service_fixtures import (
     ROOT,
@@ -80,14 +79,6 @@ def metric(api: ApiProcess, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in /metrics")
-
-
-@pytest.fixture
-def redis_back(redis_server: RedisServer) -> Iterator[RedisServer]:
-    """The session Redis, running again after the test whatever happened to it."""
-    yield redis_server
-    if not redis_server.is_running():
-        redis_server.start()
 
 
 def test_views_are_exact_after_script_flushes_between_calls(

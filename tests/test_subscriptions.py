@@ -12,9 +12,9 @@ import httpx
 import redis
 from service_fixtures import ApiProcess, run_flusher_once, token
 
-from api.services import make_redis
 from daemon import db, keys
 from daemon.metrics import Metrics
+from daemon.redis_client import make_redis
 from daemon.settings import Settings
 from flusher.flusher import Flusher
 from flusher.writer import write_batches

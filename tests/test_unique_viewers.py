@@ -15,9 +15,9 @@ from service_fixtures import ApiProcess, run_flusher_once, token, wait_until
 
 from api.buffer import ViewBuffer
 from api.drains import Drain
-from api.services import make_redis
 from daemon import db, keys
 from daemon.metrics import Metrics
+from daemon.redis_client import make_redis
 from daemon.servers import RedisClusterServers
 from daemon.settings import Settings
 from flusher import uniques

@@ -4,10 +4,9 @@ leaves its key free for the retry. End to end: HTTP in, Postgres out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import msgpack
-import pytest
 from service_fixtures import ApiProcess, counters_in_postgres, run_flusher_once, token
 
 from daemon.servers import RedisServer
@@ -40,13 +39,6 @@ def views_in_postgres(api: ApiProcess) -> dict[str, tuple[int, int]]:
     run_flusher_once(api.settings)
     rows = counters_in_postgres(api.settings.database_url)
     return {item: (row["views"], row["watch_seconds"]) for item, row in rows.items() if row["views"]}
-
-
-@pytest.fixture
-def redis_back(redis_server: RedisServer) -> Iterator[RedisServer]:
-    yield redis_server
-    if not redis_server.is_running():
-        redis_server.start()
 
 
 def test_a_retried_single_view_with_the_same_key_is_counted_once(api: ApiProcess) -> None:
