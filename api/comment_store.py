@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from api.errors import ApiError
+from api.idempotency import reused
 
 COLUMNS = (
     "comment_id, content_id, user_id, parent_comment_id, body, created_at, reply_count, soft_delete_flag"
@@ -143,11 +144,7 @@ async def _thread_of(conn: asyncpg.Connection, content_id: str, parent_id: int) 
 
 async def _replay(conn: asyncpg.Connection, stored: asyncpg.Record, fp: str) -> Posted:
     if stored["fingerprint"] != fp:
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "This Idempotency-Key was already used for a different request on this item.",
-        )
+        raise reused("item")
     row = dict(await conn.fetchrow(_ONE, stored["comment_id"]))
     row.update(reply_count=0, soft_delete_flag=False)  # the first answer, as it was
     return Posted("replayed", public(row))

@@ -26,6 +26,7 @@ import asyncpg
 import orjson
 
 from api.errors import ApiError
+from api.idempotency import reused
 from api.services import Services
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,6 @@ def reaction_target(current: int, action: str) -> int:
     return current
 
 
-def _conflict(what: str) -> ApiError:
-    return ApiError(
-        422,
-        "idempotency_key_reused",
-        f"This Idempotency-Key was already used for a different request on this {what}.",
-    )
-
-
 def _unavailable(services: Services) -> ApiError:
     return ApiError(
         503,
@@ -105,7 +98,7 @@ async def set_reaction(services: Services, content_id: str, user_id: str, action
             stored = await _replayed(conn, services, user_id, content_id, key)
             if stored is not None:
                 if stored["fingerprint"] != fingerprint:
-                    raise _conflict("item")
+                    raise reused("item")
                 result = {"status": "replayed", "body": orjson.loads(stored["answer"])}
             else:
                 current = await conn.fetchval(
@@ -156,7 +149,7 @@ async def set_subscription(services: Services, creator: str, user_id: str, actio
             stored = await _replayed(conn, services, user_id, creator, key)
             if stored is not None:
                 if stored["fingerprint"] != fingerprint:
-                    raise _conflict("creator")
+                    raise reused("creator")
                 result = {"status": "replayed", "body": orjson.loads(stored["answer"])}
             else:
                 current = await conn.fetchval(

@@ -59,9 +59,13 @@ def fingerprint(*parts: bytes) -> str:
     return digest.hexdigest()
 
 
-def reused() -> ApiError:
+def reused(scope: str = "") -> ApiError:
+    """422 ``idempotency_key_reused``: the key came with a different request (on this ``scope``)."""
+    where = f" on this {scope}" if scope else ""
     return ApiError(
-        422, "idempotency_key_reused", "This Idempotency-Key was already used for a different request."
+        422,
+        "idempotency_key_reused",
+        f"This Idempotency-Key was already used for a different request{where}.",
     )
 
 

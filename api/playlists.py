@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from api import playlist_store as store
 from api.errors import ApiError, json_response
-from api.idempotency import idempotency_key
+from api.idempotency import idempotency_key, reused
 from api.ingest import json_object
 from api.instrument import instrumented
 from api.pagination import MAX_ID, bad_cursor, cursor_param, encode_cursor, limit_param, positive_int
@@ -113,11 +113,7 @@ async def _idempotent_post(
             replay = await pg_idempotency.claim(conn, user_id, key, fingerprint, ttl)
             if replay is not None:
                 if not replay.same_request:
-                    raise ApiError(
-                        422,
-                        "idempotency_key_reused",
-                        "This Idempotency-Key was already used for a different request.",
-                    )
+                    raise reused()
                 return replay.answer, True
         answer = await work(conn)
         if key:

@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from api import fallback
 from api.errors import ApiError
-from api.idempotency import REPLAYED_HEADER, checked_idempotency_key
+from api.idempotency import REPLAYED_HEADER, checked_idempotency_key, reused
 from api.pipeliner import pipeliner_for
 from api.ratelimit import RateLimiter, refusal
 from api.services import Services
@@ -47,11 +47,7 @@ async def set_reaction(services: Services, content_id: str, user_id: str, action
         # did run is harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.
         return await fallback.set_reaction(services, content_id, user_id, action, key)
     if status == "conflict":
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "This Idempotency-Key was already used for a different request on this item.",
-        )
+        raise reused("item")
     return {
         "status": status,
         "body": {"state": STATE_NAMES[int(state)], "likes": int(likes), "dislikes": int(dislikes)},

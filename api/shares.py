@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ApiError, json_response
-from api.idempotency import idempotency_key
+from api.idempotency import idempotency_key, reused
 from api.ingest import json_object
 from api.instrument import instrumented
 from api.reactions import check_rate
@@ -94,11 +94,7 @@ async def add_share(
         if status != "added":  # replayed or conflict: this request adds nothing
             await _rollback(transaction)
             if status == "conflict":
-                raise ApiError(
-                    422,
-                    "idempotency_key_reused",
-                    "This Idempotency-Key was already used for a different request on this item.",
-                )
+                raise reused("item")
         else:
             try:
                 await transaction.commit()

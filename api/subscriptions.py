@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from api import fallback
 from api.errors import ApiError, json_response
-from api.idempotency import idempotency_key
+from api.idempotency import idempotency_key, reused
 from api.instrument import instrumented
 from api.reactions import check_rate
 from api.services import Services
@@ -64,11 +64,7 @@ async def set_subscription(services: Services, creator: str, user_id: str, actio
         # did run is harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.
         return await fallback.set_subscription(services, creator, user_id, action, key)
     if status == "conflict":
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "This Idempotency-Key was already used for a different request on this creator.",
-        )
+        raise reused("creator")
     return {
         "status": status,
         "body": {
