@@ -27,6 +27,7 @@ from api import (
     views,
 )
 from api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
+from api.hotpaths import HotPaths
 from api.services import Services
 from daemon.settings import Settings
 
@@ -66,6 +67,8 @@ ROUTES = [
     Route("/metrics", health.metrics, methods=["GET"]),
     Route(openapi.OPENAPI_ROUTE, openapi.serve, methods=["GET"]),
 ]
+HOT_PATHS = (views.VIEW_ROUTE, reactions.LIKE_ROUTE, reactions.DISLIKE_ROUTE)
+HOT_ROUTES = [route for route in ROUTES if route.path in HOT_PATHS]
 _ROUTE_OF_ENDPOINT = {route.endpoint: route.path for route in ROUTES}
 _METHODS_OF_PATH: dict[str, set[str]] = {}
 for _route in ROUTES:
@@ -98,7 +101,10 @@ def _counted(handler):  # type: ignore[no-untyped-def]
     return handle
 
 
-def build_app(services: Services) -> Starlette:
+def build_app(services: Services) -> HotPaths:
+    """The Starlette app behind HotPaths (the likes, dislikes and single views go to their endpoints
+    directly; see api/hotpaths.py)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.start()
@@ -117,10 +123,10 @@ def build_app(services: Services) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = services
-    return app
+    return HotPaths(app, HOT_ROUTES, services.metrics.requests.observe)
 
 
-def create_app() -> Starlette:
+def create_app() -> HotPaths:
     """Factory used by the server: settings from the environment."""
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
