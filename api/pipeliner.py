@@ -9,9 +9,11 @@ commands), and each caller's future gets its own reply or its own error.
   written as they leave; hiredis parses the replies as bytes arrive and hands them to the waiting
   futures in order. No pool checkout, no coroutine per reply: this is what makes it cheap per call.
   Close it with ``aclose()`` (Services.stop should, after the HTTP server stopped).
-  While a write's replies are outstanding, new commands wait for them (or until ``max_batch`` are
-  queued) and then leave together: under load one write carries tens of commands (measured: 33 on
-  average in the likes benchmark), an idle connection sends at once.
+  While a write's replies are outstanding, new commands wait for them, or until ``early_batch`` (8)
+  are queued, and then leave together: an idle connection sends at once, and under load Redis gets
+  the commands in writes of about ``early_batch``, several in flight, so the first replies come back
+  before the last commands ran. Measured in the likes benchmark at 64 connections: 7% more requests/s
+  than holding the queue until the replies (33 commands per write then), the same CPU per request.
 - Anything else (Redis Cluster, TLS, unix sockets, RESP3, credential providers): redis-py pipelines
   (``transaction=False``), at most ``max_in_flight`` at once; Cluster routes every command by its keys'
   slot (execute_command routing, as ``LuaScript.call_many``).
@@ -57,14 +59,21 @@ class Pipeliner:
         client: Any,
         *,
         max_batch: int = 128,
+        early_batch: int | None = None,  # default: 8, or max_batch if smaller
         max_in_flight: int = 8,
         max_pending: int = 8192,
         timeout: float = 2.0,
     ) -> None:
-        if max_batch < 1 or max_in_flight < 1 or max_pending < max_batch:
-            raise ValueError("need max_batch >= 1, max_in_flight >= 1 and max_pending >= max_batch")
+        if early_batch is None:
+            early_batch = min(8, max_batch)
+        if max_batch < 1 or max_in_flight < 1 or max_pending < max_batch or not 1 <= early_batch <= max_batch:
+            raise ValueError(
+                "need max_batch >= 1, max_in_flight >= 1, max_pending >= max_batch"
+                " and 1 <= early_batch <= max_batch"
+            )
         self.client = client
         self.max_batch = max_batch
+        self.early_batch = early_batch
         self.max_in_flight = max_in_flight
         self.max_pending = max_pending
         self.timeout = timeout
@@ -164,8 +173,8 @@ class Pipeliner:
         self._scheduled = False
         channel = self._channel
         if channel is not None and not channel.closed and self._direct is not None:
-            if channel.waiting and len(self._queue) < self.max_batch:
-                return  # a write is in flight: the queue leaves with the next one, when it answered
+            if channel.waiting and len(self._queue) < self.early_batch:
+                return  # a write is in flight: the queue leaves when it answered or has grown
             queue, self._queue = self._queue, []
             for i in range(0, len(queue), self.max_batch):
                 self._write(channel, queue[i : i + self.max_batch])

@@ -65,6 +65,39 @@ async def test_batches_are_capped(redis_client: aioredis.Redis, pipeliners: list
     assert pipeliner.pipelines == 1 + 3  # the PING, then 4 + 4 + 2
 
 
+async def test_while_a_write_is_in_flight_the_queue_waits_until_it_holds_early_batch_commands(
+    redis_client: aioredis.Redis, pipeliners: list[Pipeliner]
+) -> None:
+    pipeliner = _made(pipeliners, Pipeliner(redis_client, early_batch=3))
+    await pipeliner.execute_command("PING")  # connected
+    # Given a write in flight that Redis answers only once "go" gets an element
+    blocked = asyncio.ensure_future(pipeliner.execute_command("BLPOP", "go", 10))
+    await _ticks()
+    assert pipeliner.pipelines == 2
+
+    # When two commands are queued, they wait for the write's replies
+    first = [asyncio.ensure_future(pipeliner.execute_command("INCR", "n")) for _ in range(2)]
+    await _ticks()
+    assert pipeliner.pipelines == 2 and not any(f.done() for f in first)
+
+    # And a third makes three: the queue leaves in a write of its own, the BLPOP still unanswered
+    third = asyncio.ensure_future(pipeliner.execute_command("INCR", "n"))
+    await _ticks()
+    assert (pipeliner.pipelines, pipeliner.commands) == (3, 5)
+    assert not blocked.done()
+
+    # Then Redis answers them in order once the BLPOP is released (from another connection)
+    await redis_client.rpush("go", "1")
+    assert await blocked == ["go", "1"]
+    assert sorted(await asyncio.gather(*first, third)) == [1, 2, 3]
+    assert pipeliner.pending == 0
+
+
+async def _ticks(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
 async def test_an_error_reply_fails_only_its_own_call(
     redis_client: aioredis.Redis, pipeliners: list[Pipeliner]
 ) -> None:
