@@ -47,6 +47,7 @@ from typing import Any
 from loadtest.bodies import IDS, ITEMS
 from loadtest.bulk import bench_bulk, bench_bulk_matrix
 from loadtest.consume import bench_consume
+from loadtest.likes import CONNECTIONS as LIKE_CONNECTIONS
 from loadtest.likes import bench_likes
 from loadtest.procs import CHILDREN, RESULTS, BenchError, install_cleanup, log, pin_cpus
 from loadtest.report import machine_info, summary
@@ -85,6 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=IDS,
         default="uniform",
         help="bulk content ids: uniform over 100,000, or zipf (s=1.1, seeded) over 1,000,000",
+    )
+    parser.add_argument(
+        "--like-connections", type=int, default=LIKE_CONNECTIONS, help="wrk connections of the likes runs"
     )
     parser.add_argument("--viral-views", type=int, default=200_000)
     parser.add_argument("--consume-events", type=int, default=500_000, help="events per consume run")

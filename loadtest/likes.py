@@ -26,9 +26,14 @@ from typing import Any
 
 from loadtest.procs import BenchError, log
 from loadtest.servers import AppServer, Backends
-from loadtest.wrkrun import CONNECTIONS, WARMUP_S, run_wrk
+from loadtest.wrkrun import WARMUP_S, run_wrk
 
 USERS = 2_000
+# wrk connections of the likes runs (--like-connections): many users at once. At 64 the real server is
+# latency-bound, idle ~20% of its CPU waiting for Redis round trips (Redis shares CPU 1 with wrk), while
+# the bare route is CPU-bound; at 128 the real one is busy 86% and the bare one is not slowed (at 256 it
+# is, by ~10%). See loadtest/README.md.
+CONNECTIONS = 128
 LIKE_POOL = 1_000
 LIKE_PREFIX = "lk-"
 KINDS = ("bare", "naive", "real")
@@ -55,7 +60,7 @@ def bench_likes(ns: argparse.Namespace, backends: Backends, workdir: Path, out: 
     tokens = write_tokens(workdir / "like-tokens.txt", env["ENGAGEMENT_JWT_SECRET"])
     args = [str(tokens), LIKE_PREFIX, str(LIKE_POOL)]
     res: dict[str, Any] = {
-        "connections": CONNECTIONS,
+        "connections": ns.like_connections,
         "users": USERS,
         "pool": LIKE_POOL,
         "duration_s": ns.duration,
@@ -69,12 +74,12 @@ def bench_likes(ns: argparse.Namespace, backends: Backends, workdir: Path, out: 
             servers[kind] = AppServer(kind, env, workdir)
         for kind, server in servers.items():
             log(f"likes: warming up {kind}")
-            run_wrk("post_like.lua", server.url, WARMUP_S, CONNECTIONS, args)
+            run_wrk("post_like.lua", server.url, WARMUP_S, ns.like_connections, args)
         for r in range(ns.runs):
             order = [KINDS[(r + i) % len(KINDS)] for i in range(len(KINDS))]
             row: dict[str, Any] = {"round": r + 1, "order": order}
             for kind in order:
-                w = servers[kind].measure("post_like.lua", ns.duration, CONNECTIONS, args)
+                w = servers[kind].measure("post_like.lua", ns.duration, ns.like_connections, args)
                 row[kind] = w
                 log(
                     f"likes round {r + 1} {kind}: {w['requests_per_s']:.0f} req/s, non-2xx {w['non_2xx']}, "

@@ -3,7 +3,8 @@
 ``POST|DELETE /api/v1/content/{contentId}/like`` with a Bearer HS256 token: ``jwt.decode`` (PyJWT,
 no cache) on every request, then ONE awaited ``EVALSHA`` of the project's own ``lua/set_reaction.lua``
 with the keys and arguments of ``api/reactions.py`` ``set_reaction()`` on a ``redis.asyncio`` client
-with its default connection pool, and the same 200 JSON body ``{"state", "likes", "dislikes"}``
+with a connection pool as large as the benchmark's concurrency (redis-py's default, 100, refuses
+the 101st request in flight), and the same 200 JSON body ``{"state", "likes", "dislikes"}``
 (serialised with orjson like the real api, so the comparison is about auth and Redis, not JSON).
 No rate limits, no metrics, no Idempotency-Key validation beyond passing the header on.
 
@@ -34,6 +35,7 @@ from lua import LuaScript
 SETTINGS = Settings.from_env(os.environ)
 SET_REACTION = LuaScript.load("set_reaction")
 STATE_NAMES = {1: "liked", -1: "disliked", 0: "none"}
+POOL_SIZE = 1024  # Redis connections at most: one per request in flight
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -84,7 +86,9 @@ async def healthz(request: Request) -> Response:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    client = aioredis.Redis.from_url(SETTINGS.redis_url, decode_responses=True)
+    # redis-py 8's default pool refuses a 101st connection (MaxConnectionsError): sized for the
+    # benchmark's concurrency, so that the reference answers every request it is sent
+    client = aioredis.Redis.from_url(SETTINGS.redis_url, decode_responses=True, max_connections=POOL_SIZE)
     await client.script_load(SET_REACTION.text)  # so that every request is one EVALSHA
     app.state.redis = client
     try:
