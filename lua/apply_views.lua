@@ -48,6 +48,7 @@ end
 -- for the retry.
 if ARGV[5] then
   local touch_key, prefix, day, day_ttl_seconds = KEYS[4], ARGV[6], ARGV[7], tonumber(ARGV[8])
+  local day_prefix, all_prefix = prefix .. ':uvd:' .. day .. ':', prefix .. ':uv:'
   local function pfadd(key, users)
     if type(users) == 'string' then
       return redis.call('PFADD', key, users)
@@ -58,16 +59,20 @@ if ARGV[5] then
     end
     return changed
   end
+  local touched = {}  -- "<day>:<content_id>" of the items whose HLLs changed: one SADD at the end
   for content_id, users in pairs(cmsgpack.unpack(ARGV[5])) do
-    local day_key = prefix .. ':uvd:' .. day .. ':' .. content_id
-    local changed = pfadd(prefix .. ':uv:' .. content_id, users)
+    local day_key = day_prefix .. content_id
+    local changed = pfadd(all_prefix .. content_id, users)
     if pfadd(day_key, users) == 1 then
       redis.call('EXPIRE', day_key, day_ttl_seconds, 'NX')
       changed = 1
     end
     if changed == 1 then
-      redis.call('SADD', touch_key, day .. ':' .. content_id)
+      touched[#touched + 1] = day .. ':' .. content_id
     end
+  end
+  for i = 1, #touched, 1000 do
+    redis.call('SADD', touch_key, unpack(touched, i, math.min(i + 999, #touched)))
   end
 end
 
