@@ -16,6 +16,7 @@ import asyncpg
 
 from api.errors import ApiError
 from api.idempotency import reused
+from daemon.timefmt import utc_timestamp
 
 COLUMNS = (
     "comment_id, content_id, user_id, parent_comment_id, body, created_at, reply_count, soft_delete_flag"
@@ -81,7 +82,7 @@ def public(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
         "user_id": None if deleted else row["user_id"],
         "parent_comment_id": row["parent_comment_id"],
         "body": None if deleted else row["body"],
-        "created_at": row["created_at"].isoformat(),
+        "created_at": utc_timestamp(row["created_at"]),
         "reply_count": row["reply_count"],
         "deleted": deleted,
     }

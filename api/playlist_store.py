@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from api.errors import ApiError
+from daemon.timefmt import utc_timestamp
 
 _USER_LOCK_SPACE = 0x706C  # first key of pg_advisory_xact_lock(int, int): "pl"
 
@@ -78,8 +79,8 @@ def playlist_json(row: asyncpg.Record) -> dict[str, Any]:
         "name": row["name"],
         "description": row["description"],
         "item_count": row["item_count"],
-        "created_at": row["created_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
+        "created_at": utc_timestamp(row["created_at"]),
+        "updated_at": utc_timestamp(row["updated_at"]),
     }
 
 
@@ -87,7 +88,7 @@ def item_json(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "content_id": row["content_id"],
         "position": row["position"],
-        "added_at": row["added_at"].isoformat(),
+        "added_at": utc_timestamp(row["added_at"]),
     }
 
 

@@ -18,6 +18,7 @@ import asyncpg
 
 from daemon import keys
 from daemon.settings import Settings
+from daemon.timefmt import utc_timestamp
 
 CONTENT_TYPES = ("VIDEO", "AUDIO")
 UNKNOWN = ("", "")  # creator_id, content_type of an item the registry does not know
@@ -54,7 +55,7 @@ class ContentRegistry:
             "content_id": row["content_id"],
             "creator_id": row["creator_id"],
             "content_type": row["content_type"],
-            "updated_at": row["updated_at"].isoformat(),
+            "updated_at": utc_timestamp(row["updated_at"]),
         }
 
     def _remember(self, content_id: str, creator_id: str, content_type: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from daemon import keys
+from daemon.timefmt import utc_timestamp
 from lua import Scripts
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -93,8 +94,8 @@ def from_us(ts_us: int) -> datetime:
 
 
 def iso(ts_us: int) -> str:
-    """``2026-11-22T02:00:00.123456Z``."""
-    return from_us(ts_us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``2026-11-22T02:00:00.123456Z`` (daemon.timefmt)."""
+    return utc_timestamp(from_us(ts_us))
 
 
 def pct(value: float) -> float:

@@ -7,7 +7,15 @@ import asyncio
 import threading
 
 import httpx
-from service_fixtures import ApiProcess, counters_in_postgres, fetch, run_flusher_once, token, wait_until
+from service_fixtures import (
+    API_TIMESTAMP,
+    ApiProcess,
+    counters_in_postgres,
+    fetch,
+    run_flusher_once,
+    token,
+    wait_until,
+)
 
 from daemon.settings import Settings
 
@@ -69,6 +77,7 @@ def test_a_comment_is_answered_listed_newest_first_and_counted_once(
         "reply_count": 0,
         "deleted": False,
     }
+    assert API_TIMESTAMP.fullmatch(created["created_at"]), created
     second = _comment(api, "clip-1", "bob", "second")
     third = _comment(api, "clip-1", "alice", "third")
     _comment(api, "clip-2", "bob", "elsewhere")

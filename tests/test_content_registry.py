@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 
 import asyncpg
 import pytest
 import redis
 import redis.asyncio as aioredis
-from service_fixtures import ApiProcess, token
+from service_fixtures import API_TIMESTAMP, ApiProcess, token
 
 from api.registry import UNKNOWN, ContentRegistry
 from daemon import keys
@@ -42,7 +41,7 @@ def test_a_registered_item_is_stored_in_postgres_and_redis(api: ApiProcess) -> N
         "creator_id": "creator-1",
         "content_type": "VIDEO",
     }
-    datetime.fromisoformat(body["updated_at"])
+    assert API_TIMESTAMP.fullmatch(body["updated_at"]), body
     # a second PUT replaces the record
     r = api.client.put(
         ROUTE.format("clip-7"), json={"creator_id": "creator-2", "content_type": "AUDIO"}, headers=INTERNAL

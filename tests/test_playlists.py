@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 from kafka_fixtures import consume
-from service_fixtures import ApiProcess, token
+from service_fixtures import API_TIMESTAMP, ApiProcess, token
 
 from daemon.events import USER_ENGAGEMENT_EVENTS
 from daemon.kafka_mock import MockCluster
@@ -91,6 +91,7 @@ def test_a_playlist_is_created_read_renamed_listed_and_deleted(api: ApiProcess) 
         "description": "songs",
         "item_count": 0,
     }
+    assert API_TIMESTAMP.fullmatch(playlist["created_at"]) and API_TIMESTAMP.fullmatch(playlist["updated_at"])
     got = api.client.get(f"{URL}/{pid}", headers=_auth("alice")).json()
     assert got == {**playlist, "items": [], "next_cursor": None}
 
