@@ -58,7 +58,7 @@ class Settings:
     shutdown_drain_timeout_s: float = 30.0  # on SIGTERM, how long the api keeps trying to drain
     # Unique viewers (HyperLogLogs fed by views with a user id, see api/viewers.py).
     buffer_viewers_max_per_item: int = 10_000  # distinct user ids held per item per drain
-    unique_viewers_daily_ttl_s: int = 3 * 86_400  # a daily HLL lives this long after its last change
+    unique_viewers_daily_ttl_s: int = 3 * 86_400  # a daily HLL expires this long after its first view
     unique_viewers_day: str = ""  # YYYY-MM-DD: pin the UTC day of daily HLLs (tests); "": the clock
 
     # Per-user sliding-window rate limits: "<action>=<limit>/<window>" with units ms, s, m, h.
