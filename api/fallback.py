@@ -21,6 +21,7 @@ the outage is dropped by ``engagementd reconcile`` instead of being flushed over
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import orjson
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _STATE_NAMES = {1: "liked", -1: "disliked", 0: "none"}
 _SUBSCRIPTION_STATES = {1: "subscribed", 0: "none"}
+_LOCK_TAGS = {"like": "like", "subscription": "sub"}  # the advisory lock's namespace per kind
+_KEY_SCOPES = {"like": "item", "subscription": "creator"}  # what an Idempotency-Key is scoped to
 
 _LOCK_LOG = "LOCK TABLE fallback_log IN ROW EXCLUSIVE MODE"
 _LOCK_PAIR = "SELECT pg_advisory_xact_lock(hashtext($1 || '|' || $2 || '|' || $3))"
@@ -47,6 +50,7 @@ VALUES ($1, $2, $3, $4, $5::jsonb)
 ON CONFLICT (user_id, target_id, key) DO UPDATE
 SET fingerprint = EXCLUDED.fingerprint, answer = EXCLUDED.answer, created_at = now()
 """
+_DELETE_LIKE = "DELETE FROM likes WHERE user_id = $1 AND content_id = $2"
 _LOG = "INSERT INTO fallback_log (kind, user_id, target_id, value) VALUES ($1, $2, $3, $4)"
 _CONTENT_COUNTS = """
 INSERT INTO content_counters AS c (content_id, likes, dislikes, updated_at) VALUES ($1, $2, $3, now())
@@ -87,105 +91,96 @@ async def _replayed(conn: asyncpg.Connection, services: Services, user: str, tar
     return await conn.fetchrow(_FIND_KEY, user, target, key, float(services.settings.idempotency_ttl_s))
 
 
-async def set_reaction(services: Services, content_id: str, user_id: str, action: str, key: str) -> dict:
-    """``api.reactions.set_reaction``'s answer, written to Postgres (see the module docstring)."""
-    fingerprint = f"like:{action}"
+async def _write(
+    services: Services,
+    pair: tuple[str, str, str],
+    key: str,
+    fingerprint: str,
+    change: Callable[[asyncpg.Connection], Awaitable[tuple[int, bool, dict]]],
+) -> dict:
+    """The transaction of the module docstring around ``change``. ``pair`` is (kind, user, target):
+    kind ``like`` or ``subscription`` names the fallback_log rows and the metric. ``change(conn)``
+    writes the record and the counter and returns (new state, whether it changed, answer body)."""
+    kind, user_id, target_id = pair
     try:
         pool = await services.pool()
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(_LOCK_LOG)
-            await conn.execute(_LOCK_PAIR, "like", user_id, content_id)
-            stored = await _replayed(conn, services, user_id, content_id, key)
+            await conn.execute(_LOCK_PAIR, _LOCK_TAGS[kind], user_id, target_id)
+            stored = await _replayed(conn, services, user_id, target_id, key)
             if stored is not None:
                 if stored["fingerprint"] != fingerprint:
-                    raise reused("item")
+                    raise reused(_KEY_SCOPES[kind])
                 result = {"status": "replayed", "body": orjson.loads(stored["answer"])}
             else:
-                current = await conn.fetchval(
-                    "SELECT value FROM likes WHERE user_id = $1 AND content_id = $2", user_id, content_id
-                )
-                current = int(current or 0)
-                target = reaction_target(current, action)
-                if target == current:
-                    pass
-                elif target == 0:
-                    await conn.execute(
-                        "DELETE FROM likes WHERE user_id = $1 AND content_id = $2", user_id, content_id
-                    )
-                else:
-                    await conn.execute(
-                        "INSERT INTO likes AS l (user_id, content_id, value) VALUES ($1, $2, $3)"
-                        " ON CONFLICT (user_id, content_id) DO UPDATE SET value = EXCLUDED.value,"
-                        " updated_at = now()",
-                        user_id,
-                        content_id,
-                        target,
-                    )
-                likes_diff = (target == 1) - (current == 1)
-                dislikes_diff = (target == -1) - (current == -1)
-                likes, dislikes = await conn.fetchrow(_CONTENT_COUNTS, content_id, likes_diff, dislikes_diff)
-                await conn.execute(_LOG, "like", user_id, content_id, target)
-                body = {"state": _STATE_NAMES[target], "likes": int(likes), "dislikes": int(dislikes)}
+                target, changed, body = await change(conn)
+                await conn.execute(_LOG, kind, user_id, target_id, target)
                 if key:
-                    await conn.execute(
-                        _SAVE_KEY, user_id, content_id, key, fingerprint, orjson.dumps(body).decode()
-                    )
-                result = {"status": "changed" if target != current else "unchanged", "body": body}
+                    answer = orjson.dumps(body).decode()
+                    await conn.execute(_SAVE_KEY, user_id, target_id, key, fingerprint, answer)
+                result = {"status": "changed" if changed else "unchanged", "body": body}
     except _PG_ERRORS as exc:
-        log.warning("reaction refused: Redis and Postgres both unavailable (%s)", exc)
+        log.warning("%s refused: Redis and Postgres both unavailable (%s)", kind, exc)
         raise _unavailable(services) from None
-    services.metrics.fallback_writes.labels(kind="like").inc()
+    services.metrics.fallback_writes.labels(kind=kind).inc()
     return result
+
+
+async def set_reaction(services: Services, content_id: str, user_id: str, action: str, key: str) -> dict:
+    """``api.reactions.set_reaction``'s answer, written to Postgres (see the module docstring)."""
+
+    async def change(conn: asyncpg.Connection) -> tuple[int, bool, dict]:
+        current = await conn.fetchval(
+            "SELECT value FROM likes WHERE user_id = $1 AND content_id = $2", user_id, content_id
+        )
+        current = int(current or 0)
+        target = reaction_target(current, action)
+        if target == current:
+            pass
+        elif target == 0:
+            await conn.execute(_DELETE_LIKE, user_id, content_id)
+        else:
+            await conn.execute(
+                "INSERT INTO likes AS l (user_id, content_id, value) VALUES ($1, $2, $3)"
+                " ON CONFLICT (user_id, content_id) DO UPDATE SET value = EXCLUDED.value,"
+                " updated_at = now()",
+                user_id,
+                content_id,
+                target,
+            )
+        likes_diff = (target == 1) - (current == 1)
+        dislikes_diff = (target == -1) - (current == -1)
+        likes, dislikes = await conn.fetchrow(_CONTENT_COUNTS, content_id, likes_diff, dislikes_diff)
+        body = {"state": _STATE_NAMES[target], "likes": int(likes), "dislikes": int(dislikes)}
+        return target, target != current, body
+
+    return await _write(services, ("like", user_id, content_id), key, f"like:{action}", change)
 
 
 async def set_subscription(services: Services, creator: str, user_id: str, action: str, key: str) -> dict:
     """``api.subscriptions.set_subscription``'s answer, written to Postgres (see the module docstring)."""
-    fingerprint = f"subscription:{action}"
-    try:
-        pool = await services.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(_LOCK_LOG)
-            await conn.execute(_LOCK_PAIR, "sub", user_id, creator)
-            stored = await _replayed(conn, services, user_id, creator, key)
-            if stored is not None:
-                if stored["fingerprint"] != fingerprint:
-                    raise reused("creator")
-                result = {"status": "replayed", "body": orjson.loads(stored["answer"])}
-            else:
-                current = await conn.fetchval(
-                    "SELECT count(*) FROM creator_subscriptions WHERE user_id = $1 AND creator_id = $2",
-                    user_id,
-                    creator,
-                )
-                current = int(current)
-                target = 1 if action == "subscribe" else 0
-                if target > current:
-                    await conn.execute(
-                        "INSERT INTO creator_subscriptions (user_id, creator_id) VALUES ($1, $2)"
-                        " ON CONFLICT DO NOTHING",
-                        user_id,
-                        creator,
-                    )
-                elif target < current:
-                    await conn.execute(
-                        "DELETE FROM creator_subscriptions WHERE user_id = $1 AND creator_id = $2",
-                        user_id,
-                        creator,
-                    )
-                subscribers = await conn.fetchval(_CREATOR_COUNT, creator, target - current)
-                await conn.execute(_LOG, "subscription", user_id, creator, target)
-                body = {
-                    "creator_id": creator,
-                    "state": _SUBSCRIPTION_STATES[target],
-                    "subscribers": int(subscribers),
-                }
-                if key:
-                    await conn.execute(
-                        _SAVE_KEY, user_id, creator, key, fingerprint, orjson.dumps(body).decode()
-                    )
-                result = {"status": "changed" if target != current else "unchanged", "body": body}
-    except _PG_ERRORS as exc:
-        log.warning("subscription refused: Redis and Postgres both unavailable (%s)", exc)
-        raise _unavailable(services) from None
-    services.metrics.fallback_writes.labels(kind="subscription").inc()
-    return result
+
+    async def change(conn: asyncpg.Connection) -> tuple[int, bool, dict]:
+        current = await conn.fetchval(
+            "SELECT count(*) FROM creator_subscriptions WHERE user_id = $1 AND creator_id = $2",
+            user_id,
+            creator,
+        )
+        current = int(current)
+        target = 1 if action == "subscribe" else 0
+        if target > current:
+            await conn.execute(
+                "INSERT INTO creator_subscriptions (user_id, creator_id) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING",
+                user_id,
+                creator,
+            )
+        elif target < current:
+            await conn.execute(
+                "DELETE FROM creator_subscriptions WHERE user_id = $1 AND creator_id = $2", user_id, creator
+            )
+        subscribers = await conn.fetchval(_CREATOR_COUNT, creator, target - current)
+        body = {"creator_id": creator, "state": _SUBSCRIPTION_STATES[target], "subscribers": int(subscribers)}
+        return target, target != current, body
+
+    return await _write(services, ("subscription", user_id, creator), key, f"subscription:{action}", change)

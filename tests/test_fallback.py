@@ -92,6 +92,10 @@ def test_with_redis_stopped_likes_and_subscriptions_are_written_to_postgres(
         "/api/v1/creators/studio-9/subscribe", headers={**_auth("ann"), "Idempotency-Key": "s"}
     )
     assert (replay.json(), replay.headers["idempotent-replayed"]) == (sub.json(), "true")
+    other = api.client.delete(
+        "/api/v1/creators/studio-9/subscribe", headers={**_auth("ann"), "Idempotency-Key": "s"}
+    )
+    assert (other.status_code, other.json()["error"]) == (422, "idempotency_key_reused"), other.text
     r = api.client.delete("/api/v1/creators/studio-9/subscribe", headers=_auth("bob"))
     assert r.json() == {"creator_id": "studio-9", "state": "none", "subscribers": 1}
     r = api.client.post("/api/v1/creators/studio-9/subscribe", headers=_auth("studio-9"))
