@@ -56,12 +56,12 @@ def fuzzed_api(start_api, migrated):  # type: ignore[no-untyped-def]
     return start_api(migrated.replace(rate_limits=""))
 
 
-def succeeded(har: Path) -> set[tuple[str, str]]:
-    """(METHOD, route) of every request of a schemathesis HAR report that got a 2xx."""
+def answered(har: Path, statuses: range) -> set[tuple[str, str]]:
+    """(METHOD, route) of every request of a schemathesis HAR report answered with one of ``statuses``."""
     found = set()
     for entry in json.loads(har.read_text())["log"]["entries"]:
         method, path = entry["request"]["method"], unquote(urlsplit(entry["request"]["url"]).path)
-        if not 200 <= entry["response"]["status"] < 300:
+        if entry["response"]["status"] not in statuses:
             continue
         for route in ROUTES:
             if method in (route.methods or ()) and route.path_regex.fullmatch(path):
@@ -100,7 +100,38 @@ def test_no_request_gets_a_server_error_and_every_answer_conforms(fuzzed_api, tm
     )
 
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
-    assert REACHED - succeeded(har) == set(), "operations the fuzzer never got a 2xx from"
+    assert REACHED - answered(har, range(200, 300)) == set(), "operations the fuzzer never got a 2xx from"
+
+
+# One operation per rate-limited action (api/ratelimit.py actions) that a run reaches with no id to create.
+LIMITED = {
+    ("POST", "/api/v1/content/{contentId}/like"),
+    ("POST", "/api/v1/content/{contentId}/comments"),
+    ("PUT", "/api/v1/users/me/history/{contentId}"),
+    ("POST", "/api/v1/users/me/playlists"),
+}
+ACTIONS = ("like", "dislike", "subscribe", "share", "comment", "history", "playlist")
+
+
+def test_rate_limited_answers_are_documented_429s(start_api, migrated, tmp_path):
+    # Every action limited to one request an hour: past the first, the fuzzer's user gets 429s, and
+    # each must be documented by its operation and conform (Retry-After header, error body).
+    api = start_api(migrated.replace(rate_limits=",".join(f"{a}=1/1h" for a in ACTIONS)))
+    har = tmp_path / "run.har"
+    result = st_run(
+        api.base_url,
+        tmp_path,
+        "--max-examples",
+        "3",
+        "--report",
+        "har",
+        "--report-har-path",
+        str(har),
+        timeout_s=240,
+    )
+
+    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
+    assert LIMITED - answered(har, range(429, 430)) == set(), "operations the fuzzer never got a 429 from"
 
 
 def test_with_redis_stopped_the_only_server_errors_are_documented_503s(fuzzed_api, redis_server, tmp_path):
