@@ -8,11 +8,12 @@ Three servers, each one granian process (ASGI, uvloop, one worker) pinned to the
   awaited EVALSHA of lua/set_reaction.lua per request);
 - ``real``: ``engagementd api`` with ENGAGEMENT_RATE_LIMITS="" (so no request is refused).
 
-wrk/post_like.lua sends, on 64 connections, POST or DELETE like at random with a random token of
-2,000 users and a random content id of 1,000. Rounds measure the three in turn, the order rotating
-every round; reported: median req/s and CPU share of each, and the medians of the per-round ratios
-real/bare [>= 0.5] and real/naive [>= 1.5]. A round with any non-2xx answer or socket error is invalid.
-After the rounds, Redis must agree with itself: the live like counts of the ids equal the liked states.
+wrk/post_like.lua sends, on 128 connections (--like-connections), POST or DELETE like at random with a
+random token of 2,000 users and a random content id of 1,000. Rounds measure the three in turn, the order
+rotating every round; reported: median req/s and CPU share of each, and the medians of the per-round
+ratios real/bare [>= 0.5] and real/naive [>= 1.5]. A round with any non-2xx answer or socket error is
+invalid. After the rounds, Redis must agree with itself: the live like counts of the ids equal the liked
+states.
 """
 
 from __future__ import annotations

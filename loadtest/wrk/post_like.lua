@@ -1,6 +1,6 @@
 -- Likes by many users: POST or DELETE /api/v1/content/<id>/like with a Bearer token, at random.
 --
---   wrk -t1 -c64 -d10s -s loadtest/wrk/post_like.lua http://127.0.0.1:8080 -- <tokens file> [prefix] [pool]
+--   wrk -t1 -c128 -d10s -s loadtest/wrk/post_like.lua http://127.0.0.1:8080 -- <tokens file> [prefix] [pool]
 --
 -- The tokens file holds one HS256 token per line (users u-0 .. u-1999, signed with the service's
 -- ENGAGEMENT_JWT_SECRET), written by the harness (loadtest/likes.py). Content ids are
