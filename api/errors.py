@@ -65,6 +65,11 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, message, exc.headers)
 
 
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+def internal_error(method: str, path: str) -> Response:
+    """The 500 of an exception nothing handled (logged here, with its traceback)."""
+    log.exception("unhandled error on %s %s", method, path)
     return error_response(500, "internal_error", "The server failed to handle the request.")
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    return internal_error(request.method, request.url.path)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import error_response
+from api.errors import internal_error
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,8 @@ class HotPaths:
         await self.app(scope, receive, send)
 
     async def _failed(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
-        log.exception("unhandled error on %s %s", scope["method"], scope["path"])
         try:
-            await error_response(500, "internal_error", "The server failed to handle the request.")(
-                scope, receive, send
-            )
+            await internal_error(scope["method"], scope["path"])(scope, receive, send)
         except Exception:  # noqa: BLE001 - the response had already started: the server closes it
             log.debug("could not answer 500: the response had already started", exc_info=True)
         self.observe(route.path, scope["method"], 500, 0.0)
