@@ -44,19 +44,26 @@ class Drain:
     def __post_init__(self) -> None:
         self.total_views = sum(self.views.values())
         self.items = len(self.views) + sum(map(len, self.signals.values()))
-        self._args = (msgpack.packb(self.views), msgpack.packb(self.watch))
-        if self.signals or self.viewers:
-            self._args += (msgpack.packb(self.signals) if self.signals else _EMPTY_MAP,)
-        if self.viewers:
-            self._args += (msgpack.packb(self.viewers), keys.tag(self.shard), self.day)
+        self._args = (
+            msgpack.packb(self.views),
+            msgpack.packb(self.watch),
+            msgpack.packb(self.signals) if self.signals else _EMPTY_MAP,
+            msgpack.packb(self.viewers) if self.viewers else _EMPTY_MAP,
+            keys.tag(self.shard),
+            self.day,
+        )
 
     def call(self, settings: Settings) -> tuple[list[str], list[str | int | bytes]]:
         shard = self.shard
-        call_keys = [keys.live_key(shard), keys.delta_key(shard), keys.drain_key(shard, self.drain_id)]
-        if not self.viewers:
-            return call_keys, [settings.drain_marker_ttl_s, *self._args]
-        call_keys.append(keys.uv_touch_key(shard))
-        return call_keys, [settings.drain_marker_ttl_s, *self._args, settings.unique_viewers_daily_ttl_s]
+        call_keys = [
+            keys.live_key(shard),
+            keys.delta_key(shard),
+            keys.drain_key(shard, self.drain_id),
+            keys.uv_touch_key(shard),
+            keys.vdelta_key(shard),
+        ]
+        args = [settings.drain_marker_ttl_s, *self._args]
+        return call_keys, [*args, settings.unique_viewers_daily_ttl_s, settings.view_delta_max_drains]
 
 
 def group_by_shard(counts: dict[str, T], shards: int) -> list[tuple[int, dict[str, T]]]:

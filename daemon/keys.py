@@ -11,6 +11,11 @@ eng:{s:N}:live                  hash    "<counter>:<content_id>" -> live count: 
                                         watch_seconds, likes, ... (the seed's view_count:{id},
                                         like_count:{id}); one hash per shard, not a key per item
 eng:{s:N}:delta                 hash    "<counter>:<content_id>" -> increment not yet flushed
+eng:{s:N}:vdelta                list    view drains not yet flushed: per applied drain, its
+                                        views, watch seconds and playback signals as three
+                                        msgpack maps (the drain's own arguments, concatenated);
+                                        past ENGAGEMENT_VIEW_DELTA_MAX_DRAINS a drain's
+                                        increments go to the delta hash instead
 eng:{s:N}:state                 hash    "<content_id>|<user_id>" -> 1 liked / -1 disliked (the
                                         seed's like_state:{userId}:{contentId})
 eng:{s:N}:sdelta                hash    "<content_id>|<user_id>" -> like state not yet flushed
@@ -30,6 +35,7 @@ eng:{s:N}:videm:<c>|<u>|<k>     string  a single view's Idempotency-Key claim (<
 eng:{s:N}:cmtmark:<id>:<0|1>    string  marker: comment <id>'s count change (1: counted, 0: uncounted)
                                         was applied; deleted once Postgres has the row's flag
 eng:{s:N}:batch                 hash    deltas captured by a flusher, until Postgres has them
+eng:{s:N}:vbatch                list    view drains captured by a flusher with the batch
 eng:{s:N}:batch_id              string  id of that batch (key of the flush_batches ledger)
 eng:{s:N}:lease                 string  owner of the shard's flush lease
 eng:{s:N}:drain:<drain_id>      string  marker: a view drain was applied (expires after 24 h)
@@ -130,6 +136,14 @@ def delta_key(shard: int) -> str:
 
 def batch_key(shard: int) -> str:
     return f"{PREFIX}:{{s:{shard}}}:batch"
+
+
+def vdelta_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:vdelta"
+
+
+def vbatch_key(shard: int) -> str:
+    return f"{PREFIX}:{{s:{shard}}}:vbatch"
 
 
 def batch_id_key(shard: int) -> str:

@@ -3,7 +3,8 @@
 Redis is the live store and Postgres the durable one (DESIGN.md decision 5). When Redis lost data (a
 restart without persistence, FLUSHALL, a failover to a stale replica) or drifted (a hand edit, a bug),
 the true live value of a counter is the Postgres value plus what Redis still holds pending for it: the
-shard's ``delta`` hash and a captured ``batch`` that is not yet in the flush ledger.
+shard's ``delta`` hash and ``vdelta`` list of view drains, and a captured ``batch`` (hash and drains)
+that is not yet in the flush ledger.
 
 Per shard, reconcile takes the shard's flush lease (the same lease ``capture_batch`` takes, so no
 flusher captures, writes or finishes that shard meanwhile and the Postgres counters of its items cannot
@@ -39,6 +40,7 @@ import asyncpg
 from daemon import comment_counts, keys, reconcile_fallbacks
 from daemon.metrics import Metrics
 from daemon.settings import Settings
+from daemon.view_drains import drain_items, read_drains
 from lua import Scripts
 
 log = logging.getLogger(__name__)
@@ -223,6 +225,8 @@ async def _reconcile_leased(
     pipe.hkeys(keys.subs_key(shard))
     batch_id, live_f, delta_f, batch_f, state_f, subs_f = await pipe.execute()
     items, creators = set(pg_items), set(pg_creators)
+    for drains in await read_drains(redis, [keys.vdelta_key(shard), keys.vbatch_key(shard)]):
+        items.update(drain_items(drains))
     for name in (*live_f, *delta_f, *batch_f):
         counter, item = keys.parse_delta_field(name)
         if counter in _COUNTER_SET:
@@ -283,6 +287,8 @@ async def _reconcile_leased(
         keys.subs_key(shard),
         keys.subdelta_key(shard),
         keys.subbatch_key(shard),
+        keys.vdelta_key(shard),
+        keys.vbatch_key(shard),
     ]
     found = Report()
     for chunk_counters, chunk_states, chunk_subs in _chunks(counters, states, subscriptions):

@@ -55,6 +55,9 @@ class Settings:
     buffer_retry_max_ms: int = 5_000  # ceiling of the exponential backoff while Redis is down
     buffer_retry_after_s: int = 1  # Retry-After sent with a 503
     drain_marker_ttl_s: int = 86_400  # how long Redis remembers an applied drain id
+    # Applied drains kept per shard as one list entry each until the flusher takes them (eng:{s:N}:vdelta);
+    # past it, a drain's increments are added to the delta hash field by field. 0: always the hash.
+    view_delta_max_drains: int = 256
     shutdown_drain_timeout_s: float = 30.0  # on SIGTERM, how long the api keeps trying to drain
     # Unique viewers (HyperLogLogs fed by views with a user id, see api/viewers.py).
     buffer_viewers_max_per_item: int = 10_000  # distinct user ids held per item per drain
@@ -137,6 +140,10 @@ class Settings:
             raise SettingsError("ENGAGEMENT_COMMENT_MAX_CHARS must be at least 1")
         if self.buffer_max_items < 1 or self.batch_max_items < 1:
             raise SettingsError("buffer and batch limits must be at least 1")
+        if self.view_delta_max_drains < 0:
+            raise SettingsError(
+                "ENGAGEMENT_VIEW_DELTA_MAX_DRAINS must be 0 (the delta hash only) or positive"
+            )
         if self.buffer_viewers_max_per_item < 1 or self.unique_viewers_daily_ttl_s < 1:
             raise SettingsError("buffer_viewers_max_per_item and unique_viewers_daily_ttl_s must be positive")
         if self.unique_viewers_day:

@@ -1,13 +1,14 @@
 """The flusher: drains Redis deltas to Postgres exactly once (DESIGN.md decision 4).
 
 One pass: for every shard, ``capture_batch`` atomically renames the shard's delta hash to its batch
-key under a lease (or returns the stranded batch an interrupted flusher left behind; it never
-overwrites one). All captured batches are written in one Postgres transaction that also inserts their
-ids into the ``flush_batches`` ledger; a batch already in the ledger was committed before a crash and
-is only deleted. ``finish_batch`` deletes the Redis side after the commit, never before. Killed at any
-point, the next pass resumes: nothing lost, nothing counted twice. Several flushers may run: shards
-they do not hold the lease of are skipped. Each pass also writes the current figures of the unique
-viewers HLLs that changed (flusher/uniques.py: absolute values, so they need no ledger).
+key (and its list of applied view drains, daemon/view_drains.py, to its vbatch key) under a lease, or
+returns the stranded batch an interrupted flusher left behind (it never overwrites one). All captured
+batches are written in one Postgres transaction that also inserts their ids into the ``flush_batches``
+ledger; a batch already in the ledger was committed before a crash and is only deleted.
+``finish_batch`` deletes the Redis side after the commit, never before. Killed at any point, the next
+pass resumes: nothing lost, nothing counted twice. Several flushers may run: shards they do not hold
+the lease of are skipped. Each pass also writes the current figures of the unique viewers HLLs that
+changed (flusher/uniques.py: absolute values, so they need no ledger).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from daemon.metrics import Metrics
 from daemon.pg_idempotency import prune_playlist_idempotency
 from daemon.reconcile import reconcile
 from daemon.settings import Settings
+from daemon.view_drains import COUNTER_INDEX, add_drains, read_drains
 from flusher.history_writer import parse_heartbeats, trim_calls
 from flusher.uniques import flush_uniques
 from flusher.writer import CapturedBatch, WriteResult, prune_ledger, write_batches
@@ -34,7 +36,6 @@ from lua import Scripts
 
 log = logging.getLogger(__name__)
 
-_COUNTER_INDEX = {name: i for i, name in enumerate(keys.COUNTERS)}
 _PRUNE_EVERY_S = 3600.0
 
 
@@ -70,18 +71,21 @@ class Flusher:
                         keys.subbatch_key(shard),
                         keys.hdelta_key(shard),
                         keys.hbatch_key(shard),
+                        keys.vdelta_key(shard),
+                        keys.vbatch_key(shard),
                     ],
                     [self.owner, self.settings.flush_lease_ms, f"{shard}-{uuid.uuid4().hex}"],
                 )
             )
         results = await self.scripts.capture_batch.call_many(self.redis, calls)
         batches = []
+        with_drains = []
         for shard, result in enumerate(results):
             if isinstance(result, Exception):
                 raise result
             if not result:  # None: leased by another flusher; []: nothing to flush
                 continue
-            batch_id, flat, states, subscriptions, heartbeats = result
+            batch_id, flat, states, subscriptions, heartbeats, drains = result
             rows, creators = _parse_rows(flat)
             subs = _parse_states(subscriptions)
             batches.append(
@@ -89,6 +93,11 @@ class Flusher:
                     shard, batch_id, rows, _parse_states(states), creators, subs, parse_heartbeats(heartbeats)
                 )
             )
+            if int(drains):
+                with_drains.append(batches[-1])
+        captured = await read_drains(self.redis, [keys.vbatch_key(b.shard) for b in with_drains])
+        for batch, drains in zip(with_drains, captured, strict=True):
+            add_drains(batch.rows, drains)
         return batches
 
     async def trim_history(self, batches: Sequence[CapturedBatch]) -> None:
@@ -111,6 +120,7 @@ class Flusher:
                     keys.sbatch_key(b.shard),
                     keys.subbatch_key(b.shard),
                     keys.hbatch_key(b.shard),
+                    keys.vbatch_key(b.shard),
                 ],
                 [b.batch_id, self.owner],
             )
@@ -227,7 +237,7 @@ def _parse_rows(flat: Sequence[str]) -> tuple[dict[str, list[int]], dict[str, in
     width = len(keys.COUNTERS)
     for i in range(0, len(flat), 2):
         counter, content_id = keys.parse_delta_field(flat[i])
-        index = _COUNTER_INDEX.get(counter)
+        index = COUNTER_INDEX.get(counter)
         if index is None:
             if counter == "subscribers":  # keys.CREATOR_COUNTERS: the id is a creator id
                 creators[content_id] = creators.get(content_id, 0) + int(flat[i + 1])

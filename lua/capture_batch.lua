@@ -13,6 +13,8 @@
 --   KEYS[9]  eng:{s:N}:hdelta    HASH   "<content_id>|<user_id>" -> "<ts_us>|<pct>|<pos>": heartbeats
 --                                       not yet in Postgres (N: the user's shard)
 --   KEYS[10] eng:{s:N}:hbatch    HASH   the captured heartbeats, until Postgres has them
+--   KEYS[11] eng:{s:N}:vdelta    LIST   applied view drains not yet in Postgres (apply_views.lua)
+--   KEYS[12] eng:{s:N}:vbatch    LIST   the captured view drains, until Postgres has them
 -- ARGV:
 --   ARGV[1]  lease owner token
 --   ARGV[2]  lease duration, milliseconds
@@ -20,15 +22,18 @@
 -- Returns:
 --   false                                  the shard is leased by another owner
 --   {}                                     nothing to flush (no lease taken)
---   {batch_id, {f1, v1, ...}, {s1, v1, ...}, {u1, v1, ...}, {h1, v1, ...}}  the batch to write:
---                                          deltas, like states, subscriptions, then heartbeats.
+--   {batch_id, {f1, v1, ...}, {s1, v1, ...}, {u1, v1, ...}, {h1, v1, ...}, drains}  the batch to
+--                                          write: deltas, like states, subscriptions, heartbeats,
+--                                          then the number of captured view drains (binary: the
+--                                          caller reads them with LRANGE; under the lease, nothing
+--                                          else changes KEYS[12] until finish_batch).
 --                                          A stranded batch (an earlier
 --                                          capture whose delete never happened) is returned again
 --                                          rather than overwritten.
 
 local delta_key, batch_key, batch_id_key, lease_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sdelta_key, sbatch_key, subdelta_key, subbatch_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local hdelta_key, hbatch_key = KEYS[9], KEYS[10]
+local hdelta_key, hbatch_key, vdelta_key, vbatch_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local owner, lease_ms, new_batch_id = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 
 local holder = redis.call('GET', lease_key)
@@ -37,7 +42,7 @@ if holder and holder ~= owner then
 end
 
 local stranded = redis.call('EXISTS', batch_id_key) == 1
-if not stranded and redis.call('EXISTS', delta_key, sdelta_key, subdelta_key, hdelta_key) == 0 then
+if not stranded and redis.call('EXISTS', delta_key, sdelta_key, subdelta_key, hdelta_key, vdelta_key) == 0 then
   if holder then
     redis.call('DEL', lease_key)
   end
@@ -58,6 +63,9 @@ if not stranded then
   if redis.call('EXISTS', hdelta_key) == 1 then
     redis.call('RENAME', hdelta_key, hbatch_key)
   end
+  if redis.call('EXISTS', vdelta_key) == 1 then
+    redis.call('RENAME', vdelta_key, vbatch_key)
+  end
   redis.call('SET', batch_id_key, new_batch_id)
 end
 return {
@@ -66,4 +74,5 @@ return {
   redis.call('HGETALL', sbatch_key),
   redis.call('HGETALL', subbatch_key),
   redis.call('HGETALL', hbatch_key),
+  redis.call('LLEN', vbatch_key),
 }

@@ -7,6 +7,7 @@
 --   KEYS[4]  eng:{s:N}:sbatch    HASH    the captured like states
 --   KEYS[5]  eng:{s:N}:subbatch  HASH    the captured subscriptions
 --   KEYS[6]  eng:{s:N}:hbatch    HASH    the captured watch-history heartbeats
+--   KEYS[7]  eng:{s:N}:vbatch    LIST    the captured view drains
 -- ARGV:
 --   ARGV[1]  batch id that was committed (or found already in the ledger)
 --   ARGV[2]  lease owner token
@@ -14,12 +15,12 @@
 -- Called only after the Postgres commit: deleting first would lose the batch on a crash.
 
 local batch_key, batch_id_key, lease_key, sbatch_key, subbatch_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local hbatch_key = KEYS[6]
+local hbatch_key, vbatch_key = KEYS[6], KEYS[7]
 local batch_id, owner = ARGV[1], ARGV[2]
 
 local deleted = 0
 if redis.call('GET', batch_id_key) == batch_id then
-  redis.call('DEL', batch_key, sbatch_key, subbatch_key, hbatch_key, batch_id_key)
+  redis.call('DEL', batch_key, sbatch_key, subbatch_key, hbatch_key, vbatch_key, batch_id_key)
   deleted = 1
 end
 if redis.call('GET', lease_key) == owner then

@@ -3,7 +3,8 @@
 --
 -- The true value of a counter field is computed here, atomically, from the Postgres value the caller read
 -- (which cannot move while the lease is held: only the flusher writes counters) plus what is pending in
--- Redis: the delta hash and, when it is not yet in the flush ledger, the captured batch. Each field is
+-- Redis: the delta hash and the view drains list and, when it is not yet in the flush ledger, the
+-- captured batch (hash and drains). Each field is
 -- then compared with the live value and set only if it differs: an increment that arrives before or
 -- after this call is part of both the live value and the delta, so it is never lost.
 --
@@ -19,6 +20,8 @@
 --   KEYS[9]  eng:{s:N}:subs      HASH    "<creator_id>|<user_id>" -> 1
 --   KEYS[10] eng:{s:N}:subdelta  HASH    subscriptions not yet in Postgres
 --   KEYS[11] eng:{s:N}:subbatch  HASH    captured subscriptions
+--   KEYS[12] eng:{s:N}:vdelta    LIST    applied view drains not yet in Postgres (apply_views.lua)
+--   KEYS[13] eng:{s:N}:vbatch    LIST    captured view drains (counted only when ARGV[3] is "1")
 -- ARGV:
 --   ARGV[1]  lease owner token (the call refuses to run when the caller no longer holds the lease)
 --   ARGV[2]  the batch id the caller saw ("" when none)
@@ -35,6 +38,7 @@
 local live, delta, batch, batch_id_key, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local state, sdelta, sbatch = KEYS[6], KEYS[7], KEYS[8]
 local subs, subdelta, subbatch = KEYS[9], KEYS[10], KEYS[11]
+local drains, drains_batch = KEYS[12], KEYS[13]
 local owner, seen_batch, batch_pending = ARGV[1], ARGV[2], ARGV[3] == '1'
 
 if redis.call('GET', lease) ~= owner then
@@ -48,6 +52,33 @@ local function num(value)
   return tonumber(value or '0')
 end
 
+-- "<counter>:<id>" -> increment pending in the view drain lists, summed on first use (one LRANGE
+-- and one unpack per drain, whatever the number of fields asked for)
+local drained
+local function pending_drains()
+  drained = {}
+  local function add(counter, increments)
+    for content_id, n in pairs(increments) do
+      local field = counter .. ':' .. content_id
+      drained[field] = (drained[field] or 0) + n
+    end
+  end
+  local lists = {drains}
+  if batch_pending then
+    lists[2] = drains_batch
+  end
+  for _, key in ipairs(lists) do
+    for _, drain in ipairs(redis.call('LRANGE', key, 0, -1)) do
+      local views, watch, signals = cmsgpack.unpack(drain)
+      add('views', views)
+      add('watch_seconds', watch)
+      for counter, increments in pairs(signals) do
+        add(counter, increments)
+      end
+    end
+  end
+end
+
 local repaired, drift, repaired_states, repaired_subs = 0, 0, 0, 0
 local changes = {}
 local i = 4
@@ -55,7 +86,10 @@ local count = tonumber(ARGV[i])
 for _ = 1, count do
   local field, base = ARGV[i + 1], tonumber(ARGV[i + 2])
   i = i + 2
-  local target = base + num(redis.call('HGET', delta, field))
+  if drained == nil then
+    pending_drains()
+  end
+  local target = base + num(redis.call('HGET', delta, field)) + (drained[field] or 0)
   if batch_pending then
     target = target + num(redis.call('HGET', batch, field))
   end

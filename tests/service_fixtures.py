@@ -105,11 +105,10 @@ def run_flusher_once(settings: Settings, timeout_s: float = 120.0) -> str:
 
 
 def pending_redis_work(redis_url: str) -> int:
-    """Delta and batch keys still waiting for the flusher."""
+    """Delta and batch keys (hashes and view drain lists) still waiting for the flusher."""
     with redis.Redis.from_url(redis_url) as r:
-        return sum(1 for _ in r.scan_iter(match="eng:*:delta")) + sum(
-            1 for _ in r.scan_iter(match="eng:*:batch")
-        )
+        kinds = ("delta", "vdelta", "batch", "vbatch")
+        return sum(1 for kind in kinds for _ in r.scan_iter(match=f"eng:*:{kind}"))
 
 
 def counters_in_postgres(database_url: str) -> dict[str, dict[str, int]]:

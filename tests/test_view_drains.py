@@ -1,0 +1,257 @@
+"""Pending view increments as one list entry per drain (``eng:{s:N}:vdelta``): summed exactly by the
+flusher and by reconcile, bounded (past ENGAGEMENT_VIEW_DELTA_MAX_DRAINS the delta hash takes over),
+and drains journaled in the earlier layout (3 or 4 keys) still apply once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import msgpack
+import pytest
+import redis
+import redis.asyncio as aioredis
+from service_fixtures import ApiProcess, fetch, run_flusher_once, token, wait_until
+
+from api.buffer import ViewBuffer
+from daemon import db, keys
+from daemon.metrics import Metrics
+from daemon.reconcile import reconcile
+from daemon.redis_client import make_redis
+from daemon.settings import Settings
+from flusher.flusher import Flusher
+from flusher.writer import write_batches
+from lua import Scripts
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    redis: aioredis.Redis
+    pool: asyncpg.Pool
+    scripts: Scripts
+    buffer: ViewBuffer
+
+    def shard(self, content_id: str) -> int:
+        return keys.shard_of(content_id, self.settings.shards)
+
+    async def drain(
+        self, views: dict[str, tuple[int, int]], completions: dict[str, int] | None = None
+    ) -> None:
+        """One drain: content_id -> (views, watch seconds of the first view), and completions."""
+        for content_id, (n, watch) in views.items():
+            for i in range(n):
+                assert self.buffer.add(content_id, watch if i == 0 else 0)
+        for content_id, n in (completions or {}).items():
+            for _ in range(n):
+                assert self.buffer.add_signal("completions", content_id)
+        assert await self.buffer.drain_once()
+
+    async def postgres(self) -> dict[str, tuple[int, int, int]]:
+        rows = await self.pool.fetch(
+            "SELECT content_id, views, watch_seconds, completions FROM content_counters"
+        )
+        return {r["content_id"]: (r["views"], r["watch_seconds"], r["completions"]) for r in rows}
+
+    async def live(self, counter: str, content_id: str) -> int:
+        value = await self.redis.hget(keys.live_key(self.shard(content_id)), keys.field(counter, content_id))
+        return int(value or 0)
+
+    async def flush(self) -> None:
+        await Flusher(self.settings, self.redis, self.pool, self.scripts, Metrics()).drain()
+
+
+async def _stack(settings: Settings) -> AsyncIterator[Stack]:
+    client = make_redis(settings)
+    pool = await db.create_pool(settings)
+    scripts = Scripts.load()
+    buffer = ViewBuffer(settings, client, scripts.apply_views, Metrics())
+    try:
+        yield Stack(settings, client, pool, scripts, buffer)
+    finally:
+        await client.aclose()
+        await pool.close()
+
+
+@pytest.fixture
+async def stack(migrated: Settings) -> AsyncIterator[Stack]:
+    async for s in _stack(migrated):
+        yield s
+
+
+@pytest.fixture
+async def bounded(migrated: Settings) -> AsyncIterator[Stack]:
+    """At most two drains per shard kept as list entries."""
+    async for s in _stack(migrated.replace(view_delta_max_drains=2)):
+        yield s
+
+
+async def test_each_drain_is_one_list_entry_and_the_flusher_sums_them_exactly(stack: Stack) -> None:
+    # Given three drains of views, watch seconds and completions, two of them touching the same items
+    await stack.drain({"a": (3, 30), "b": (1, 0)}, completions={"a": 1})
+    await stack.drain({"a": (2, 5)})
+    await stack.drain({"a": (1, 0), "b": (4, 40)}, completions={"b": 2})
+
+    # Then each drain is one entry of its shard's list, the delta hash holds nothing, live counts are exact
+    shard_a, shard_b = stack.shard("a"), stack.shard("b")
+    entries = {shard_a: 0, shard_b: 0}
+    for drain_items in ({"a", "b"}, {"a"}, {"a", "b"}):
+        for shard in {stack.shard(item) for item in drain_items}:
+            entries[shard] += 1
+    for shard, n in entries.items():
+        assert await stack.redis.llen(keys.vdelta_key(shard)) == n
+        assert await stack.redis.exists(keys.delta_key(shard)) == 0
+    assert [await stack.live(c, "a") for c in ("views", "watch_seconds", "completions")] == [6, 35, 1]
+    assert [await stack.live(c, "b") for c in ("views", "watch_seconds", "completions")] == [5, 40, 2]
+
+    # When the flusher runs
+    await stack.flush()
+
+    # Then Postgres holds the exact sums and the lists are gone
+    assert await stack.postgres() == {"a": (6, 35, 1), "b": (5, 40, 2)}
+    assert await stack.redis.exists(keys.vdelta_key(shard_a), keys.vbatch_key(shard_a)) == 0
+    assert await stack.redis.exists(keys.vdelta_key(shard_b), keys.vbatch_key(shard_b)) == 0
+
+
+async def test_past_the_limit_a_drain_goes_to_the_delta_hash_and_nothing_is_lost(bounded: Stack) -> None:
+    # Given five drains of one item while the limit is two drains per shard
+    for n in (1, 2, 3, 4, 5):
+        await bounded.drain({"a": (n, n * 10)})
+
+    # Then the list stopped at two and the delta hash holds the other three drains' increments
+    shard = bounded.shard("a")
+    assert await bounded.redis.llen(keys.vdelta_key(shard)) == 2
+    assert await bounded.redis.hgetall(keys.delta_key(shard)) == {"views:a": "12", "watch_seconds:a": "120"}
+    assert await bounded.live("views", "a") == 15
+
+    # When the flusher runs, and more drains arrive after it
+    await bounded.flush()
+    await bounded.drain({"a": (6, 0)})
+    await bounded.flush()
+
+    # Then Postgres holds every view once, and the list took entries again once emptied
+    assert await bounded.postgres() == {"a": (21, 150, 0)}
+
+
+async def test_with_the_limit_at_zero_every_increment_goes_to_the_delta_hash(migrated: Settings) -> None:
+    async for stack in _stack(migrated.replace(view_delta_max_drains=0)):
+        await stack.drain({"a": (2, 20)}, completions={"a": 1})
+        await stack.drain({"a": (1, 0)})
+        shard = stack.shard("a")
+        assert await stack.redis.exists(keys.vdelta_key(shard)) == 0
+        assert await stack.redis.hgetall(keys.delta_key(shard)) == {
+            "views:a": "3",
+            "watch_seconds:a": "20",
+            "completions:a": "1",
+        }
+        await stack.flush()
+        assert await stack.postgres() == {"a": (3, 20, 1)}
+
+
+async def test_a_drain_journaled_by_an_earlier_version_still_applies_once(stack: Stack) -> None:
+    # Given drains in the layout of a consumer journal written before the list existed: three keys
+    # (views and watch seconds only), and four keys with user ids for the unique viewers
+    shard = stack.shard("old")
+    ttl = stack.settings.drain_marker_ttl_s
+    plain = (
+        [keys.live_key(shard), keys.delta_key(shard), keys.drain_key(shard, "old-1")],
+        [ttl, msgpack.packb({"old": 2}), msgpack.packb({"old": 7})],
+    )
+    viewers = (
+        [
+            keys.live_key(shard),
+            keys.delta_key(shard),
+            keys.drain_key(shard, "old-2"),
+            keys.uv_touch_key(shard),
+        ],
+        [
+            ttl,
+            msgpack.packb({"old": 3}),
+            msgpack.packb({}),
+            msgpack.packb({}),
+            msgpack.packb({"old": ["u1", "u2", "u3"]}),
+            keys.tag(shard),
+            "20261122",
+            3600,
+        ],
+    )
+    # When they are applied, and applied again (a retry)
+    assert await stack.scripts.apply_views.call_many(stack.redis, [plain, viewers]) == [1, 1]
+    assert await stack.scripts.apply_views.call_many(stack.redis, [plain, viewers]) == [0, 0]
+
+    # Then their increments are in the delta hash, once, and the unique viewers were counted
+    assert await stack.redis.exists(keys.vdelta_key(shard)) == 0
+    assert await stack.redis.hgetall(keys.delta_key(shard)) == {"views:old": "5", "watch_seconds:old": "7"}
+    assert await stack.redis.pfcount(keys.uv_key(shard, "old")) == 3
+    await stack.flush()
+    assert await stack.postgres() == {"old": (5, 7, 0)}
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["batch-pending", "batch-committed"])
+async def test_reconcile_counts_the_pending_drains_and_a_captured_batch_not_yet_committed(
+    stack: Stack, committed: bool
+) -> None:
+    # Given 5 views of a in Postgres, 3 captured by a flusher that died (committed or not), 2 more in the
+    # list, and an item z whose only views are pending in the list
+    await stack.drain({"a": (5, 0)})
+    await stack.flush()
+    await stack.drain({"a": (3, 0)})
+    crashed = Flusher(stack.settings, stack.redis, stack.pool, stack.scripts, Metrics())
+    batches = await crashed.capture()
+    assert [b.rows for b in batches] == [{"a": [3, 0, 0, 0, 0, 0, 0, 0, 0]}]
+    if committed:
+        async with stack.pool.acquire() as conn:
+            await write_batches(conn, batches)
+    await stack.redis.delete(keys.lease_key(stack.shard("a")))  # as when the crashed flusher's lease expires
+    await stack.drain({"a": (2, 0), "z": (4, 0)})
+
+    # When the live values drift (a too high, z deleted) and reconcile runs
+    await stack.redis.hset(keys.live_key(stack.shard("a")), keys.field("views", "a"), 100)
+    await stack.redis.hdel(keys.live_key(stack.shard("z")), keys.field("views", "z"))
+    report = await reconcile(stack.settings, stack.redis, stack.pool, None, stack.scripts)
+
+    # Then both are repaired to Postgres plus what is pending, whichever state the captured batch is in
+    assert sorted((r.field, r.was, r.now) for r in report.repairs) == [
+        ("views:a", 100, 10),
+        ("views:z", 0, 4),
+    ]
+    assert (await stack.live("views", "a"), await stack.live("views", "z")) == (10, 4)
+
+    # And the next flush writes the pending views once
+    await stack.flush()
+    assert await stack.postgres() == {"a": (10, 0, 0), "z": (4, 0, 0)}
+    assert (await reconcile(stack.settings, stack.redis, stack.pool, None, stack.scripts)).drift == 0
+
+
+def test_over_http_past_the_limit_postgres_gets_every_view_once(
+    start_api: Callable[..., ApiProcess], migrated: Settings
+) -> None:
+    # Given an api that keeps at most one drain per shard in the list, and no flusher running
+    settings = migrated.replace(view_delta_max_drains=1, buffer_flush_interval_ms=5)
+    api = start_api(settings)
+    auth = {"Authorization": f"Bearer {token('viewer')}"}
+
+    def views_of(item: str) -> int:
+        r = api.client.get(f"/api/v1/content/{item}/stats", headers=auth)
+        assert r.status_code == 200, r.text
+        return int(r.json()["views"])
+
+    # When views arrive one drain at a time (each waited for in Redis)
+    for n in range(1, 11):
+        for item in ("x", "y"):
+            r = api.client.post(f"/api/v1/content/{item}/views", json={"watch_seconds": n})
+            assert r.status_code == 202, r.text
+            wait_until(lambda item=item, n=n: views_of(item) == n, what="the view to reach Redis")
+
+    # Then the first drain of each shard is a list entry and the later ones are in the delta hash
+    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as r:
+        for item in ("x", "y"):
+            shard = keys.shard_of(item, settings.shards)
+            assert r.llen(keys.vdelta_key(shard)) == 1
+            assert int(r.hget(keys.delta_key(shard), keys.field("views", item)) or 0) >= 9
+
+    # And after a flush Postgres holds every view and watch second once
+    run_flusher_once(settings)
+    rows = fetch(settings.database_url, "SELECT content_id, views, watch_seconds FROM content_counters")
+    assert {r["content_id"]: (r["views"], r["watch_seconds"]) for r in rows} == {"x": (10, 55), "y": (10, 55)}
