@@ -46,14 +46,32 @@ end
 local drains_key, max_drains = KEYS[5], tonumber(ARGV[9] or '0')
 local as_drain = drains_key ~= nil and max_drains > 0 and redis.call('LLEN', drains_key) < max_drains
 
+-- The live counts of a drain: one HMGET and one HSET per 1,000 fields instead of one HINCRBY per
+-- field (the script is atomic, so read-add-write is an increment); per field, that saves a command's
+-- dispatch and its own AOF record, most of an increment's cost. Sums are formatted with %d, as
+-- HINCRBY answers them (a Lua number holds any count exactly up to 2^53).
+local fields, amounts = {}, {}
 local function apply(counter, increments)
   for content_id, n in pairs(increments) do
     local field = counter .. ':' .. content_id
-    local amount = string.format('%d', n)
-    redis.call('HINCRBY', live_key, field, amount)
+    fields[#fields + 1] = field
+    amounts[#amounts + 1] = n
     if not as_drain then
-      redis.call('HINCRBY', delta_key, field, amount)
+      redis.call('HINCRBY', delta_key, field, string.format('%d', n))
     end
+  end
+end
+
+local function add_live()
+  for i = 1, #fields, 1000 do  -- unpack() is bounded by Lua's stack
+    local last = math.min(i + 999, #fields)
+    local current = redis.call('HMGET', live_key, unpack(fields, i, last))
+    local pairs_ = {}
+    for j = i, last do
+      pairs_[#pairs_ + 1] = fields[j]
+      pairs_[#pairs_ + 1] = string.format('%d', (tonumber(current[j - i + 1]) or 0) + amounts[j])
+    end
+    redis.call('HSET', live_key, unpack(pairs_))
   end
 end
 
@@ -96,6 +114,7 @@ if ARGV[4] and ARGV[4] ~= EMPTY_MAP then
     apply(counter, increments)
   end
 end
+add_live()
 if as_drain then
   redis.call('RPUSH', drains_key, ARGV[2] .. ARGV[3] .. (ARGV[4] or EMPTY_MAP))
 end
