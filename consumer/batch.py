@@ -1,18 +1,23 @@
 """One consumer batch, from Kafka messages to Redis, exactly once per offset.
 
-1. Group the messages by partition; read the idempotency store (one round trip): the applied offset
-   of each partition and the journals of unfinished batches. A journal covering one of these
-   partitions is recovered first (its drains re-applied, then finished). Messages at or below the
-   applied offset are duplicates: skipped and counted.
-2. Validate every message. One that cannot be parsed or validated is a dead letter at once.
+1. Group the messages by partition; validate every message and count the views and playback signals
+   in a view buffer (api/buffer.py, the HTTP path's own), cut into per-shard drains. This touches
+   nothing outside the process, so it runs while Redis still applies the batch ahead (profiled: it
+   waited behind that batch's drains when it came after the store's read).
+2. Read the idempotency store (one round trip): the applied offset of each partition and the journals
+   of unfinished batches. A journal covering one of these partitions is recovered first (its drains
+   re-applied, then finished). Messages at or below the applied offset are duplicates: skipped and
+   counted, and the rest validated and counted again without them.
+   A message that could not be parsed or validated is a dead letter.
 3. Apply the actions (likes, shares, registry, purge), each idempotent by its offset (consumer/actions.py);
    retry with backoff; dead-letter those that failed every try.
 4. Send the dead letters and wait for Kafka's acknowledgement.
-5. Count views and playback signals in a view buffer (api/buffer.py, the HTTP path's own), cut it into
-   per-shard drains, and journal them with the batch's offset ranges in one call (``begin_consumed``).
-   If another batch holds some of these offsets, go back to 1 (it is recovered there).
+5. Journal the drains with the batch's offset ranges in one call (``begin_consumed``). If another
+   batch holds some of these offsets, go back to 1 (it is recovered in 2).
 6. Apply the drains (``apply_views.lua``, one pipelined round trip), retrying while Redis is down.
-7. Mark the offsets applied and drop the journal in one call (``finish_consumed``).
+   The loop starts this at once, while the batch ahead may still be applying or finishing.
+7. Once the batch ahead is finished: mark the offsets applied and drop the journal in one call
+   (``finish_consumed``).
 
 The caller then commits the offsets to Kafka. A SIGKILL anywhere: before 5, nothing counted is
 unmarked except the idempotent actions, which a replay repeats harmlessly; between 5 and 7 the
@@ -26,6 +31,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -66,6 +72,17 @@ class JournaledBuffer(ViewBuffer):
         return list(self._inflight)
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch past step 5 (its drains journaled): ``apply`` applies its drains (step 6), which is safe
+    before the batches ahead of it are finished, since a crash recovers every journal; ``finish`` (step
+    7, once ``apply`` is done and the batches ahead are finished) marks its offsets applied and returns
+    the offset to commit per partition (last offset + 1)."""
+
+    apply: Callable[[], Awaitable[None]]
+    finish: Callable[[], Awaitable[dict[TopicPartition, int]]]
+
+
 class _Conflict(Exception):
     """Another batch reserved some of this batch's offsets: recover it and plan again."""
 
@@ -102,13 +119,14 @@ class BatchProcessor:
 
     async def process(self, msgs: list[Message]) -> dict[TopicPartition, int]:
         """Apply a batch; returns the offset to commit per partition (last offset + 1)."""
-        complete = await self.prepare(msgs)
-        return await complete()
+        prepared = await self.prepare(msgs)
+        await prepared.apply()
+        return await prepared.finish()
 
-    async def prepare(self, msgs: list[Message]) -> Callable[[], Awaitable[dict[TopicPartition, int]]]:
-        """Steps 1 to 5; returns the rest (6 and 7), which the loop runs while it prepares the next
-        batch (Redis applies one batch while this process decodes the next). The rest returns the
-        offsets to commit per partition (last offset + 1)."""
+    async def prepare(self, msgs: list[Message]) -> Prepared:
+        """Steps 1 to 5; returns the rest: ``apply`` (6), which the loop starts at once, while it
+        prepares the next batch and while the batch ahead is still being finished, and ``finish`` (7),
+        which it runs once the batch ahead is finished."""
         groups: dict[TopicPartition, list[Message]] = {}
         for msg in msgs:
             tp = (msg.topic(), msg.partition())
@@ -121,24 +139,23 @@ class BatchProcessor:
             self._m.consumed.labels(tp[0]).inc(len(group))
         while True:
             try:
-                finish = await self._attempt(groups)
-                break
+                return await self._attempt(groups)
             except _Conflict:
                 # another consumer's batch (recovered by the next attempt), or this process's own batch
                 # still in flight after a rebalance handed the same offsets back: let it finish first
                 log.warning("batch offsets reserved by another batch; recovering it and planning again")
                 await asyncio.sleep(self._settings.consumer_retry_base_ms / 1000)
-        commits = {tp: group[-1].offset() + 1 for tp, group in groups.items()}
 
-        async def complete() -> dict[TopicPartition, int]:
-            await finish()
-            return commits
-
-        return complete
-
-    async def _attempt(self, groups: dict[TopicPartition, list[Message]]) -> Callable[[], Awaitable[None]]:
-        fresh, ranges = await self._fresh(groups)
-        views, actions, dead, counted = self._parse(fresh)
+    async def _attempt(self, groups: Groups) -> Prepared:
+        # Step 1 takes every message: only a batch that met duplicates in step 2 is validated and
+        # counted again, without them.
+        parsed = self._parse(groups)
+        counted_views = self._count(parsed[0])
+        fresh, ranges, skipped = await self._fresh(groups)
+        if skipped:
+            parsed = self._parse(fresh)
+            counted_views = self._count(parsed[0])
+        _, actions, dead, counted = parsed
         if actions:
             dead += await self._runner.run(actions)
         if dead:
@@ -148,27 +165,33 @@ class BatchProcessor:
                 self._m.dead_letters.labels(letter.topic, letter.code).inc()
         batch_id = ""
         buffer: JournaledBuffer | None = None
-        if views[0] or views[3]:
+        if counted_views is not None:
             batch_id = uuid.uuid4().hex
-            buffer = await self._journal(batch_id, ranges, *views)
+            buffer, calls = counted_views
+            conflicts = await self._retrying(lambda: self._store.begin(batch_id, ranges, calls))
+            if conflicts:
+                raise _Conflict(conflicts)
             self._in_flight.add(batch_id)
+        commits = {tp: group[-1].offset() + 1 for tp, group in groups.items()}
 
-        async def finish() -> None:
+        async def apply() -> None:
+            if buffer is not None:
+                await self._drain(buffer)
+
+        async def finish() -> dict[TopicPartition, int]:
             try:
-                if buffer is not None:
-                    await self._drain(buffer)
                 if ranges:
                     await self._retrying(lambda: self._store.finish(batch_id, ranges))
             finally:
                 self._in_flight.discard(batch_id)
             for topic, n in counted.items():
                 self._m.applied.labels(topic).inc(n)
+            return commits
 
-        return finish
+        return Prepared(apply, finish)
 
-    async def _fresh(
-        self, groups: dict[TopicPartition, list[Message]]
-    ) -> tuple[dict[TopicPartition, list[Message]], list[Range]]:
+    async def _fresh(self, groups: Groups) -> tuple[Groups, list[Range], int]:
+        """The messages not applied yet, their offset ranges, and how many were skipped."""
         fields = {tp: tp_field(*tp) for tp in groups}
         applied, journals = await self._retrying(lambda: self._store.state(fields.values()))
         wanted = set(fields.values())
@@ -177,18 +200,20 @@ class BatchProcessor:
                 await self._recover(batch_id)
                 for field, _, last in journal_ranges:
                     applied[field] = max(applied.get(field, -1), last)
-        fresh: dict[TopicPartition, list[Message]] = {}
+        fresh: Groups = {}
         ranges: list[Range] = []
+        skipped = 0
         for tp, group in groups.items():
             seen = applied.get(fields[tp], -1)
             if group[0].offset() <= seen:
                 kept = [m for m in group if m.offset() > seen]
                 self._m.duplicates.labels(tp[0]).inc(len(group) - len(kept))
+                skipped += len(group) - len(kept)
                 group = kept
             if group:
                 fresh[tp] = group
                 ranges.append((fields[tp], group[0].offset(), group[-1].offset()))
-        return fresh, ranges
+        return fresh, ranges, skipped
 
     def _parse(self, fresh: Groups) -> tuple[Views, list[Action], list[DeadLetter], dict[str, int]]:
         """The batch's view counts, its actions, its dead letters, and per topic the messages counted
@@ -305,28 +330,18 @@ class BatchProcessor:
             None if kind == VIEW else PLAYBACK_COUNTERS[payload["event_type"]],
         )
 
-    async def _journal(
-        self,
-        batch_id: str,
-        ranges: list[Range],
-        ids: list[str],
-        watch_ids: list[str],
-        watch_seconds: list[int],
-        signals: dict[str, list[str]],
-        viewer_ids: list[str],
-        viewer_users: list[str],
-    ) -> JournaledBuffer:
-        """Count the views in a view buffer, cut it into drains and journal them with the ranges."""
+    def _count(self, views: Views) -> tuple[JournaledBuffer, list[Any]] | None:
+        """The batch's views counted in a view buffer and cut into drains (their calls to journal);
+        None when it has none."""
+        ids, watch_ids, watch_seconds, signals, viewer_ids, viewer_users = views
+        if not (ids or signals):
+            return None
         settings = self._settings
         buffer = JournaledBuffer(settings, self._redis, self._scripts.apply_views, self._metrics)
         viewers = (viewer_ids, viewer_users) if viewer_ids else None  # unique viewers, as over HTTP
         if not buffer.add_many(ids, watch_ids, watch_seconds, signals, viewers):
             raise RuntimeError("a batch larger than ENGAGEMENT_BUFFER_MAX_ITEMS")
-        calls = [drain.call(settings) for drain in buffer.cut()]
-        conflicts = await self._retrying(lambda: self._store.begin(batch_id, ranges, calls))
-        if conflicts:
-            raise _Conflict(conflicts)
-        return buffer
+        return buffer, [drain.call(settings) for drain in buffer.cut()]
 
     async def _drain(self, buffer: JournaledBuffer) -> None:
         settings = self._settings

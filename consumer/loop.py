@@ -2,8 +2,10 @@
 
 ``consume(num_messages=...)`` runs in a worker thread so the event loop stays free; offsets are
 committed synchronously, per partition, only after the batch is applied and marked in Redis. Batches
-overlap by one: while Redis applies batch k's view drains and its offsets are committed, batch k+1 is
-taken, validated and journaled (its drains wait for batch k). Commits stay in batch order. On SIGTERM
+overlap: while Redis applies batch k's view drains and its offsets are committed, batch k+1 is taken,
+validated and journaled, and its drains are sent at once, so Redis never waits for k's commit; at most
+``MAX_IN_FLIGHT`` batches are applied or finished at a time. Batches are finished (offsets marked in
+Redis) and committed in batch order. On SIGTERM
 the loop finishes the batch in hand, commits it and closes the consumer (leaving the group). With
 ``once`` it stops as soon as every assigned partition is consumed to its end.
 """
@@ -14,19 +16,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.actions import Abandoned
-from consumer.batch import BatchProcessor
+from consumer.batch import BatchProcessor, Prepared
 from consumer.metrics import ConsumerMetrics
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger("librdkafka.consumer")
 LAG_INTERVAL_S = 1.0
+# Batches applied or finished at once: Redis applies a batch's drains as soon as it is journaled, while
+# the batch ahead of it is still being applied, finished and committed.
+MAX_IN_FLIGHT = 2
 
 
 def consumer_config(settings: Settings, bootstrap_servers: str) -> dict[str, Any]:
@@ -74,7 +79,7 @@ class ConsumeLoop:
         consumer.subscribe(self._topics)
         size = self._settings.consumer_batch_max_messages
         timeout_s = self._settings.consumer_batch_timeout_ms / 1000
-        pending: asyncio.Task[None] | None = None  # the previous batch: applying, then committing
+        in_flight: deque[asyncio.Task[None]] = deque()  # batches being applied or finished, in order
         try:
             while not self._stopping:
                 msgs = await asyncio.to_thread(consumer.consume, size, timeout_s)
@@ -83,36 +88,37 @@ class ConsumeLoop:
                     self._log_errors(msgs)
                 if good:
                     started = time.perf_counter()
-                    complete = await self._processor.prepare(good)
-                    if pending is not None:  # one batch in flight at most
-                        previous, pending = pending, None
-                        await previous
-                    pending = asyncio.create_task(self._complete(complete, started))
-                if pending is not None and pending.done():
-                    previous, pending = pending, None
-                    await previous  # raises what it raised
+                    prepared = await self._processor.prepare(good)
+                    while len(in_flight) >= MAX_IN_FLIGHT:
+                        await in_flight.popleft()  # raises what it raised
+                    ahead = in_flight[-1] if in_flight else None
+                    in_flight.append(asyncio.create_task(self._complete(prepared, started, ahead)))
+                while in_flight and in_flight[0].done():
+                    await in_flight.popleft()  # raises what it raised
                 now = time.monotonic()
                 if now >= self._lag_at:
                     self._lag_at = now + LAG_INTERVAL_S
                     await asyncio.to_thread(self._update_lag)
-                if once and not good and pending is None and await asyncio.to_thread(self._caught_up):
+                if once and not good and not in_flight and await asyncio.to_thread(self._caught_up):
                     break
         except Abandoned:
             log.warning("shutdown while a dependency is unreachable: batch left uncommitted")
         finally:
             try:
-                if pending is not None:
+                while in_flight:  # the batches in hand: applied and committed before leaving
                     with contextlib.suppress(Abandoned):
-                        await pending  # the batch in hand: applied and committed before leaving
+                        await in_flight.popleft()
             finally:
                 await asyncio.to_thread(consumer.close)  # leaves the group: its partitions move at once
                 log.info("consumer closed after %d batches", self.batches)
 
-    async def _complete(
-        self, complete: Callable[[], Awaitable[dict[tuple[str, int], int]]], started: float
-    ) -> None:
-        """Apply one prepared batch and commit its offsets (the batch before it is done)."""
-        commits = await complete()
+    async def _complete(self, prepared: Prepared, started: float, ahead: asyncio.Task[None] | None) -> None:
+        """Apply one prepared batch at once; once the batch ahead is committed, finish this one and
+        commit its offsets."""
+        await prepared.apply()
+        if ahead is not None:
+            await ahead  # raises what it raised: then this batch is left to recovery, uncommitted
+        commits = await prepared.finish()
         await asyncio.to_thread(self._commit, commits)
         self._m.batch_seconds.observe(time.perf_counter() - started)
         self.batches += 1
