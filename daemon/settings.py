@@ -93,7 +93,7 @@ class Settings:
     consumer_ingest_topic: str = "engagement.ingest"  # comma-separated: several topics of that format
     consumer_published_topic: str = "media.published"
     consumer_user_deleted_topic: str = "user.deleted"
-    consumer_batch_max_messages: int = 20_000  # messages taken in one batch
+    consumer_batch_max_messages: int = 50_000  # messages taken in one batch (~0.5 s at 100k/s)
     consumer_batch_timeout_ms: int = 100  # longest wait to fill a batch
     consumer_retry_max_tries: int = 10  # tries of a failing message before it is dead-lettered
     consumer_retry_base_ms: int = 100  # first backoff between tries, doubled each time

@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--viral-views", type=int, default=200_000)
     parser.add_argument("--consume-events", type=int, default=500_000, help="events per consume run")
-    parser.add_argument("--consume-batch", type=int, default=20_000, help="consumer batch size")
+    parser.add_argument("--consume-batch", type=int, default=50_000, help="consumer batch (service default)")
     parser.add_argument("--consume-ids", choices=IDS, default="uniform", help="content ids of consume events")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     ns = parser.parse_args(argv)
