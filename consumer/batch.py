@@ -40,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.buffer import Drain, ViewBuffer
+from api.viewers import QueuedViewers
 from consumer.actions import PURGE, REGISTRY, Abandoned, Action, ActionRunner, ingest_action
 from consumer.actions import REACTION as REACTION_ACTION
 from consumer.actions import SHARE as SHARE_ACTION
@@ -65,7 +66,18 @@ Views = tuple[list[str], list[str], list[int], dict[str, list[str]], list[str], 
 
 class JournaledBuffer(ViewBuffer):
     """The api's view buffer, used for one batch: cut explicitly so the drains can be journaled
-    before they are applied with ``drain_once``."""
+    before they are applied with ``drain_once``.
+
+    One batch is one cut, so the api's per-cut bounds, which make the api drain early, do not apply:
+    the batch (at most ``consumer_batch_max_messages`` events) bounds the items and every item's user
+    ids, and each of those is kept (an item with more distinct viewers in one batch than
+    ``buffer_viewers_max_per_item`` still feeds them all to its HyperLogLogs)."""
+
+    def __init__(self, settings: Settings, *args: Any) -> None:
+        super().__init__(settings, *args)
+        most = max(settings.consumer_batch_max_messages, settings.buffer_max_items)
+        self._max_items = most
+        self._viewers = QueuedViewers(most)
 
     def cut(self) -> list[Drain]:
         self._cut()
@@ -339,8 +351,8 @@ class BatchProcessor:
         settings = self._settings
         buffer = JournaledBuffer(settings, self._redis, self._scripts.apply_views, self._metrics)
         viewers = (viewer_ids, viewer_users) if viewer_ids else None  # unique viewers, as over HTTP
-        if not buffer.add_many(ids, watch_ids, watch_seconds, signals, viewers):
-            raise RuntimeError("a batch larger than ENGAGEMENT_BUFFER_MAX_ITEMS")
+        accepted = buffer.add_many(ids, watch_ids, watch_seconds, signals, viewers)
+        assert accepted, "a fresh buffer holds any batch"
         return buffer, [drain.call(settings) for drain in buffer.cut()]
 
     async def _drain(self, buffer: JournaledBuffer) -> None:
