@@ -3,6 +3,7 @@ and ``engagementd consume`` as a real process (so tests can SIGKILL it)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -38,28 +39,39 @@ def envelope(payload: dict[str, Any], /, **overrides: Any) -> bytes:
     return orjson.dumps(event)
 
 
-def produce(bootstrap: str, topic: str, records: Iterable[tuple[str | None, bytes | None]]) -> int:
-    """Produce (key, value) records and wait for every acknowledgement; returns how many."""
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[str | None, bytes | None]],
+    located: list[tuple[int, int]] | None = None,
+) -> int:
+    """Produce (key, value) records and wait for every acknowledgement; returns how many. ``located``,
+    when given, receives each record's (partition, offset), in the order of ``records``."""
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 20, "logger": _rdkafka_log, "enable.idempotence": True}
     )
     failures: list[str] = []
+    where: dict[int, tuple[int, int]] = {}
 
-    def report(err: Any, _msg: Any) -> None:
+    def report(i: int, err: Any, msg: Any) -> None:
         if err is not None:
             failures.append(str(err))
+        else:
+            where[i] = (msg.partition(), msg.offset())
 
     n = 0
     for key, value in records:
         while True:
             try:
-                producer.produce(topic, value, key, on_delivery=report)
+                producer.produce(topic, value, key, on_delivery=functools.partial(report, n))
                 break
             except BufferError:
                 producer.poll(0.05)
         n += 1
     assert producer.flush(30) == 0
     assert not failures, failures[:3]
+    if located is not None:
+        located += (where[i] for i in range(n))
     return n
 
 

@@ -1,5 +1,6 @@
 """The consumer SIGKILLed mid-stream and restarted, twice: exact totals in Postgres; SIGTERM commits
-and leaves the group; /metrics on --metrics-port."""
+and leaves the group, and mid-stream finishes and commits the batch in hand; /metrics on
+--metrics-port."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 from confluent_kafka import Consumer, TopicPartition
 from consumer_helpers import (
     INGEST,
@@ -22,6 +24,7 @@ from consumer_helpers import (
 )
 from service_fixtures import counters_in_postgres, run_flusher_once, wait_until
 
+from daemon import keys
 from daemon.kafka_mock import MockCluster
 from daemon.servers import free_port
 from daemon.settings import Settings
@@ -53,6 +56,27 @@ def _events(rng: random.Random) -> tuple[list[tuple[str, bytes]], dict[str, Coun
 
 def _progress(settings: Settings) -> int:
     return sum(offset + 1 for offset in applied_offsets(settings).values())
+
+
+def _committed(bootstrap: str, settings: Settings, fields: list[str]) -> dict[str, int]:
+    """The group's committed offsets as "<topic>:<partition>" -> last offset committed, for the
+    partitions with a commit."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.consumer_group})
+    try:
+        parts = [TopicPartition(INGEST, int(field.rsplit(":", 1)[1])) for field in fields]
+        return {
+            f"{tp.topic}:{tp.partition}": tp.offset - 1
+            for tp in consumer.committed(parts, timeout=10)
+            if tp.offset >= 0
+        }
+    finally:
+        consumer.close()
+
+
+def _views_in_postgres(settings: Settings) -> dict[str, int]:
+    run_flusher_once(settings)
+    counters = counters_in_postgres(settings.database_url)
+    return {content_id: c["views"] for content_id, c in counters.items() if c["views"]}
 
 
 @pytest.fixture
@@ -137,20 +161,64 @@ def test_sigterm_commits_the_batch_and_leaves_the_group_and_metrics_count_it(
     assert proc.stop() == 0
 
     # Then its offsets are committed to the end of every partition
-    committed = Consumer(
-        {"bootstrap.servers": kafka_cluster.bootstrap_servers, "group.id": settings.consumer_group}
-    )
-    try:
-        parts = [TopicPartition(INGEST, int(field.rsplit(":", 1)[1])) for field in ends]
-        got_offsets = {
-            f"{tp.topic}:{tp.partition}": tp.offset - 1 for tp in committed.committed(parts, timeout=10)
-        }
-    finally:
-        committed.close()
-    assert got_offsets == ends
+    assert _committed(kafka_cluster.bootstrap_servers, settings, list(ends)) == ends
     # and it left the group: a new member takes every partition at once and finds nothing to apply
     nxt = ConsumerProcess(settings, "--once")
     processes.append(nxt)
     assert nxt.proc.wait(timeout=60) == 0
     run_flusher_once(settings)
     assert sum(c["views"] for c in counters_in_postgres(settings.database_url).values()) == 5000
+
+
+def test_sigterm_mid_stream_finishes_the_batch_in_hand_and_commits_it(
+    kafka_cluster: MockCluster, migrated: Settings, processes: list[ConsumerProcess]
+) -> None:
+    # Given 60,000 views of 300 items on 4 partitions, each record's partition and offset known,
+    # consumed in batches of at most 2,000
+    rng = random.Random(7)
+    content_ids = [f"item-{rng.randrange(300)}" for _ in range(60_000)]
+    records = [
+        (f"user-{i}", envelope({"event_type": "media_started", "content_id": content_id}))
+        for i, content_id in enumerate(content_ids)
+    ]
+    bootstrap = kafka_cluster.bootstrap_servers
+    located: list[tuple[int, int]] = []
+    produce(bootstrap, INGEST, records, located)
+    ends = end_offsets(bootstrap, INGEST)
+    total = len(records)
+    assert len(ends) == 4 and sum(o + 1 for o in ends.values()) == total
+    settings = consumer_settings(migrated, bootstrap, consumer_batch_max_messages=2000, log_level="WARNING")
+    proc = ConsumerProcess(settings)
+    processes.append(proc)
+    wait_until(lambda: _progress(settings) >= 0.1 * total, 60, "10% of the views applied")
+
+    # When it gets SIGTERM mid-stream
+    assert proc.stop() == 0
+
+    # Then what it applied is what it committed, on every partition, and the stream is not finished
+    committed = _committed(bootstrap, settings, list(ends))
+    assert committed == applied_offsets(settings)
+    assert sum(o + 1 for o in committed.values()) < total, "the consumer finished before SIGTERM"
+    # and no batch is left journaled or reserved beyond what is applied: the batch in hand was finished
+    group = settings.consumer_group
+    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as r:
+        assert r.hlen(keys.consumer_journal_key(group)) == 0
+        assert r.hlen(keys.consumer_journal_ranges_key(group)) == 0
+        claims = {k: int(v) for k, v in r.hgetall(keys.consumer_claims_key(group)).items()}
+    assert claims == committed
+    # and the views counted are exactly those of the committed messages, item by item
+    done = Counter(
+        content_id
+        for content_id, (partition, offset) in zip(content_ids, located, strict=True)
+        if offset <= committed.get(f"{INGEST}:{partition}", -1)
+    )
+    assert _views_in_postgres(settings) == dict(done)
+
+    # When a second consumer runs to the end of every partition
+    proc = ConsumerProcess(settings)
+    processes.append(proc)
+    wait_until(lambda: applied_offsets(settings) == ends, 120, "every partition applied to its end")
+    assert proc.stop() == 0
+
+    # Then Postgres holds every view exactly once, item by item
+    assert _views_in_postgres(settings) == dict(Counter(content_ids))
