@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 from dataclasses import dataclass, field
@@ -44,8 +43,7 @@ class Services:
     limits: dict[str, Limit] = field(default_factory=dict)
     limiter: RateLimiter | None = None
     shared_metrics: SharedMetrics | None = None
-    _pool: asyncpg.Pool | None = None
-    _pool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _pool: db.LazyPool | None = None
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -69,10 +67,8 @@ class Services:
     async def pool(self) -> asyncpg.Pool:
         """The Postgres pool, created on first use so that the API starts while Postgres is down."""
         if self._pool is None:
-            async with self._pool_lock:
-                if self._pool is None:
-                    self._pool = await db.create_pool(self.settings)
-        return self._pool
+            self._pool = db.LazyPool(self.settings)
+        return await self._pool()
 
     async def start(self) -> None:
         if not self.auth.configured:

@@ -74,7 +74,7 @@ async def add_share(
         conn = await pool.acquire()
     except _PG_ERRORS as exc:
         log.warning("share refused: Postgres unavailable (%s)", exc)
-        raise unavailable(services, "Shares are temporarily unavailable.") from None
+        raise unavailable(services, "Shares are temporarily unavailable.") from exc
     try:
         transaction = conn.transaction()
         try:
@@ -82,7 +82,7 @@ async def add_share(
             share_id = await conn.fetchval(_INSERT, content_id, user_id, platform, external)
         except _PG_ERRORS as exc:
             log.warning("share refused: Postgres unavailable (%s)", exc)
-            raise unavailable(services, "Shares are temporarily unavailable.") from None
+            raise unavailable(services, "Shares are temporarily unavailable.") from exc
         try:
             status, counted_id, shares = await services.scripts.add_share(
                 services.redis, script_keys, [content_id, ttl, fingerprint, share_id, "add"]
@@ -90,7 +90,7 @@ async def add_share(
         except (RedisError, OSError) as exc:
             await _rollback(transaction)
             log.warning("share %s not recorded: Redis unavailable (%s); row rolled back", share_id, exc)
-            raise unavailable(services, "Shares are temporarily unavailable.") from None
+            raise unavailable(services, "Shares are temporarily unavailable.") from exc
         if status != "added":  # replayed or conflict: this request adds nothing
             await _rollback(transaction)
             if status == "conflict":
@@ -101,7 +101,7 @@ async def add_share(
             except _PG_ERRORS as exc:
                 await _undo(services, script_keys, content_id, ttl, fingerprint, share_id)
                 log.warning("share %s not recorded: commit failed (%s); count taken back", share_id, exc)
-                raise unavailable(services, "Shares are temporarily unavailable.") from None
+                raise unavailable(services, "Shares are temporarily unavailable.") from exc
     finally:
         await pool.release(conn)
     return {

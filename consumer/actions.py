@@ -11,11 +11,13 @@
 - ``user.deleted``: the injected ``purge_user(user_id)``: idempotent (purging twice removes nothing
   more).
 
-A failure is either *unavailable* (Redis or Postgres unreachable): the action is retried with backoff
-for as long as it takes and no try is counted, since dead-lettering a whole stream because a server
-restarted would only move the problem; or a *handler failure* (anything else): a try is counted, the
-action is retried with exponential backoff, and after ``consumer_retry_max_tries`` tries it is
-dead-lettered with the last error.
+A failure is either *unavailable* (``is_unavailable``: Redis or Postgres unreachable, restarting or
+failing over): the action is retried with backoff for as long as it takes and no try is counted, since
+dead-lettering a whole stream because a server restarted would only move the problem; or a *handler
+failure* (anything else, a server's error answer included: a missing table, a script error, Redis out
+of memory): a try is counted, the action is retried with exponential backoff, and after
+``consumer_retry_max_tries`` tries it is dead-lettered with the last error. A purge is unavailable only
+when every step that failed met an unreachable server; a share's 503 by the cause it carries.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import asyncpg
 from confluent_kafka import Message
+from redis.exceptions import ClusterDownError, MasterDownError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -47,16 +50,35 @@ log = logging.getLogger(__name__)
 PurgeUser = Callable[[str], Awaitable[Any]]
 
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
+    RedisConnectionError,  # BusyLoadingError (Redis loading its data) included
     RedisTimeoutError,
+    ReadOnlyError,  # a replica that was the master: failing over
+    MasterDownError,
+    ClusterDownError,
+    TryAgainError,
     OSError,
     TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    PurgeIncomplete,  # a purge step met Redis or Postgres unreachable: the purge is re-run
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError included
+    asyncpg.CannotConnectNowError,  # starting up
+    asyncpg.AdminShutdownError,  # shutting down
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
 )
 REACTION, SHARE, REGISTRY, PURGE = "reaction", "share", "registry", "purge"
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says a server could not be reached (retry without counting a try) rather than
+    that it refused or failed this message."""
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):  # "connection is closed", "pool is closing"...
+        return not isinstance(exc, ValueError)  # ... but not the client's DataError or configuration
+    if isinstance(exc, PurgeIncomplete):
+        return all(map(is_unavailable, exc.errors))
+    if isinstance(exc, ApiError) and exc.status == 503 and exc.__cause__ is not None:
+        return is_unavailable(exc.__cause__)
+    return False
 
 
 class Abandoned(Exception):
@@ -118,12 +140,13 @@ class ActionRunner:
             for action, error in await self._round(pending):
                 if error is None:
                     self._metrics.applied.labels(action.msg.topic()).inc()
-                elif isinstance(error, UNAVAILABLE_ERRORS):
+                elif is_unavailable(error):
                     self._metrics.retries.labels("unavailable").inc()
                     retry.append(action)
                 else:
                     action.tries += 1
-                    action.error = f"{type(error).__name__}: {error}"
+                    cause = error.__cause__ if isinstance(error, ApiError) and error.__cause__ else error
+                    action.error = f"{type(cause).__name__}: {cause}"
                     if action.tries >= settings.consumer_retry_max_tries:
                         log.error("%s failed %d tries: %s", action.key, action.tries, action.error)
                         dead.append(DeadLetter.of(action.msg, "handler_failed", action.error, action.tries))
@@ -179,12 +202,7 @@ class ActionRunner:
     async def _one(self, action: Action) -> None:
         if action.kind == SHARE:
             content_id, user_id, platform, external = action.args
-            try:
-                await add_share(self._deps, content_id, user_id, platform, external, action.key)  # type: ignore[arg-type]
-            except ApiError as exc:
-                if exc.status == 503:
-                    raise ConnectionError(exc.message) from None
-                raise
+            await add_share(self._deps, content_id, user_id, platform, external, action.key)  # type: ignore[arg-type]
         elif action.kind == REGISTRY:
             await self._registry.put(*action.args)
         elif action.kind == PURGE:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
 from typing import Any
 
-import asyncpg
 from prometheus_client import start_http_server
 
 from consumer.actions import ActionRunner, Deps, PurgeUser
@@ -27,10 +25,15 @@ from lua import Scripts
 log = logging.getLogger(__name__)
 
 
-def purge_for(redis: Any, scripts: Scripts, pool: asyncpg.Pool, settings: Settings) -> PurgeUser:
+def purge_for(redis: Any, scripts: Scripts, pool: db.LazyPool, settings: Settings) -> PurgeUser:
     """The GDPR purge ``user.deleted`` runs (daemon/purge.py). It raises ``PurgeIncomplete`` when a step
-    failed: the message is then retried with backoff like any failing handler."""
-    return functools.partial(purge.purge_user, redis, scripts, pool, settings)
+    failed: retried without counting a try while only unreachable servers failed it, else like any
+    failing handler (consumer/actions.py)."""
+
+    async def purge_user(user_id: str) -> dict:
+        return await purge.purge_user(redis, scripts, await pool(), settings, user_id)
+
+    return purge_user
 
 
 def topics_for(settings: Settings, purge: PurgeUser | None) -> list[str]:
@@ -61,7 +64,7 @@ async def run_consumer(
     bootstrap = mock.bootstrap_servers if mock is not None else settings.kafka_bootstrap
     redis = make_redis(settings)
     scripts = Scripts.load()
-    pool = await db.create_pool(settings)
+    pool = db.LazyPool(settings)  # the consumer starts, and applies views, while Postgres is down
     retry_max_s = settings.consumer_retry_max_ms / 1000
     dead_letters = DeadLetterProducer(bootstrap, settings.consumer_group, retry_max_s)
     try:
@@ -71,15 +74,12 @@ async def run_consumer(
         if purge is None and settings.consumer_user_deleted_topic:
             log.warning("no GDPR purge wired: %s is not consumed", settings.consumer_user_deleted_topic)
 
-        async def get_pool() -> asyncpg.Pool:
-            return pool
-
         loop: ConsumeLoop | None = None
 
         def stopping() -> bool:
             return loop is not None and loop.stopping
 
-        deps = Deps(settings, redis, scripts, get_pool)
+        deps = Deps(settings, redis, scripts, pool)
         runner = ActionRunner(deps, consumer_metrics, purge, stopping)
         store = OffsetStore(redis, scripts, settings.consumer_group, settings.consumer_offsets_ttl_s)
         processor = BatchProcessor(

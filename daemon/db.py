@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -47,6 +48,27 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         timeout=settings.db_timeout_s,
         command_timeout=max(settings.db_timeout_s, 30.0),
     )
+
+
+class LazyPool:
+    """The Postgres pool, created on first use (``await lazy()``), so that a process starts, and does
+    what needs no Postgres, while Postgres is down; a failed creation is tried again on the next use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await create_pool(self._settings)
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
 
 
 async def migrate(settings: Settings) -> list[Migration]:

@@ -55,12 +55,17 @@ Step = Callable[[PurgeContext], Awaitable[dict[str, int]]]
 
 
 class PurgeIncomplete(Exception):
-    """Some steps failed; what the others removed is in ``summary``. Run the purge again."""
+    """Some steps failed; what the others removed is in ``summary``, each failed step's error in
+    ``errors`` (parallel to ``failed``). Run the purge again."""
 
-    def __init__(self, summary: dict[str, Any], failed: list[str]) -> None:
-        super().__init__(f"purge of a user incomplete: steps {', '.join(failed)} failed")
+    def __init__(self, summary: dict[str, Any], failed: list[str], errors: list[BaseException]) -> None:
+        reasons = "; ".join(
+            f"{name}: {type(exc).__name__}: {exc}" for name, exc in zip(failed, errors, strict=True)
+        )
+        super().__init__(f"purge of a user incomplete: steps failed ({reasons})")
         self.summary = summary
         self.failed = failed
+        self.errors = errors
 
 
 async def purge_user(
@@ -71,6 +76,7 @@ async def purge_user(
     ctx = PurgeContext(redis, scripts, pool, settings, user_id)
     removed: dict[str, int] = {}
     failed: list[str] = []
+    errors: list[BaseException] = []
     for name, step in STEPS:
         try:
             for what, n in (await step(ctx)).items():
@@ -78,9 +84,10 @@ async def purge_user(
         except _ERRORS as exc:
             log.warning("purge step %s failed (%s); the purge must be run again", name, exc)
             failed.append(name)
+            errors.append(exc)
     summary = {"user_id": user_id, "removed": removed}
     if failed:
-        raise PurgeIncomplete(summary, failed)
+        raise PurgeIncomplete(summary, failed, errors)
     log.info("purged user: %s", removed)
     return summary
 

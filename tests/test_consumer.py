@@ -5,13 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections import Counter
 
+import httpx
 import pytest
 import redis
-from consumer_helpers import INGEST, PUBLISHED, USER_DELETED, consumer_settings, envelope, fetch, produce
+from consumer_helpers import (
+    INGEST,
+    PUBLISHED,
+    USER_DELETED,
+    ConsumerProcess,
+    applied_offsets,
+    consumer_settings,
+    end_offsets,
+    envelope,
+    fetch,
+    produce,
+)
 from kafka_fixtures import consume
-from service_fixtures import counters_in_postgres, run_flusher_once
+from service_fixtures import counters_in_postgres, run_flusher_once, wait_until
 
 from consumer.batch import JournaledBuffer
 from consumer.loop import ConsumeLoop
@@ -19,6 +32,7 @@ from consumer.main import run_consumer
 from consumer.store import OffsetStore
 from daemon import keys
 from daemon.kafka_mock import MockCluster
+from daemon.servers import PostgresServer, free_port
 from daemon.settings import Settings
 
 
@@ -354,3 +368,81 @@ def test_a_batch_with_more_items_than_the_api_buffer_bound_is_applied(
     run_flusher_once(settings)
     counters = counters_in_postgres(settings.database_url)
     assert {c: counts["views"] for c, counts in counters.items()} == {f"wide-{i}": 2 for i in range(1500)}
+
+
+def test_server_errors_that_are_not_outages_are_retried_then_dead_lettered(
+    kafka_cluster: MockCluster, migrated: Settings
+) -> None:
+    # Given a share and a user deletion that Postgres answers with an error (its shares table renamed
+    # away: the server is up, the statement fails), next to a view
+    settings = consumer_settings(migrated, kafka_cluster.bootstrap_servers)
+    fetch(settings.database_url, "ALTER TABLE shares RENAME TO shares_elsewhere")
+    share = envelope({"event_type": "media_shared", "content_id": "s-1", "user_id": "ann", "platform": "x"})
+    view = envelope({"event_type": "media_started", "content_id": "s-1"})
+    produce(kafka_cluster.bootstrap_servers, INGEST, [("ann", share), ("ann", view)])
+    produce(kafka_cluster.bootstrap_servers, USER_DELETED, [("ann", envelope({"user_id": "ann"}))])
+
+    # When the consumer runs (bounded: a failure taken for an outage would be retried forever)
+    assert asyncio.run(asyncio.wait_for(run_consumer(settings, once=True), 120)) == 0
+
+    # Then each failing message is tried 10 times and dead-lettered with the server's error, and the
+    # view is counted
+    for topic, value in ((INGEST, share), (USER_DELETED, envelope({"user_id": "ann"}))):
+        ((_, got, _, headers),) = consume(kafka_cluster.bootstrap_servers, f"{topic}.dlq", 1, headers=True)
+        h = dict(headers)
+        assert (h["error"], h["attempts"]) == (b"handler_failed", b"10"), topic
+        assert b"UndefinedTableError" in h["error_message"], h["error_message"]
+        if topic == INGEST:
+            assert got == value
+    fetch(settings.database_url, "ALTER TABLE shares_elsewhere RENAME TO shares")
+    run_flusher_once(settings)
+    assert counters_in_postgres(settings.database_url)["s-1"]["views"] == 1
+
+
+def test_postgres_down_retries_shares_and_purges_without_counting_tries_until_it_returns(
+    kafka_cluster: MockCluster, migrated: Settings, pg_server: PostgresServer
+) -> None:
+    # Given a like and a share by ann, and ann's deletion, consumed while Postgres is stopped
+    settings = consumer_settings(migrated, kafka_cluster.bootstrap_servers, log_level="ERROR")
+    events = [
+        {"event_type": "media_liked", "content_id": "o-1", "user_id": "ann"},
+        {"event_type": "media_shared", "content_id": "o-1", "user_id": "bob", "platform": "x"},
+    ]
+    produce(kafka_cluster.bootstrap_servers, INGEST, [(e["user_id"], envelope(e)) for e in events])
+    produce(kafka_cluster.bootstrap_servers, USER_DELETED, [("ann", envelope({"user_id": "ann"}))])
+    ends = {
+        **end_offsets(kafka_cluster.bootstrap_servers, INGEST),
+        **end_offsets(kafka_cluster.bootstrap_servers, USER_DELETED),
+    }
+    pg_server.stop()
+    metrics_port = free_port()
+    proc = ConsumerProcess(settings, "--metrics-port", str(metrics_port))
+    try:
+        # When the consumer has retried far more than 10 times, and Postgres then returns
+        wait_until(lambda: _unavailable_retries(metrics_port) >= 50, 60, "50 retries while Postgres is down")
+        pg_server.start()
+        wait_until(lambda: applied_offsets(settings) == ends, 60, "every partition applied")
+        assert proc.stop() == 0
+    finally:
+        proc.kill()
+        if not pg_server.is_running():
+            pg_server.start()
+
+    # Then nothing was dead-lettered, the share is one row, and ann's like is purged
+    for topic in (INGEST, USER_DELETED):
+        assert end_offsets(kafka_cluster.bootstrap_servers, f"{topic}.dlq") == {}
+    assert [tuple(r) for r in fetch(settings.database_url, "SELECT user_id, content_id FROM shares")] == [
+        ("bob", "o-1")
+    ]
+    run_flusher_once(settings)
+    row = counters_in_postgres(settings.database_url)["o-1"]
+    assert (row["likes"], row["shares"]) == (0, 1)
+
+
+def _unavailable_retries(metrics_port: int) -> float:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    except httpx.TransportError:
+        return 0.0
+    found = re.search(r'^engagement_consumer_retries_total\{reason="unavailable"\} (\S+)$', text, re.M)
+    return float(found[1]) if found else 0.0
