@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from daemon.kafka_mock import MockCluster
 
@@ -34,13 +34,13 @@ def consume(
     topic: str,
     n: int,
     timeout_s: float = 30.0,
-    settle_s: float = 0.5,
     group_protocol: str = "consumer",
     headers: bool = False,
 ) -> list[Any]:
-    """Exactly the first ``n`` messages of ``topic``, read with a new consumer group from the earliest
-    offset; fails if fewer arrive before the deadline or more arrive within ``settle_s`` after. With
-    ``headers``, each record also carries the message's headers (a list of (name, bytes)).
+    """Exactly the ``n`` messages of ``topic``, read with a new consumer group from the earliest
+    offset; fails if fewer arrive before the deadline, or if the topic holds more than ``n`` (its
+    partitions' watermarks: call it once the producers are done). With ``headers``, each record also
+    carries the message's headers (a list of (name, bytes)).
 
     The KIP-848 ``consumer`` group protocol joins the mock cluster's group in ~0.1 s; ``classic``
     works too but waits out the mock coordinator's ~3 s initial rebalance delay."""
@@ -58,14 +58,8 @@ def consume(
     try:
         consumer.subscribe([topic])
         deadline = time.monotonic() + timeout_s
-        settle_until: float | None = None
-        while True:
-            now = time.monotonic()
-            if len(records) >= n and settle_until is None:
-                settle_until = now + settle_s
-            if (settle_until is not None and now >= settle_until) or now >= deadline:
-                break
-            for msg in consumer.consume(num_messages=max(n - len(records), 1), timeout=0.1):
+        while len(records) < n and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=n - len(records), timeout=0.1):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
@@ -73,8 +67,13 @@ def consume(
                     raise AssertionError(f"consumer error on {topic}: {err}")
                 record = (msg.key(), msg.value(), msg.partition() or 0)
                 records.append((*record, msg.headers() or []) if headers else record)
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        held = 0
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            held += high - low
     finally:
         consumer.close()
-    if len(records) != n:
-        raise AssertionError(f"read {len(records)} messages from {topic}, expected exactly {n}")
+    if len(records) != n or held != n:
+        raise AssertionError(f"read {len(records)} of the {held} messages of {topic}, expected exactly {n}")
     return records

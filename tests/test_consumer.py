@@ -402,13 +402,17 @@ def test_server_errors_that_are_not_outages_are_retried_then_dead_lettered(
 def test_postgres_down_retries_shares_and_purges_without_counting_tries_until_it_returns(
     kafka_cluster: MockCluster, migrated: Settings, pg_server: PostgresServer
 ) -> None:
-    # Given a like and a share by ann, and ann's deletion, consumed while Postgres is stopped
+    # Given ann's like, applied and flushed to Postgres
     settings = consumer_settings(migrated, kafka_cluster.bootstrap_servers, log_level="ERROR")
-    events = [
-        {"event_type": "media_liked", "content_id": "o-1", "user_id": "ann"},
-        {"event_type": "media_shared", "content_id": "o-1", "user_id": "bob", "platform": "x"},
-    ]
-    produce(kafka_cluster.bootstrap_servers, INGEST, [(e["user_id"], envelope(e)) for e in events])
+    like = {"event_type": "media_liked", "content_id": "o-1", "user_id": "ann"}
+    produce(kafka_cluster.bootstrap_servers, INGEST, [("ann", envelope(like))])
+    assert run_once(settings) == 0
+    run_flusher_once(settings)
+    assert counters_in_postgres(settings.database_url)["o-1"]["likes"] == 1
+    # and then a share by bob and ann's deletion (topics apart: Kafka does not order them), consumed
+    # while Postgres is stopped
+    share = {"event_type": "media_shared", "content_id": "o-1", "user_id": "bob", "platform": "x"}
+    produce(kafka_cluster.bootstrap_servers, INGEST, [("bob", envelope(share))])
     produce(kafka_cluster.bootstrap_servers, USER_DELETED, [("ann", envelope({"user_id": "ann"}))])
     ends = {
         **end_offsets(kafka_cluster.bootstrap_servers, INGEST),
