@@ -222,3 +222,32 @@ def test_sigterm_mid_stream_finishes_the_batch_in_hand_and_commits_it(
 
     # Then Postgres holds every view exactly once, item by item
     assert _views_in_postgres(settings) == dict(Counter(content_ids))
+
+
+@pytest.mark.slow
+def test_two_consumers_of_a_classic_group_rebalance_mid_stream_and_count_every_event_once(
+    kafka_cluster: MockCluster, migrated: Settings, processes: list[ConsumerProcess]
+) -> None:
+    # Given 40,500 events on 4 partitions and two consumers of one group on the classic protocol
+    # (eager rebalances: the default, and what docker-compose's Kafka runs)
+    records, expected = _events(random.Random(5))
+    total = produce(kafka_cluster.bootstrap_servers, INGEST, records)
+    ends = end_offsets(kafka_cluster.bootstrap_servers, INGEST)
+    settings = consumer_settings(
+        migrated, kafka_cluster.bootstrap_servers, consumer_batch_max_messages=500, log_level="WARNING"
+    ).replace(consumer_group_protocol="classic")
+    first, second = ConsumerProcess(settings), ConsumerProcess(settings)
+    processes += [first, second]
+
+    # When one of them leaves mid-stream (its partitions move to the other, which is applying)
+    wait_until(lambda: _progress(settings) >= 0.3 * total, 90, "30% of the events applied")
+    assert first.stop() == 0
+    assert _progress(settings) < total, "the stream ended before the rebalance"
+
+    # Then the other one applies every partition to its end, and Postgres holds exact totals
+    wait_until(lambda: applied_offsets(settings) == ends, 120, "every partition applied to its end")
+    assert second.stop() == 0
+    run_flusher_once(settings)
+    counters = counters_in_postgres(settings.database_url)
+    for content_id, counts in expected.items():
+        assert {k: v for k, v in counters[content_id].items() if v} == dict(counts), content_id
