@@ -4,11 +4,14 @@ A single view costs a dict update; a bulk batch costs one list extend (its ids a
 with ``Counter``, only when the buffer is cut). Every ``buffer_flush_interval_ms`` (or sooner, once
 ``buffer_flush_items`` entries wait) the buffer is cut: the queues are swapped for empty ones without
 an await in between, so nothing that arrives during a drain can be lost, and the cut is grouped by
-shard into drains, each with an id and its increments packed as msgpack. A drain is one
-``apply_views`` call per shard, all pipelined in one round trip; the script remembers applied drain
-ids, so a drain whose reply was lost is retried with the same id and never counts twice.
+shard into drains, each named by this buffer's id and a sequence number per shard, its increments
+packed as msgpack. A drain is one ``apply_views`` call per shard, all pipelined in one round trip; the
+script keeps one mark per sender and shard (api/drains.py), so a drain whose reply was lost is retried
+as is and never counts twice. An item whose counts Redis no longer holds is loaded from Postgres by the
+store (daemon/store/cold.py) before its drain applies.
 
-While Redis fails, the drains stay in flight and are retried with exponential backoff; new views keep
+While Redis fails (or refuses writes at maxmemory, or the Postgres read of a cold item fails), the
+drains stay in flight and are retried with exponential backoff; new views keep
 coalescing per item. The buffer is bounded (queued + in flight entries, ``buffer_max_items``): past
 it a view for a new item is refused (the API answers 503) and counted; views for items already
 buffered or in flight are still taken. On close the
@@ -19,29 +22,29 @@ dropped silently.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 import uuid
 from collections import Counter
 
-from redis.exceptions import RedisError
+import asyncpg
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from api.drains import Drain, Signals, group_by_shard, split
 from api.viewers import QueuedViewers
 from daemon import keys
 from daemon.metrics import Metrics
 from daemon.settings import Settings
-from lua import LuaScript
+from daemon.store import Store
+from daemon.store.cold import ColdLoadError
 
 log = logging.getLogger(__name__)
 
 
 class ViewBuffer:
-    def __init__(self, settings: Settings, redis: object, script: LuaScript, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
         self._settings = settings
-        self._redis = redis
-        self._script = script
+        self._store = store
         self._metrics = metrics
         # Single views, coalesced per request.
         self._views: dict[str, int] = {}
@@ -66,8 +69,8 @@ class ViewBuffer:
         self._closing = False
         self._layout_checked = False
         self._task: asyncio.Task[None] | None = None
-        self._drain_prefix = uuid.uuid4().hex[:16]
-        self._drain_seq = itertools.count(1)
+        self.process = uuid.uuid4().hex[:16]  # names this buffer's drains (api/drains.py)
+        self._seqs: dict[int, int] = {}  # shard -> sequence of the last drain cut for it
         self.accepted = 0  # view events accepted (monotonic)
         self.refused = 0  # view events refused because the buffer was full or closing
         metrics.track_buffer(self)
@@ -271,7 +274,7 @@ class ViewBuffer:
         shard_list = views_by_shard.keys()
         if signals_by_shard:
             shard_list = sorted(shard_list | watch_by_shard.keys() | signals_by_shard.keys())
-        prefix = self._drain_prefix
+        seqs = self._seqs
         for shard in shard_list:
             parts = split(
                 views_by_shard.get(shard, {}),
@@ -280,8 +283,8 @@ class ViewBuffer:
                 viewers_by_shard.get(shard, {}),
             )
             for chunk, chunk_watch, chunk_signals, chunk_viewers in parts:
-                drain_id = f"{prefix}-{next(self._drain_seq)}"
-                drain = Drain(shard, drain_id, chunk, chunk_watch, chunk_signals, chunk_viewers, day)
+                seq = seqs[shard] = seqs.get(shard, 0) + 1
+                drain = Drain(shard, self.process, seq, chunk, chunk_watch, chunk_signals, chunk_viewers, day)
                 self._inflight.append(drain)
                 self._inflight_items += drain.items
         self._inflight_ids = None
@@ -291,14 +294,16 @@ class ViewBuffer:
         started = time.perf_counter()
         try:
             if not self._layout_checked:
-                await keys.check_shards(self._redis, self._settings.shards)
+                await keys.check_shards(self._store.redis, self._settings.shards)
                 self._layout_checked = True
-            results = await self._script.call_many(self._redis, [d.call(self._settings) for d in drains])
+            calls = [d.call(self._settings) for d in drains]
+            results = await self._store.apply_drains(calls, [d.needed for d in drains])
         except keys.LayoutError as exc:
             self._metrics.redis_flush_errors.inc()
             log.error("%s; %d views kept, not applied", exc, self.pending_views())
             return False
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Redis unreachable, or the Postgres read of an item Redis no longer holds failed
             self._metrics.redis_flush_errors.inc()
             log.warning("view drain to Redis failed (%s); %d views kept for retry", exc, self.pending_views())
             return False
@@ -308,7 +313,10 @@ class ViewBuffer:
         for drain, result in zip(drains, results, strict=True):
             if isinstance(result, Exception):
                 remaining.append(drain)
-                log.warning("view drain %s on shard %d failed: %s", drain.drain_id, drain.shard, result)
+                if isinstance(result, OutOfMemoryError):
+                    self._metrics.redis_oom_refusals.labels(what="drain").inc()
+                elif not isinstance(result, ColdLoadError):
+                    log.warning("view drain %d on shard %d failed: %s", drain.seq, drain.shard, result)
             else:
                 applied_views += drain.total_views
         self._metrics.redis_flushed_views.inc(applied_views)

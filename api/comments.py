@@ -29,6 +29,7 @@ from api.reactions import check_rate
 from api.services import Services
 from api.subscriptions import unavailable
 from daemon import comment_counts
+from daemon.store.cold import ColdLoadError
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,8 @@ async def _settle(services: Services, pool: asyncpg.Pool, comment_id: int) -> No
     """Apply the row's count change now; if Redis (or Postgres) fails, it stays pending on the row and
     reconcile applies it (the comment itself is already committed)."""
     try:
-        await comment_counts.settle(services.redis, services.scripts, pool, services.settings, [comment_id])
-    except RedisError as exc:
+        await comment_counts.settle(services.store, pool, [comment_id])
+    except (RedisError, ColdLoadError) as exc:
         services.metrics.fallback_writes.labels(kind="comment").inc()
         log.warning("comment %d: count change left for reconcile, Redis unavailable (%s)", comment_id, exc)
     except _PG_ERRORS as exc:

@@ -2,6 +2,9 @@
 
 A cut of the view buffer is grouped by shard here, split into calls of at most
 ``MAX_ITEMS_PER_CALL`` items, and each call packed once as msgpack, so that a retry sends it as is.
+A drain is named by its sender (``process``: an api buffer, a consumer batch) and a sequence number
+counted per sender and shard from 1: ``apply_views.lua`` keeps one mark per sender and shard, so a
+retried drain counts once without a key per drain (docs/redis-memory.md).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ class Drain:
     """One apply_views call: a shard's increments under one drain id, packed once, retried as is."""
 
     shard: int
-    drain_id: str
+    process: str  # the sender: an api buffer's id, a consumer batch's id
+    seq: int  # counted per sender and shard from 1
     views: dict[str, int]
     watch: dict[str, int]
     # playback signals: counter (completions, skips, replays) -> {content_id: n}; usually empty
@@ -39,12 +43,16 @@ class Drain:
     day: str = ""  # UTC day (yyyymmdd) of the daily HLLs: the day of the cut, kept by retries
     total_views: int = field(init=False)
     items: int = field(init=False)  # entries it holds, for the buffer bound
+    needed: dict[str, int] = field(init=False)  # cold keys it uses, by kind (hit metrics)
     _args: tuple[bytes | str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.total_views = sum(self.views.values())
         self.items = len(self.views) + sum(map(len, self.signals.values()))
+        self.needed = {"counts": len(self.views.keys() | self.watch.keys()), "viewers": 2 * len(self.viewers)}
         self._args = (
+            self.process,
+            str(self.seq),
             msgpack.packb(self.views),
             msgpack.packb(self.watch),
             msgpack.packb(self.signals) if self.signals else _EMPTY_MAP,
@@ -54,16 +62,32 @@ class Drain:
         )
 
     def call(self, settings: Settings) -> tuple[list[str], list[str | int | bytes]]:
-        shard = self.shard
-        call_keys = [
-            keys.live_key(shard),
-            keys.delta_key(shard),
-            keys.drain_key(shard, self.drain_id),
-            keys.uv_touch_key(shard),
-            keys.vdelta_key(shard),
-        ]
-        args = [settings.drain_marker_ttl_s, *self._args]
-        return call_keys, [*args, settings.unique_viewers_daily_ttl_s, settings.view_delta_max_drains]
+        """``apply_views``'s KEYS and ARGV (without the seeds, which the store adds when needed)."""
+        args = [*self._args, settings.view_delta_max_drains, settings.drain_marker_ttl_s]
+        return drain_keys(self.shard), args
+
+
+def drain_keys(shard: int) -> list[str]:
+    """The KEYS of an ``apply_views`` call on ``shard``."""
+    return [
+        keys.delta_key(shard),
+        keys.vdelta_key(shard),
+        keys.uv_touch_key(shard),
+        keys.uv_all_touch_key(shard),
+        keys.rec_key(shard),
+        keys.recexp_key(shard),
+        keys.dirty_key(shard),
+    ]
+
+
+def mark_of(call: tuple[list[str], list[str | int | bytes]]) -> tuple[int, str]:
+    """(shard, process) of the drain mark a ``Drain.call`` writes (to forget it, api/drains users)."""
+    call_keys, args = call
+    rec = call_keys[4]  # eng:{s:N}:rec
+    process = args[0]
+    return int(rec[rec.index("{s:") + 3 : rec.index("}")]), process.decode() if isinstance(
+        process, bytes
+    ) else str(process)
 
 
 def group_by_shard(counts: dict[str, T], shards: int) -> list[tuple[int, dict[str, T]]]:

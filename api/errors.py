@@ -73,3 +73,18 @@ def internal_error(method: str, path: str) -> Response:
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     return internal_error(request.method, request.url.path)
+
+
+def unavailable(retry_after_s: int, message: str, code: str = "unavailable") -> ApiError:
+    """503 with Retry-After: a dependency cannot serve this request now; retrying later can work."""
+    return ApiError(503, code, message, {"Retry-After": str(retry_after_s)})
+
+
+def memory_full(retry_after_s: int) -> ApiError:
+    """503 ``redis_memory_full``: Redis is at maxmemory with nothing left it may evict (only changes not
+    yet written to Postgres); the flusher is freeing memory (docs/redis-memory.md)."""
+    return unavailable(
+        retry_after_s,
+        "Redis is full of changes not yet written to Postgres; retry later.",
+        "redis_memory_full",
+    )

@@ -21,10 +21,10 @@ import hashlib
 import logging
 import re
 
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.requests import Request
 
-from api.errors import ApiError
+from api.errors import ApiError, memory_full
 from api.pipeliner import pipeliner_for
 from api.services import Services
 
@@ -69,17 +69,22 @@ def reused(scope: str = "") -> ApiError:
     )
 
 
-async def claim(services: Services, record_key: str, request_fingerprint: str, answer: str) -> str | None:
-    """Claim ``record_key`` for this request: None when claimed, else the first request's answer.
+Claim = tuple[int, str, str]  # the record's shard, its name (daemon.keys.*_record), the fingerprint
+
+
+async def claim(services: Services, record: Claim, answer: str) -> str | None:
+    """Claim the record for this request: None when claimed, else the first request's answer.
 
     422 when the key was used for a different request; 503 when Redis cannot be asked.
     """
+    shard, name, request_fingerprint = record
     try:
-        status, stored = await services.scripts.claim_idempotency(
-            pipeliner_for(services),
-            [record_key],
-            ["claim", request_fingerprint, answer, services.settings.idempotency_ttl_s],
+        status, stored = await services.store.claim(
+            shard, name, "claim", request_fingerprint, answer, client=pipeliner_for(services)
         )
+    except OutOfMemoryError:
+        services.metrics.redis_oom_refusals.labels(what="request").inc()
+        raise memory_full(services.settings.buffer_retry_after_s) from None
     except (RedisError, OSError) as exc:
         log.warning("Idempotency-Key not checked: Redis unavailable (%s)", exc)
         raise ApiError(
@@ -93,11 +98,12 @@ async def claim(services: Services, record_key: str, request_fingerprint: str, a
     return None if status == "claimed" else str(stored)
 
 
-async def release(services: Services, record_key: str, request_fingerprint: str) -> None:
+async def release(services: Services, record: Claim) -> None:
     """Give a claim back (its request was refused after claiming), so that a retry is applied."""
+    shard, name, request_fingerprint = record
     try:
-        await services.scripts.claim_idempotency(
-            pipeliner_for(services), [record_key], ["release", request_fingerprint, "", 0]
+        await services.store.claim(
+            shard, name, "release", request_fingerprint, "", client=pipeliner_for(services)
         )
     except (RedisError, OSError) as exc:  # the retry will be answered as a replay: say so
-        log.error("Idempotency-Key claim %s not released (%s); a retry will not be applied", record_key, exc)
+        log.error("Idempotency-Key claim %s not released (%s); a retry will not be applied", name, exc)

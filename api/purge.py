@@ -42,7 +42,7 @@ async def purge(request: Request) -> Response:
         log.warning("purge refused: Postgres unavailable (%s)", exc)
         raise ApiError(503, "unavailable", "The purge could not run; retry.", retry) from None
     try:
-        summary = await purge_user(services.redis, services.scripts, pool, services.settings, user_id)
+        summary = await purge_user(services.store, pool, user_id)
     except PurgeIncomplete as exc:
         raise ApiError(
             503,

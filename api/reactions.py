@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from time import perf_counter
 
+import asyncpg
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.types import Receive, Scope, Send
 
 from api import fallback
-from api.errors import ApiError
+from api.errors import ApiError, memory_full, unavailable
 from api.idempotency import REPLAYED_HEADER, checked_idempotency_key, reused
 from api.pipeliner import pipeliner_for
 from api.ratelimit import RateLimiter, refusal
 from api.services import Services
-from daemon import keys
+from daemon.store.cold import ColdLoadError
+
+# The store could not read a cold key from Postgres (Redis is up): 503, not a Postgres fallback write.
+COLD_LOAD_ERRORS = (ColdLoadError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 LIKE_ROUTE = "/api/v1/content/{contentId}/like"
 DISLIKE_ROUTE = "/api/v1/content/{contentId}/dislike"
@@ -32,16 +36,20 @@ _ACTIONS = {
 }
 
 
+def cold_load_failed(services: Services) -> ApiError:
+    return unavailable(services.settings.buffer_retry_after_s, "Counts are temporarily unavailable.")
+
+
 async def set_reaction(services: Services, content_id: str, user_id: str, action: str, key: str) -> dict:
-    shard = keys.shard_of(content_id, services.settings.shards)
-    idem = keys.idem_key(shard, content_id, user_id, key) if key else keys.idem_key(shard, "-", "-", "-")
-    script_keys = [keys.live_key(shard), keys.delta_key(shard), keys.state_key(shard), keys.sdelta_key(shard)]
     try:
-        status, state, likes, dislikes = await services.scripts.set_reaction(
-            pipeliner_for(services),
-            [*script_keys, idem],
-            [content_id, user_id, action, services.settings.idempotency_ttl_s, action if key else ""],
+        status, state, likes, dislikes = await services.store.set_reaction(
+            content_id, user_id, action, key, client=pipeliner_for(services)
         )
+    except OutOfMemoryError:
+        services.metrics.redis_oom_refusals.labels(what="request").inc()
+        raise memory_full(services.settings.buffer_retry_after_s) from None
+    except COLD_LOAD_ERRORS:
+        raise cold_load_failed(services) from None
     except (RedisError, OSError):
         # Redis unreachable: written straight to Postgres (api/fallback.py). A lost reply whose script
         # did run is harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.

@@ -23,6 +23,7 @@ from daemon.metrics_share import SharedMetrics
 from daemon.redis_client import check_config as check_redis_config
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
+from daemon.store import Store
 from lua import Scripts
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class Services:
     metrics: Metrics
     redis: aioredis.Redis
     scripts: Scripts
+    store: Store
     buffer: ViewBuffer
     auth: Authenticator
     bodies: BodyReader
@@ -50,12 +52,15 @@ class Services:
         metrics = Metrics(roles=("api",))
         redis = make_redis(settings)
         scripts = Scripts.load()
-        buffer = ViewBuffer(settings, redis, scripts.apply_views, metrics)
+        lazy_pool = db.LazyPool(settings)  # created on first use: the API starts while Postgres is down
+        store = Store(settings, redis, scripts, lazy_pool, metrics)
+        buffer = ViewBuffer(settings, store, metrics)
         services = cls(
-            settings, metrics, redis, scripts, buffer, Authenticator(settings), BodyReader(settings)
+            settings, metrics, redis, scripts, store, buffer, Authenticator(settings), BodyReader(settings)
         )
+        services._pool = lazy_pool
         services.producer = EventProducer(settings, metrics)
-        services.registry = ContentRegistry(settings, redis, services.pool)
+        services.registry = ContentRegistry(settings, redis, services.pool, metrics)
         services.events = EngagementEvents(settings, services.producer, services.registry, metrics)
         services.limits = parse_limits(settings.rate_limits)
         services.limiter = RateLimiter(redis, scripts.rate_limit)
@@ -86,7 +91,7 @@ class Services:
                 await self.redis.initialize()  # type: ignore[attr-defined]
             except (RedisError, OSError) as exc:
                 log.warning("Redis Cluster not reachable at start (%s); will retry on use", exc)
-        if (warning := await check_redis_config(self.redis)) is not None:
+        for warning in await check_redis_config(self.redis):
             log.warning("%s", warning)
         self.buffer.start()
         if self.shared_metrics is not None:

@@ -23,18 +23,18 @@ import logging
 import re
 
 import asyncpg
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.errors import ApiError, json_response
+from api.errors import ApiError, json_response, memory_full
 from api.idempotency import idempotency_key, reused
 from api.ingest import json_object
 from api.instrument import instrumented
 from api.reactions import check_rate
 from api.services import Services
 from api.subscriptions import unavailable
-from daemon import keys
+from daemon.store.cold import ColdLoadError
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,7 @@ def parse_share(body: bytes) -> tuple[str, bool]:
 async def add_share(
     services: Services, content_id: str, user_id: str, platform: str, external: bool, key: str
 ) -> dict:
-    shard = keys.shard_of(content_id, services.settings.shards)
-    idem = keys.share_idem_key(shard, content_id, user_id, key if key else "-")
-    script_keys = [keys.live_key(shard), keys.delta_key(shard), idem]
     fingerprint = f"{platform}|{int(external)}" if key else ""
-    ttl = services.settings.idempotency_ttl_s
     try:
         pool = await services.pool()
         conn = await pool.acquire()
@@ -84,10 +80,14 @@ async def add_share(
             log.warning("share refused: Postgres unavailable (%s)", exc)
             raise unavailable(services, "Shares are temporarily unavailable.") from exc
         try:
-            status, counted_id, shares = await services.scripts.add_share(
-                services.redis, script_keys, [content_id, ttl, fingerprint, share_id, "add"]
+            status, counted_id, shares = await services.store.add_share(
+                content_id, user_id, key, fingerprint, share_id, "add", conn
             )
-        except (RedisError, OSError) as exc:
+        except OutOfMemoryError as exc:
+            await _rollback(transaction)
+            services.metrics.redis_oom_refusals.labels(what="request").inc()
+            raise memory_full(services.settings.buffer_retry_after_s) from exc
+        except (RedisError, ColdLoadError, *_PG_ERRORS) as exc:
             await _rollback(transaction)
             log.warning("share %s not recorded: Redis unavailable (%s); row rolled back", share_id, exc)
             raise unavailable(services, "Shares are temporarily unavailable.") from exc
@@ -99,7 +99,7 @@ async def add_share(
             try:
                 await transaction.commit()
             except _PG_ERRORS as exc:
-                await _undo(services, script_keys, content_id, ttl, fingerprint, share_id)
+                await _undo(services, content_id, user_id, key, fingerprint, share_id)
                 log.warning("share %s not recorded: commit failed (%s); count taken back", share_id, exc)
                 raise unavailable(services, "Shares are temporarily unavailable.") from exc
     finally:
@@ -124,13 +124,11 @@ async def _rollback(transaction: asyncpg.transaction.Transaction) -> None:
 
 
 async def _undo(
-    services: Services, script_keys: list[str], content_id: str, ttl: int, fingerprint: str, share_id: int
+    services: Services, content_id: str, user_id: str, key: str, fingerprint: str, share_id: int
 ) -> None:
     try:
-        await services.scripts.add_share(
-            services.redis, script_keys, [content_id, ttl, fingerprint, share_id, "undo"]
-        )
-    except (RedisError, OSError) as exc:
+        await services.store.add_share(content_id, user_id, key, fingerprint, share_id, "undo")
+    except (RedisError, ColdLoadError, *_PG_ERRORS) as exc:
         log.error("share %s of %s counted without its row: undo failed (%s)", share_id, content_id, exc)
 
 

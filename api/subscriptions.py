@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 
 import asyncpg
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api import fallback
-from api.errors import ApiError, json_response
+from api.errors import ApiError, json_response, memory_full
 from api.idempotency import idempotency_key, reused
 from api.instrument import instrumented
-from api.reactions import check_rate
+from api.reactions import COLD_LOAD_ERRORS, check_rate, cold_load_failed
 from api.services import Services
 from daemon import keys
 
@@ -49,16 +49,13 @@ def creator_id(services: Services, value: str) -> str:
 
 
 async def set_subscription(services: Services, creator: str, user_id: str, action: str, key: str) -> dict:
-    shard = keys.shard_of(creator, services.settings.shards)
-    idem = keys.sub_idem_key(shard, creator, user_id, key if key else "-")
-    live, delta = keys.live_key(shard), keys.delta_key(shard)
-    script_keys = [live, delta, keys.subs_key(shard), keys.subdelta_key(shard)]
     try:
-        status, state, subscribers = await services.scripts.set_subscription(
-            services.redis,
-            [*script_keys, idem],
-            [creator, user_id, action, services.settings.idempotency_ttl_s, action if key else ""],
-        )
+        status, state, subscribers = await services.store.set_subscription(creator, user_id, action, key)
+    except OutOfMemoryError:
+        services.metrics.redis_oom_refusals.labels(what="request").inc()
+        raise memory_full(services.settings.buffer_retry_after_s) from None
+    except COLD_LOAD_ERRORS:
+        raise cold_load_failed(services) from None
     except (RedisError, OSError):
         # Redis unreachable: written straight to Postgres (api/fallback.py). A lost reply whose script
         # did run is harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.
@@ -101,33 +98,61 @@ unsubscribe = _endpoint("unsubscribe")
 @instrumented(CREATOR_ROUTE)
 async def get_creator(request: Request) -> Response:
     """The creator's subscriber count from Redis, from ``creator_counters`` when Redis is unreachable
-    or holds no live count; plus the caller's ``viewer_state`` when a token is given."""
+    or no longer holds it (then seeded, so the next read is Redis's); plus the caller's
+    ``viewer_state`` when a token is given."""
     services: Services = request.app.state.services
     creator = creator_id(services, request.path_params["creatorId"])
     principal = services.auth.authenticate(request.headers.get("authorization"))
     subscribers: int | None = None
     viewer: int | None = None
+    shard = keys.shard_of(creator, services.settings.shards)
+    counts_key = keys.creator_key(shard, creator)
+    state_key = keys.subscription_key(shard, creator, principal.sub) if principal is not None else ""
+    redis_up = True
+    tokens: dict[str, str] = {}
     try:
-        shard = keys.shard_of(creator, services.settings.shards)
-        pipe = services.redis.pipeline(transaction=False)
-        pipe.hget(keys.live_key(shard), keys.field("subscribers", creator))
-        if principal is not None:
-            pipe.hget(keys.subs_key(shard), keys.state_field(creator, principal.sub))
-        results = await pipe.execute()
-        if results[0] is not None:
-            subscribers = int(results[0])
-            if principal is not None:
-                viewer = int(results[1] or 0)
+        values, tokens = await services.store.read([counts_key, state_key] if state_key else [counts_key])
+        if counts_key in values:
+            subscribers = int(values[counts_key].get("subscribers", 0))
+        if state_key in values:
+            viewer = int(values[state_key])
+        services.store.loader.add_hits(
+            {("creator" if n == counts_key else "subscription"): 1 for n in values}
+        )
+        for name in tokens:
+            services.metrics.cold_loads.labels(kind="creator" if name == counts_key else "subscription").inc()
     except (RedisError, OSError) as exc:
         log.warning("creator counts from Postgres: Redis unavailable (%s)", exc)
+        redis_up = False
     source = "redis"
-    if subscribers is None:  # Redis down, or it holds no live count for this creator
-        subscribers, viewer = await _from_postgres(services, creator, principal.sub if principal else None)
-        source = "postgres"
+    if subscribers is None or (principal is not None and viewer is None):  # Redis down, or cold
+        found, found_viewer = await _from_postgres(services, creator, principal.sub if principal else None)
+        seeds: dict[str, object] = {}
+        if subscribers is None:
+            subscribers, source = found, "postgres"
+            seeds[counts_key] = ["subscribers", str(found)]
+        ttls = {}
+        if principal is not None and viewer is None:
+            viewer = found_viewer
+            seeds[state_key] = str(found_viewer)
+            if not found_viewer:  # a reader who never subscribed: kept minutes, not days
+                ttls[state_key] = services.settings.state_read_ttl_s
+        if redis_up:
+            await _seed(services, tokens, seeds, ttls)
     body: dict[str, object] = {"creator_id": creator, "subscribers": subscribers}
     if principal is not None:
         body["viewer_state"] = SUBSCRIPTION_STATES[viewer or 0]
     return json_response(body, headers={"X-Counts-Source": source})
+
+
+async def _seed(
+    services: Services, tokens: dict[str, str], values: dict[str, object], ttls: dict[str, int]
+) -> None:
+    """Keep what a read found in Postgres in Redis for the next read (best effort)."""
+    try:
+        await services.store.seed(tokens, values, ttls)
+    except (RedisError, OSError) as exc:
+        log.info("cold keys not seeded (%s)", exc)
 
 
 async def _from_postgres(services: Services, creator: str, user_id: str | None) -> tuple[int, int]:

@@ -61,7 +61,7 @@ class SingleView:
                 body = await services.bodies.read(Request(scope, receive), services.settings.body_max_bytes)
                 view = services.bodies.single_view(body)
             user = None if principal is None else principal.sub
-            claim = None
+            claim: idempotency.Claim | None = None
             if idem_key is not None:
                 claim = await _claim(services, content_id, user or "-", idem_key, body)
                 if claim is _REPLAYED:
@@ -76,7 +76,7 @@ class SingleView:
                 accepted = services.buffer.add_signal(counter, content_id, view.watch_seconds)
             if not accepted:
                 if claim is not None:
-                    await idempotency.release(services, *claim)
+                    await idempotency.release(services, claim)
                 raise _full(services)
             if principal is not None and services.events.enabled:  # type: ignore[union-attr]
                 services.events.playback(  # type: ignore[union-attr]
@@ -91,20 +91,19 @@ class SingleView:
         services.metrics.requests.observe(VIEW_ROUTE, "POST", 202, perf_counter() - started)
 
 
-_REPLAYED = ("", "")
+_REPLAYED: idempotency.Claim = (-1, "", "")
 
 
 async def _claim(
     services: Services, content_id: str, user: str, header: bytes, body: bytes
-) -> tuple[str, str]:
-    """The single view's Idempotency-Key claimed: (record key, fingerprint), or ``_REPLAYED``."""
+) -> idempotency.Claim:
+    """The single view's Idempotency-Key claimed (its record), or ``_REPLAYED``."""
     key = idempotency.checked_idempotency_key(header.decode("latin-1"))
     shard = keys.shard_of(content_id, services.settings.shards)
-    record = keys.view_idem_key(shard, content_id, user, key)
-    request_fingerprint = idempotency.fingerprint(body)
-    if await idempotency.claim(services, record, request_fingerprint, "") is not None:
+    record = (shard, keys.view_record(content_id, user, key), idempotency.fingerprint(body))
+    if await idempotency.claim(services, record, "") is not None:
         return _REPLAYED
-    return record, request_fingerprint
+    return record
 
 
 class BatchViews:
@@ -134,18 +133,19 @@ class BatchViews:
         events = services.events
         batch = services.bodies.batch(items, playback=events is not None and events.enabled)
         viewers = (batch.viewer_ids, batch.viewer_users) if batch.viewer_ids else None
-        claim = None
+        claim: idempotency.Claim | None = None
         if key:  # claimed after validation: a refused body claims nothing
             request_fingerprint = idempotency.fingerprint(content_type.encode(), body)
-            claim = (keys.batch_idem_key(principal.sub, key), request_fingerprint)
-            first = await idempotency.claim(services, *claim, str(batch.events))
+            shard = keys.shard_of(principal.sub, services.settings.shards)
+            claim = (shard, keys.batch_record(principal.sub, key), request_fingerprint)
+            first = await idempotency.claim(services, claim, str(batch.events))
             if first is not None:
                 return json_response({"accepted": int(first)}, 202, {"Idempotent-Replayed": "true"})
         if batch.events and not services.buffer.add_many(
             batch.ids, batch.watch_ids, batch.watch_seconds, batch.signals, viewers
         ):
             if claim is not None:
-                await idempotency.release(services, *claim)
+                await idempotency.release(services, claim)
             raise _full(services)
         if batch.playback and events is not None:
             events.playback_many(batch.playback)

@@ -12,11 +12,12 @@
   more).
 
 A failure is either *unavailable* (``is_unavailable``: Redis or Postgres unreachable, restarting or
-failing over): the action is retried with backoff for as long as it takes and no try is counted, since
-dead-lettering a whole stream because a server restarted would only move the problem; or a *handler
-failure* (anything else, a server's error answer included: a missing table, a script error, Redis out
-of memory): a try is counted, the action is retried with exponential backoff, and after
-``consumer_retry_max_tries`` tries it is dead-lettered with the last error. A purge is unavailable only
+failing over, or Redis at maxmemory with only unflushed data, which the flusher frees): the action is
+retried with backoff for as long as it takes and no try is counted, since dead-lettering a whole
+stream because a server restarted would only move the problem; or a *handler failure* (anything
+else, a server's error answer included: a missing table, a script error): a try is counted, the action
+is retried with exponential backoff, and after ``consumer_retry_max_tries`` tries it is dead-lettered
+with the last error. A purge is unavailable only
 when every step that failed met an unreachable server; a share's 503 by the cause it carries.
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import asyncpg
 from confluent_kafka import Message
-from redis.exceptions import ClusterDownError, MasterDownError, ReadOnlyError, TryAgainError
+from redis.exceptions import ClusterDownError, MasterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -40,9 +41,11 @@ from api.shares import add_share
 from consumer.dlq import DeadLetter
 from consumer.messages import REACTION_ACTIONS, IngestEvent
 from consumer.metrics import ConsumerMetrics
-from daemon import keys
+from daemon.metrics import Metrics
 from daemon.purge import PurgeIncomplete
 from daemon.settings import Settings
+from daemon.store import Store
+from daemon.store.cold import ColdLoadError
 from lua import Scripts
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     MasterDownError,
     ClusterDownError,
     TryAgainError,
+    OutOfMemoryError,  # Redis at maxmemory with nothing evictable: the flusher is freeing memory
+    ColdLoadError,  # cold keys evicted again as fast as they were loaded: Redis under memory pressure
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError included
@@ -115,6 +120,8 @@ class Deps:
     redis: Any
     scripts: Scripts
     pool: Callable[[], Awaitable[asyncpg.Pool]]
+    store: Store
+    metrics: Metrics
 
 
 class ActionRunner:
@@ -125,7 +132,7 @@ class ActionRunner:
         self._settings = deps.settings
         self._metrics = metrics
         self._purge_user = purge_user
-        self._registry = ContentRegistry(deps.settings, deps.redis, deps.pool)
+        self._registry = ContentRegistry(deps.settings, deps.redis, deps.pool, deps.metrics)
         self._stopping = stopping
 
     async def run(self, actions: list[Action]) -> list[DeadLetter]:
@@ -176,22 +183,9 @@ class ActionRunner:
         return out
 
     async def _reactions(self, actions: list[Action]) -> list[tuple[Action, BaseException | None]]:
-        deps = self._deps
-        shards, ttl = self._settings.shards, self._settings.idempotency_ttl_s
-        calls = []
-        for action in actions:
-            content_id, user_id, verb = action.args
-            shard = keys.shard_of(content_id, shards)
-            script_keys = [
-                keys.live_key(shard),
-                keys.delta_key(shard),
-                keys.state_key(shard),
-                keys.sdelta_key(shard),
-                keys.idem_key(shard, content_id, user_id, action.key),
-            ]
-            calls.append((script_keys, [content_id, user_id, verb, ttl, verb]))
+        calls = [(*action.args, action.key) for action in actions]  # content_id, user_id, verb, key
         try:
-            results = await deps.scripts.set_reaction.call_many(deps.redis, calls)
+            results = await self._deps.store.set_reactions(calls)
         except Exception as exc:
             return [(action, exc) for action in actions]
         return [

@@ -19,10 +19,13 @@
 7. Once the batch ahead is finished: mark the offsets applied and drop the journal in one call
    (``finish_consumed``).
 
+8. Forget the batch's drain marks (nobody re-applies a finished batch's drains).
+
 The caller then commits the offsets to Kafka. A SIGKILL anywhere: before 5, nothing counted is
 unmarked except the idempotent actions, which a replay repeats harmlessly; between 5 and 7 the
-journal is recovered by whoever reads those partitions next, and drain ids make the re-application
-count once; after 7, the replay is skipped as duplicates.
+journal is recovered by whoever reads those partitions next, and the drains' marks (the batch's id and
+a sequence per shard, api/drains.py) make the re-application count once; after 7, the replay is
+skipped as duplicates (marks left by a kill before 8 are swept after ENGAGEMENT_DRAIN_MARKER_TTL_S).
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.buffer import Drain, ViewBuffer
+from api.drains import mark_of
 from api.viewers import QueuedViewers
 from consumer.actions import PURGE, REGISTRY, Abandoned, Action, ActionRunner, ingest_action
 from consumer.actions import REACTION as REACTION_ACTION
@@ -51,7 +56,9 @@ from consumer.store import OffsetStore, Range, tp_field
 from daemon.keys import PLAYBACK_COUNTERS
 from daemon.metrics import Metrics
 from daemon.settings import Settings, ingest_topics
-from lua import Scripts
+from daemon.store import Store
+from daemon.store.cold import ColdLoadError
+from daemon.store.upgrade import journaled_calls
 
 log = logging.getLogger(__name__)
 _loads = orjson.loads
@@ -77,11 +84,13 @@ class JournaledBuffer(ViewBuffer):
         super().__init__(settings, *args)
         most = max(settings.consumer_batch_max_messages, settings.buffer_max_items)
         self._max_items = most
+        self.drains: list[Drain] = []
         self._viewers = QueuedViewers(most)
 
     def cut(self) -> list[Drain]:
         self._cut()
-        return list(self._inflight)
+        self.drains = list(self._inflight)
+        return self.drains
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,21 +112,20 @@ class BatchProcessor:
     def __init__(
         self,
         settings: Settings,
-        redis: Any,
-        scripts: Scripts,
+        store: Store,
         metrics: Metrics,
         consumer_metrics: ConsumerMetrics,
-        store: OffsetStore,
+        offsets: OffsetStore,
         runner: ActionRunner,
         dead_letters: DeadLetterProducer,
         stopping: Callable[[], bool],
     ) -> None:
         self._settings = settings
-        self._redis = redis
-        self._scripts = scripts
+        self._redis = store.redis
+        self._data = store
         self._metrics = metrics
         self._m = consumer_metrics
-        self._store = store
+        self._store = offsets
         self._runner = runner
         self._dlq = dead_letters
         self._stopping = stopping
@@ -196,6 +204,8 @@ class BatchProcessor:
                     await self._retrying(lambda: self._store.finish(batch_id, ranges))
             finally:
                 self._in_flight.discard(batch_id)
+            if buffer is not None:
+                await self._forget_marks([(d.shard, d.process) for d in buffer.drains])
             for topic, n in counted.items():
                 self._m.applied.labels(topic).inc(n)
             return commits
@@ -349,7 +359,7 @@ class BatchProcessor:
         if not (ids or signals):
             return None
         settings = self._settings
-        buffer = JournaledBuffer(settings, self._redis, self._scripts.apply_views, self._metrics)
+        buffer = JournaledBuffer(settings, self._data, self._metrics)
         viewers = (viewer_ids, viewer_users) if viewer_ids else None  # unique viewers, as over HTTP
         accepted = buffer.add_many(ids, watch_ids, watch_seconds, signals, viewers)
         assert accepted, "a fresh buffer holds any batch"
@@ -367,15 +377,24 @@ class BatchProcessor:
         journal = await self._retrying(lambda: self._store.journal(batch_id))
         if journal is None:
             return  # finished meanwhile
-        ranges, calls = journal
-        log.warning("recovering journaled batch %s (%d drains)", batch_id, len(calls))
-        script = self._scripts.apply_views
+        ranges, journaled = journal
+        log.warning("recovering journaled batch %s (%d drains)", batch_id, len(journaled))
+        calls = await self._retrying(lambda: journaled_calls(self._data, journaled))
+        marks = [mark_of(c) for c in calls]
         while calls:
-            results = await self._retrying(lambda c=calls: script.call_many(self._redis, c))
+            results = await self._retrying(lambda c=calls: self._data.apply_drains(c, [{}] * len(c)))
             calls = [c for c, result in zip(calls, results, strict=True) if isinstance(result, Exception)]
             if calls:
                 await self._backoff(self._settings.consumer_retry_max_ms / 1000)
         await self._retrying(lambda: self._store.finish(batch_id, ranges))
+        await self._forget_marks(marks)
+
+    async def _forget_marks(self, marks: list[tuple[int, str]]) -> None:
+        """Step 8 (best effort: a mark left behind is swept after ENGAGEMENT_DRAIN_MARKER_TTL_S)."""
+        try:
+            await self._data.forget_drain_marks(sorted(set(marks)))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.info("drain marks of a finished batch left for the sweeper (%s)", exc)
 
     async def _retrying(self, call: Callable[[], Any]) -> Any:
         """Await ``call()`` until Redis answers (it is the store: without it nothing can be applied)."""
@@ -385,6 +404,9 @@ class BatchProcessor:
                 return await call()
             except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
                 log.warning("Redis unreachable (%s); retrying", exc)
+            except (OutOfMemoryError, ColdLoadError) as exc:  # the flusher frees memory meanwhile
+                self._metrics.redis_oom_refusals.labels(what="consumer").inc()
+                log.warning("Redis full of unflushed data (%s); retrying", exc)
             await self._backoff(delay)
             delay = min(delay * 2, self._settings.consumer_retry_max_ms / 1000)
 

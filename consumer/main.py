@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
 
 from prometheus_client import start_http_server
 
@@ -20,18 +19,19 @@ from daemon.kafka_mock import MockCluster
 from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
 from daemon.settings import Settings, ingest_topics
+from daemon.store import Store
 from lua import Scripts
 
 log = logging.getLogger(__name__)
 
 
-def purge_for(redis: Any, scripts: Scripts, pool: db.LazyPool, settings: Settings) -> PurgeUser:
+def purge_for(store: Store, pool: db.LazyPool) -> PurgeUser:
     """The GDPR purge ``user.deleted`` runs (daemon/purge.py). It raises ``PurgeIncomplete`` when a step
     failed: retried without counting a try while only unreachable servers failed it, else like any
     failing handler (consumer/actions.py)."""
 
     async def purge_user(user_id: str) -> dict:
-        return await purge.purge_user(redis, scripts, await pool(), settings, user_id)
+        return await purge.purge_user(store, await pool(), user_id)
 
     return purge_user
 
@@ -65,11 +65,12 @@ async def run_consumer(
     redis = make_redis(settings)
     scripts = Scripts.load()
     pool = db.LazyPool(settings)  # the consumer starts, and applies views, while Postgres is down
+    store = Store(settings, redis, scripts, pool, metrics)
     retry_max_s = settings.consumer_retry_max_ms / 1000
     dead_letters = DeadLetterProducer(bootstrap, settings.consumer_group, retry_max_s)
     try:
         await keys.check_shards(redis, settings.shards)
-        purge = purge_user if purge_user is not None else purge_for(redis, scripts, pool, settings)
+        purge = purge_user if purge_user is not None else purge_for(store, pool)
         topics = topics_for(settings, purge)
         if purge is None and settings.consumer_user_deleted_topic:
             log.warning("no GDPR purge wired: %s is not consumed", settings.consumer_user_deleted_topic)
@@ -79,11 +80,11 @@ async def run_consumer(
         def stopping() -> bool:
             return loop is not None and loop.stopping
 
-        deps = Deps(settings, redis, scripts, pool)
+        deps = Deps(settings, redis, scripts, pool, store, metrics)
         runner = ActionRunner(deps, consumer_metrics, purge, stopping)
-        store = OffsetStore(redis, scripts, settings.consumer_group, settings.consumer_offsets_ttl_s)
+        offsets = OffsetStore(redis, scripts, settings.consumer_group)
         processor = BatchProcessor(
-            settings, redis, scripts, metrics, consumer_metrics, store, runner, dead_letters, stopping
+            settings, store, metrics, consumer_metrics, offsets, runner, dead_letters, stopping
         )
         await asyncio.to_thread(dead_letters.touch_topics, topics)
         loop = ConsumeLoop(settings, bootstrap, topics, processor, consumer_metrics)

@@ -3,17 +3,18 @@ entries expiring after 24 h), kept per partition instead of per message.
 
 A partition is consumed in offset order and a batch is applied as a whole before its offsets are
 committed, so "every offset up to N of this partition was applied" is one number: ``offsets`` holds
-it per ``<topic>:<partition>`` (a hash in the group's slot ``{c:<group>}``, expiring
-``consumer_offsets_ttl_s`` after the last batch). An offset at or below it has been seen and is
-skipped. That is the seed's store (is ``topic:partition:offset`` applied?) in one field per partition
-and one round trip per batch instead of one per message.
+it per ``<topic>:<partition>`` (a hash in the group's slot ``{c:<group>}``). One field per partition
+needs no expiry, and has none: an evicted offset would let a replay count twice
+(docs/redis-memory.md). An offset at or below it has been seen and is skipped. That is the seed's store
+(is ``topic:partition:offset`` applied?) in one field per partition and one round trip per batch
+instead of one per message.
 
 A batch's view counts go through the view buffer's drains (``apply_views.lua``, one per shard,
 each remembered by its drain id). Those are many calls in many slots, so they cannot be atomic with
 the offsets; the batch is journaled instead: ``begin`` reserves the batch's offset ranges (``claims``)
 and stores its drains under its batch id in one call; ``finish`` raises the applied offsets and drops
 the journal in one call. A consumer killed in between leaves the journal; whoever next reads a
-partition it covers re-applies its drains (drain ids make that count once) and finishes it, before
+partition it covers re-applies its drains (their marks make that count once) and finishes it, before
 taking anything from that partition. A batch that finds its ranges reserved by another batch (a
 consumer that lost its partitions but is still applying) recovers that batch the same way and plans
 again.
@@ -38,10 +39,9 @@ def tp_field(topic: str, partition: int) -> str:
 
 
 class OffsetStore:
-    def __init__(self, redis: Any, scripts: Scripts, group: str, ttl_s: int) -> None:
+    def __init__(self, redis: Any, scripts: Scripts, group: str) -> None:
         self._redis = redis
         self._scripts = scripts
-        self._ttl_s = ttl_s
         self.offsets_key = keys.consumer_offsets_key(group)
         self.claims_key = keys.consumer_claims_key(group)
         self.journal_key = keys.consumer_journal_key(group)
@@ -63,14 +63,14 @@ class OffsetStore:
         (already applied or reserved), in which case nothing was written."""
         packed_ranges = _pack(ranges)
         entry = _pack([ranges, calls])
-        args: list[Any] = [self._ttl_s, batch_id, entry, packed_ranges]
+        args: list[Any] = [batch_id, entry, packed_ranges]
         for field, first, last in ranges:
             args += (field, first, last)
         store_keys = [self.offsets_key, self.claims_key, self.journal_key, self.ranges_key]
         return list(await self._scripts.begin_consumed(self._redis, store_keys, args))
 
     async def finish(self, batch_id: str, ranges: list[Range]) -> None:
-        args: list[Any] = [self._ttl_s, batch_id]
+        args: list[Any] = [batch_id]
         for field, _, last in ranges:
             args += (field, last)
         await self._scripts.finish_consumed(

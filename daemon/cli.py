@@ -28,6 +28,26 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     for m in applied:
         print(f"applied {m.version:04d}_{m.name}")
     print(f"schema up to date ({len(applied)} applied)")
+    return asyncio.run(_upgrade_redis(settings))
+
+
+async def _upgrade_redis(settings: Settings) -> int:
+    """The Redis key layout, upgraded when it is an older one (daemon/store/upgrade.py)."""
+    from redis.exceptions import RedisError
+
+    from daemon.redis_client import make_redis
+    from daemon.store.upgrade import upgrade
+
+    redis = make_redis(settings)
+    try:
+        moved = await upgrade(redis, settings.shards, settings.counts_idle_ttl_s)
+    except (RedisError, OSError) as exc:
+        print(f"Redis key layout not checked: Redis unavailable ({exc}); run migrate again to check it")
+        return 0
+    finally:
+        await redis.aclose()
+    if moved:
+        print("Redis key layout upgraded: " + ", ".join(f"{n} {what}" for what, n in moved.items()))
     return 0
 
 
@@ -70,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engagementd", description="Engagement Service")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("migrate", help="create or upgrade the Postgres schema (idempotent)").set_defaults(
-        func=cmd_migrate
-    )
+    sub.add_parser(
+        "migrate", help="create or upgrade the Postgres schema and the Redis key layout (idempotent)"
+    ).set_defaults(func=cmd_migrate)
 
     api = sub.add_parser("api", help="serve the HTTP API (and /metrics on the same port)")
     api.add_argument("--host", default="127.0.0.1")
@@ -93,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     consume.set_defaults(func=cmd_consume)
 
     sub.add_parser(
-        "reconcile", help="rebuild Redis live counts and states from Postgres plus pending deltas"
+        "reconcile", help="repair the counts and states Redis holds from Postgres plus pending deltas"
     ).set_defaults(func=cmd_reconcile)
 
     dev = sub.add_parser("dev", help="private Redis and Postgres, migrate, api and flusher in one command")

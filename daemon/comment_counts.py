@@ -8,9 +8,11 @@ not, so a row whose flag disagrees (``counted = soft_delete_flag``, a partial in
 apply. ``settle`` applies it:
 
 1. in one Postgres transaction, lock the rows that still have a change to apply (FOR UPDATE);
-2. one ``count_comments.lua`` call per shard applies each change with a marker
-   (``eng:{s:N}:cmtmark:<comment_id>:<0|1>``, SET NX): a change whose marker exists is not applied again;
-3. flip the rows' flags and commit; then delete the markers (best effort: they also expire).
+2. one ``count_comments.lua`` call per shard applies each change with a marker (a record
+   ``m:<comment_id>:<0|1>`` of the shard, daemon/store): a change whose marker exists is not applied
+   again;
+3. flip the rows' flags and commit; then delete the markers (best effort: the sweeper removes them
+   after ENGAGEMENT_DRAIN_MARKER_TTL_S).
 
 A crash or a failed commit after step 2 leaves the flag unflipped and the marker set: the next settle
 finds the row again and the marker keeps it from counting twice. Redis unreachable in step 2 rolls back:
@@ -22,14 +24,11 @@ comment posted or deleted while Redis was down.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 from redis.exceptions import RedisError
 
-from daemon import keys
-from daemon.settings import Settings
-from lua import Scripts
+from daemon.store import Store
 
 CHUNK = 500  # rows per transaction
 
@@ -46,52 +45,36 @@ ORDER BY comment_id LIMIT $1 FOR UPDATE SKIP LOCKED
 _FLIP = "UPDATE comments SET counted = NOT soft_delete_flag WHERE comment_id = ANY($1::bigint[])"
 
 
-async def settle(
-    redis: Any, scripts: Scripts, pool: asyncpg.Pool, settings: Settings, ids: Sequence[int]
-) -> int:
+async def settle(store: Store, pool: asyncpg.Pool, ids: Sequence[int]) -> int:
     """Apply the pending count changes of these comment rows; the number applied (rows flipped)."""
     done = 0
     for start in range(0, len(ids), CHUNK):
-        done += await _settle(redis, scripts, pool, settings, _BY_IDS, list(ids[start : start + CHUNK]))
+        done += await _settle(store, pool, _BY_IDS, list(ids[start : start + CHUNK]))
     return done
 
 
-async def settle_pending(redis: Any, scripts: Scripts, pool: asyncpg.Pool, settings: Settings) -> int:
+async def settle_pending(store: Store, pool: asyncpg.Pool) -> int:
     """Apply every pending count change (rows other transactions hold are skipped: they are being
     settled). Returns the number of rows settled."""
     done = 0
     while True:
-        settled = await _settle(redis, scripts, pool, settings, _ANY, CHUNK)
+        settled = await _settle(store, pool, _ANY, CHUNK)
         done += settled
         if settled < CHUNK:
             return done
 
 
-async def _settle(
-    redis: Any, scripts: Scripts, pool: asyncpg.Pool, settings: Settings, query: str, arg: object
-) -> int:
-    ttl = settings.drain_marker_ttl_s
-    calls: dict[int, tuple[list[str], list[str | int]]] = {}
+async def _settle(store: Store, pool: asyncpg.Pool, query: str, arg: object) -> int:
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(query, arg)
         if not rows:
             return 0
-        for row in rows:
-            shard = keys.shard_of(row["content_id"], settings.shards)
-            counted = not row["soft_delete_flag"]  # the state to reach
-            script_keys, args = calls.setdefault(
-                shard, ([keys.live_key(shard), keys.delta_key(shard)], ["apply", ttl])
-            )
-            script_keys.append(keys.comment_mark_key(shard, row["comment_id"], counted))
-            args += [row["content_id"], 1 if counted else -1]
-        for result in await scripts.count_comments.call_many(redis, list(calls.values())):
-            if isinstance(result, Exception):
-                raise result
+        # (content_id, comment_id, +1 to count it | -1 to uncount it): the state to reach
+        changes = [(r["content_id"], r["comment_id"], -1 if r["soft_delete_flag"] else 1) for r in rows]
+        await store.count_comments(changes, conn)
         await conn.execute(_FLIP, [row["comment_id"] for row in rows])
     try:  # committed: the flags now say it; the markers are no longer needed
-        await scripts.count_comments.call_many(
-            redis, [(script_keys, ["forget", ttl]) for script_keys, _ in calls.values()]
-        )
+        await store.forget_comment_marks(changes)
     except (RedisError, OSError):
-        pass  # they expire after ENGAGEMENT_DRAIN_MARKER_TTL_S
+        pass  # the sweeper removes them after ENGAGEMENT_DRAIN_MARKER_TTL_S
     return len(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -69,6 +70,15 @@ class LazyPool:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+
+
+def provided(pool: asyncpg.Pool) -> Callable[[], Awaitable[asyncpg.Pool]]:
+    """An existing pool in the shape of a ``LazyPool`` (what the store takes)."""
+
+    async def get() -> asyncpg.Pool:
+        return pool
+
+    return get
 
 
 async def migrate(settings: Settings) -> list[Migration]:

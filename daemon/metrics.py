@@ -16,7 +16,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from daemon.keys import COLD_KINDS as COLD_KEY_KINDS
+from daemon.redis_memory import RedisMemoryMetrics
+
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+COLD_KINDS = tuple(dict.fromkeys(COLD_KEY_KINDS.values()))
 FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -192,6 +196,10 @@ class Metrics:
             "Seconds since the flusher last completed a pass (how stale Postgres may be).",
             registry=r,
         )
+        # Redis memory and keys by kind, sampled by the flusher (daemon/redis_memory.py).
+        self.redis_memory = RedisMemoryMetrics()
+        if flusher is not None:
+            flusher.register(self.redis_memory)
         # Reconcile (`engagementd reconcile`, and periodically in the flusher).
         self.reconcile_runs = Counter(
             "engagement_reconcile_runs", "Reconcile runs (live counts checked against Postgres).", registry=r
@@ -206,6 +214,37 @@ class Metrics:
             "Total absolute difference between the live counts and the true counts, repaired by reconcile.",
             registry=r,
         )
+        # Cold keys (docs/redis-memory.md): in every role that reads or writes through the store.
+        r = self.registry
+        self.cold_hits = Counter(
+            "engagement_cold_hits",
+            "Cold keys (copies of Postgres) an operation found in Redis, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.cold_loads = Counter(
+            "engagement_cold_loads",
+            "Cold keys an operation found missing in Redis and loaded from Postgres, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.cold_load_seconds = Histogram(
+            "engagement_cold_load_duration_seconds",
+            "Time of one Postgres read for missing cold keys.",
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        for kind in COLD_KINDS:
+            self.cold_hits.labels(kind=kind)
+            self.cold_loads.labels(kind=kind)
+        self.redis_oom_refusals = Counter(
+            "engagement_redis_oom_refusals",
+            "Writes Redis refused at maxmemory with only unflushed data left (answered 503 or retried).",
+            ["what"],
+            registry=r,
+        )
+        for what in ("request", "drain", "consumer"):
+            self.redis_oom_refusals.labels(what=what)
         self._last_flush = time.monotonic()
         self.flush_lag.set_function(lambda: time.monotonic() - self._last_flush)
 

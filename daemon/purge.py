@@ -8,10 +8,14 @@ runs it again. ``DELETE /internal/v1/users/{userId}`` (api/purge.py) and the ``u
 call it.
 
 Counts move as if the user had taken each action back: likes, dislikes and subscriptions go through
-``clear_reactions.lua`` / ``clear_subscriptions.lua`` (live state, live count, delta and a pending state
-0, one atomic call per shard), so the flusher writes the counts and deletes the records exactly once,
-and states still pending in Redis (not yet flushed) are covered. The Redis call comes first and the
-Postgres delete second: an interruption between them leaves the Postgres rows that find the items again.
+``clear_reactions.lua`` / ``clear_subscriptions.lua`` (state, counts, delta and a pending state 0, one
+atomic call per shard; states and counts Redis no longer holds are loaded from Postgres first), so the
+flusher writes the counts and deletes the records exactly once, and states still pending in Redis (not
+yet flushed) are covered. Once the rows are deleted in Postgres too, the user's state keys and pending
+0s, which then only repeat what Postgres says, are dropped (``forget_pairs.lua``), so that no Redis key
+names the user (but for a pair a flusher had captured: its 0 is written by the next flush). The Redis
+call comes first and the Postgres delete second: an interruption between them leaves the Postgres rows
+that find the items again.
 Comments are anonymised (body and author removed, thread shape kept) and uncounted exactly once through
 ``daemon.comment_counts``. Views and shares are counts of events, not per-user state: their counts stay,
 the ``shares`` rows (who shared what) go.
@@ -23,7 +27,7 @@ coroutine takes a ``PurgeContext`` and returns ``{"<what>": removed, ...}``, and
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,22 +37,34 @@ from redis.exceptions import RedisError
 
 from daemon import comment_counts, history, keys
 from daemon.settings import Settings
+from daemon.store import Store
+from daemon.store.cold import ColdLoadError
 from lua import Scripts
 
 log = logging.getLogger(__name__)
 
-_ERRORS = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+_ERRORS = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ColdLoadError)
 _CHUNK = 500
 _GLOB = str.maketrans({c: "\\" + c for c in "\\*?[]"})
 
 
 @dataclass(frozen=True, slots=True)
 class PurgeContext:
-    redis: Any
-    scripts: Scripts
+    store: Store
     pool: asyncpg.Pool
-    settings: Settings
     user_id: str
+
+    @property
+    def redis(self) -> Any:
+        return self.store.redis
+
+    @property
+    def scripts(self) -> Scripts:
+        return self.store.scripts
+
+    @property
+    def settings(self) -> Settings:
+        return self.store.settings
 
 
 Step = Callable[[PurgeContext], Awaitable[dict[str, int]]]
@@ -68,12 +84,10 @@ class PurgeIncomplete(Exception):
         self.errors = errors
 
 
-async def purge_user(
-    redis: Any, scripts: Scripts, pool: asyncpg.Pool, settings: Settings, user_id: str
-) -> dict:
+async def purge_user(store: Store, pool: asyncpg.Pool, user_id: str) -> dict:
     """Remove every engagement record of ``user_id``; returns ``{"user_id", "removed": {what: n}}``.
     Raises ``PurgeIncomplete`` when a step failed (after running the others)."""
-    ctx = PurgeContext(redis, scripts, pool, settings, user_id)
+    ctx = PurgeContext(store, pool, user_id)
     removed: dict[str, int] = {}
     failed: list[str] = []
     errors: list[BaseException] = []
@@ -117,23 +131,6 @@ async def pending_targets(ctx: PurgeContext, hash_keys: Callable[[int], Iterable
     return found
 
 
-async def _clear(
-    ctx: PurgeContext, script: Any, targets: set[str], hashes: Callable[[int], list[str]]
-) -> list[Any]:
-    by_shard: dict[int, list[str]] = defaultdict(list)
-    for target in sorted(targets):
-        by_shard[keys.shard_of(target, ctx.settings.shards)].append(target)
-    calls = []
-    for shard, ids in by_shard.items():
-        for start in range(0, len(ids), _CHUNK):
-            calls.append((hashes(shard), [ctx.user_id, *ids[start : start + _CHUNK]]))
-    results = await script.call_many(ctx.redis, calls) if calls else []
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-    return results
-
-
 # -- the steps ---------------------------------------------------------------------------------------
 
 
@@ -149,14 +146,10 @@ async def purge_likes(ctx: PurgeContext) -> dict[str, int]:
         )
     }
     items |= await pending_targets(ctx, lambda s: (keys.sdelta_key(s), keys.sbatch_key(s)))
-    results = await _clear(
-        ctx,
-        ctx.scripts.clear_reactions,
-        items,
-        lambda s: [keys.live_key(s), keys.delta_key(s), keys.state_key(s), keys.sdelta_key(s)],
-    )
+    likes, dislikes = await ctx.store.clear_reactions(ctx.user_id, sorted(items))
     await ctx.pool.execute("DELETE FROM likes WHERE user_id = $1", ctx.user_id)
-    return {"likes": sum(int(r[0]) for r in results), "dislikes": sum(int(r[1]) for r in results)}
+    await ctx.store.forget_pairs(ctx.user_id, sorted(items), [])
+    return {"likes": likes, "dislikes": dislikes}
 
 
 async def purge_subscriptions(ctx: PurgeContext) -> dict[str, int]:
@@ -175,14 +168,10 @@ async def purge_subscriptions(ctx: PurgeContext) -> dict[str, int]:
         )
     }
     creators |= await pending_targets(ctx, lambda s: (keys.subdelta_key(s), keys.subbatch_key(s)))
-    results = await _clear(
-        ctx,
-        ctx.scripts.clear_subscriptions,
-        creators,
-        lambda s: [keys.live_key(s), keys.delta_key(s), keys.subs_key(s), keys.subdelta_key(s)],
-    )
+    removed = await ctx.store.clear_subscriptions(ctx.user_id, sorted(creators))
     await ctx.pool.execute("DELETE FROM creator_subscriptions WHERE user_id = $1", ctx.user_id)
-    return {"subscriptions": sum(int(r) for r in results)}
+    await ctx.store.forget_pairs(ctx.user_id, [], sorted(creators))
+    return {"subscriptions": removed}
 
 
 _USER_COMMENTS = """
@@ -221,7 +210,7 @@ async def purge_comments(ctx: PurgeContext) -> dict[str, int]:
         purged += len(rows)
         if len(rows) < _CHUNK:
             break
-    await comment_counts.settle_pending(ctx.redis, ctx.scripts, ctx.pool, ctx.settings)
+    await comment_counts.settle_pending(ctx.store, ctx.pool)
     return {"comments": purged}
 
 

@@ -1,24 +1,29 @@
-"""``engagementd reconcile``: make Redis's live counts and states agree with Postgres plus pending deltas.
+"""``engagementd reconcile``: make the counts and states Redis holds agree with Postgres plus pending deltas.
 
-Redis is the live store and Postgres the durable one (DESIGN.md decision 5). When Redis lost data (a
-restart without persistence, FLUSHALL, a failover to a stale replica) or drifted (a hand edit, a bug),
-the true live value of a counter is the Postgres value plus what Redis still holds pending for it: the
-shard's ``delta`` hash and ``vdelta`` list of view drains, and a captured ``batch`` (hash and drains)
-that is not yet in the flush ledger.
+Redis holds a copy of what Postgres has, for the items, creators and pairs in use (docs/redis-memory.md),
+and Postgres is the durable store (docs/design.md, decision 5). A copy Redis lost (a restart without
+persistence, FLUSHALL, an eviction) needs no repair: it is loaded from Postgres when next needed. A copy
+that is present and wrong (a failover to a stale replica, a hand edit, a bug, a write made in Postgres
+alone while Redis was unreachable) is what reconcile repairs: the true value of a counter is the
+Postgres value plus what Redis still holds pending for it: the shard's ``delta`` hash and ``vdelta``
+list of view drains, and a captured ``batch`` (hash and drains) that is not yet in the flush ledger.
 
-Per shard, reconcile takes the shard's flush lease (the same lease ``capture_batch`` takes, so no
-flusher captures, writes or finishes that shard meanwhile and the Postgres counters of its items cannot
-move), reads the Postgres values of every item and creator known to Postgres or to Redis, and calls
-``reconcile_live.lua``. The script adds the pending deltas and compares with the live hash in one atomic
-step, so an increment arriving at any moment is counted once: it is in both the live value and the delta,
-before or after the script. Like states and subscriptions are rebuilt from ``likes`` and
-``creator_subscriptions`` for pairs with no pending state (a pending state is newer than Postgres).
+Reconcile lists the cold keys Redis holds (SCAN), then, per shard, takes the shard's flush lease (the
+same lease ``capture_batch`` takes, so no flusher captures, writes or finishes that shard meanwhile and
+the Postgres counters of its items cannot move), reads the Postgres values of those keys and calls
+``reconcile_live.lua``. The script adds the pending deltas and compares with the key in one atomic
+step, so an increment arriving at any moment is counted once: it is in both the key and the delta,
+before or after the script. Like states and subscriptions are set from ``likes`` and
+``creator_subscriptions`` unless a pending state is newer. A key pinned without anything pending gets
+its idle TTL back.
 
 A shard leased by a running flusher is waited for briefly, then skipped (reported); the next run takes
 it. Reconcile never holds more than one lease at a time.
 
 Pairs the api wrote straight to Postgres while Redis was unreachable (``fallback_log``, api/fallback.py)
-are settled first, under the same lease: see daemon/reconcile_fallbacks.py.
+are settled first, under the same lease (daemon/reconcile_fallbacks.py); their keys are then checked
+like the others, and the loads of them under way (which read Postgres before the settlement) are
+refused their seeds (lua/lib/cold.lua).
 
 Before the shards, comment rows whose count change is not in Redis yet (posted or deleted while Redis was
 unreachable, or by a process that died before applying it) get it applied exactly once
@@ -40,23 +45,23 @@ import asyncpg
 from daemon import comment_counts, keys, reconcile_fallbacks
 from daemon.metrics import Metrics
 from daemon.settings import Settings
-from daemon.view_drains import drain_items, read_drains
-from lua import Scripts
+from daemon.store import Store
+from daemon.store.cold import ColdLoader, parse
 
 log = logging.getLogger(__name__)
 
 _PRUNE_COMMENT_KEYS = "DELETE FROM comment_idempotency WHERE created_at < now() - make_interval(secs => $1)"
-
-_COUNTER_SET = frozenset(keys.COUNTERS)
 _CHUNK = 2_000  # entries per script call: keeps one call short
+_SCAN = 1_000
 _LEASE_ATTEMPTS = 40  # x _LEASE_WAIT_S: how long a shard leased by a flusher is waited for
 _LEASE_WAIT_S = 0.05
 _SHARD_ATTEMPTS = 5  # a shard whose lease or batch changed under us is done again
+_REPAIRS_KEPT = 100
 
 
 @dataclass(slots=True)
 class Repair:
-    field: str  # "<counter>:<id>" in the live hash
+    field: str  # "<counter>:<id>"
     was: int
     now: int
 
@@ -66,10 +71,11 @@ class Report:
     shards: int = 0  # shards reconciled
     skipped_shards: list[int] = field(default_factory=list)  # leased by a flusher the whole time
     items_checked: int = 0  # content items and creators compared
-    fields_repaired: int = 0  # live counter fields set
+    fields_repaired: int = 0  # counter fields set
     drift: int = 0  # sum of |true - live| over the repaired fields
-    states_repaired: int = 0  # like-state entries set or removed
-    subscriptions_repaired: int = 0  # subscription entries set or removed
+    states_repaired: int = 0  # like states set
+    subscriptions_repaired: int = 0  # subscriptions set
+    keys_unpinned: int = 0  # keys without a TTL and nothing pending, given their idle TTL back
     fallbacks_settled: int = 0  # fallback_log rows (writes made while Redis was down) settled
     comments_settled: int = 0  # comment rows whose count change was applied by this run
     repairs: list[Repair] = field(default_factory=list)  # the first few, for the log and the CLI
@@ -80,12 +86,31 @@ class Report:
             f"reconciled {self.shards} shards{skipped}: {self.items_checked} items checked, "
             f"{self.fields_repaired} fields repaired, drift {self.drift}, "
             f"{self.states_repaired} like states and {self.subscriptions_repaired} subscriptions rebuilt"
+            + (f", {self.keys_unpinned} keys unpinned" if self.keys_unpinned else "")
             + (f", {self.fallbacks_settled} fallback writes settled" if self.fallbacks_settled else "")
             + (f", {self.comments_settled} comment counts settled" if self.comments_settled else "")
         )
 
+    def add(self, found: Report) -> None:
+        for name in (
+            "fields_repaired",
+            "drift",
+            "states_repaired",
+            "subscriptions_repaired",
+            "keys_unpinned",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(found, name))
+        self.repairs.extend(found.repairs[: max(0, _REPAIRS_KEPT - len(self.repairs))])
 
-_REPAIRS_KEPT = 100
+
+@dataclass(slots=True)
+class Held:
+    """The cold keys of one shard to check: ids of items and creators, pairs (target, user)."""
+
+    items: set[str] = field(default_factory=set)
+    creators: set[str] = field(default_factory=set)
+    likes: set[tuple[str, str]] = field(default_factory=set)
+    subscriptions: set[tuple[str, str]] = field(default_factory=set)
 
 
 class LeaseBusy(Exception):
@@ -93,57 +118,31 @@ class LeaseBusy(Exception):
 
 
 async def reconcile(
-    settings: Settings,
-    redis: Any,
-    pool: asyncpg.Pool,
-    metrics: Metrics | None = None,
-    scripts: Scripts | None = None,
-    owner: str | None = None,
+    store: Store, pool: asyncpg.Pool, metrics: Metrics | None = None, owner: str | None = None
 ) -> Report:
     """Reconcile every shard; see the module docstring. ``owner`` is the lease owner token (a flusher
     passes its own, so that a lease it still holds from a failed pass does not block it)."""
-    scripts = scripts or Scripts.load()
+    settings = store.settings
     owner = owner or f"reconcile-{uuid.uuid4().hex[:12]}"
     report = Report()
-    report.comments_settled = await comment_counts.settle_pending(redis, scripts, pool, settings)
+    report.comments_settled = await comment_counts.settle_pending(store, pool)
     async with pool.acquire() as conn:
         await conn.execute(_PRUNE_COMMENT_KEYS, float(settings.idempotency_ttl_s))
-        content_ids = _by_shard(
-            (
-                r[0]
-                for r in await conn.fetch(
-                    "SELECT content_id FROM content_counters UNION SELECT content_id FROM likes"
-                )
-            ),
-            settings.shards,
-        )
-        creators = _by_shard(
-            (
-                r[0]
-                for r in await conn.fetch(
-                    "SELECT creator_id FROM creator_counters"
-                    " UNION SELECT creator_id FROM creator_subscriptions"
-                )
-            ),
-            settings.shards,
-        )
         fallbacks = await reconcile_fallbacks.read_fallbacks(conn, settings)
-        for shard, rows in fallbacks.items():
-            content_ids[shard].update(r["target_id"] for r in rows if r["kind"] == "like")
-            creators[shard].update(r["target_id"] for r in rows if r["kind"] == "subscription")
+    held = await held_keys(store.redis, settings.shards)
+    for shard, rows in fallbacks.items():
+        for row in rows:
+            pair = (row["target_id"], row["user_id"])
+            if row["kind"] == "like":
+                held[shard].items.add(pair[0])
+                held[shard].likes.add(pair)
+            else:
+                held[shard].creators.add(pair[0])
+                held[shard].subscriptions.add(pair)
     for shard in range(settings.shards):
         try:
             await _reconcile_shard(
-                settings,
-                redis,
-                pool,
-                scripts,
-                owner,
-                shard,
-                content_ids[shard],
-                creators[shard],
-                report,
-                fallbacks.get(shard, []),
+                store, pool, owner, shard, held.get(shard, Held()), report, fallbacks.get(shard, [])
             )
         except LeaseBusy:
             report.skipped_shards.append(shard)
@@ -158,146 +157,148 @@ async def reconcile(
     return report
 
 
-def _by_shard(ids: Iterable[str], shards: int) -> dict[int, set[str]]:
-    grouped: dict[int, set[str]] = defaultdict(set)
-    for item in ids:
-        grouped[keys.shard_of(item, shards)].add(item)
-    return grouped
+async def held_keys(redis: Any, shards: int) -> dict[int, Held]:
+    """The cold keys of counts, like states and subscriptions Redis holds now, by shard (one SCAN of
+    the keyspace; on a cluster, of every primary)."""
+    held: dict[int, Held] = defaultdict(Held)
+    async for name in redis.scan_iter(match=f"{keys.PREFIX}:{{s:*}}:*", count=_SCAN):
+        try:
+            kind, ident = parse(name)
+            shard = int(name[name.index("{s:") + 3 : name.index("}")])
+        except ValueError:
+            continue
+        if shard >= shards:
+            continue
+        if kind == "c":
+            held[shard].items.add(ident)
+        elif kind == "cr":
+            held[shard].creators.add(ident)
+        elif kind in ("lk", "sb"):
+            target, _, user = ident.partition("|")
+            (held[shard].likes if kind == "lk" else held[shard].subscriptions).add((target, user))
+    return held
 
 
-async def _take_lease(settings: Settings, redis: Any, scripts: Scripts, owner: str, shard: int) -> None:
+async def _take_lease(store: Store, owner: str, shard: int) -> None:
     lease = [keys.lease_key(shard)]
     for _ in range(_LEASE_ATTEMPTS):
-        if await scripts.take_lease(redis, lease, [owner, settings.flush_lease_ms]):
+        if await store.scripts.take_lease(store.redis, lease, [owner, store.settings.flush_lease_ms]):
             return
         await asyncio.sleep(_LEASE_WAIT_S)  # the flusher holding it finishes its pass: poll briefly
     raise LeaseBusy(shard)
 
 
 async def _reconcile_shard(
-    settings: Settings,
-    redis: Any,
+    store: Store,
     pool: asyncpg.Pool,
-    scripts: Scripts,
     owner: str,
     shard: int,
-    pg_items: set[str],
-    pg_creators: set[str],
+    held: Held,
     report: Report,
     fallbacks: list[asyncpg.Record],
 ) -> None:
+    settled = False
     for _attempt in range(_SHARD_ATTEMPTS):
-        await _take_lease(settings, redis, scripts, owner, shard)
+        await _take_lease(store, owner, shard)
         try:
-            if fallbacks:  # settled first, once: the normal pass then sets live counts and states
-                if not await reconcile_fallbacks.settle_fallbacks(
-                    settings, redis, pool, owner, shard, fallbacks
-                ):
+            if fallbacks:  # settled first, once: the pass then sets the keys from Postgres
+                if not await reconcile_fallbacks.settle_fallbacks(store, pool, owner, shard, fallbacks):
                     continue
                 report.fallbacks_settled += len(fallbacks)
                 fallbacks = []
-            if await _reconcile_leased(
-                settings, redis, pool, scripts, owner, shard, pg_items, pg_creators, report
-            ):
+                settled = True  # Postgres counts moved outside a flush
+            if await _reconcile_leased(store, pool, owner, shard, held, report, settled):
                 report.shards += 1
                 return
         finally:
-            await scripts.release_lease(redis, [keys.lease_key(shard)], [owner])
+            await store.scripts.release_lease(store.redis, [keys.lease_key(shard)], [owner])
     raise LeaseBusy(shard)
 
 
-async def _reconcile_leased(
-    settings: Settings,
-    redis: Any,
-    pool: asyncpg.Pool,
-    scripts: Scripts,
-    owner: str,
-    shard: int,
-    pg_items: set[str],
-    pg_creators: set[str],
-    report: Report,
-) -> bool:
-    pipe = redis.pipeline(transaction=False)
-    pipe.get(keys.batch_id_key(shard))
-    for key in (keys.live_key(shard), keys.delta_key(shard), keys.batch_key(shard)):
-        pipe.hkeys(key)
-    pipe.hkeys(keys.state_key(shard))
-    pipe.hkeys(keys.subs_key(shard))
-    batch_id, live_f, delta_f, batch_f, state_f, subs_f = await pipe.execute()
-    items, creators = set(pg_items), set(pg_creators)
-    for drains in await read_drains(redis, [keys.vdelta_key(shard), keys.vbatch_key(shard)]):
-        items.update(drain_items(drains))
-    for name in (*live_f, *delta_f, *batch_f):
-        counter, item = keys.parse_delta_field(name)
-        if counter in _COUNTER_SET:
-            items.add(item)
-        elif counter in keys.CREATOR_COUNTERS:
-            creators.add(item)
+async def _postgres_values(
+    conn: asyncpg.Connection, loader: ColdLoader, shard: int, held: Held
+) -> tuple[list[tuple[str, str, list[tuple[str, int]]]], list[tuple[str, str, str]]]:
+    """The count entries (key, id, [(counter, value)]) and state entries (key, pair, value) of the
+    shard's held keys, as Postgres has them."""
+    counts = []
+    rows = {
+        r["content_id"]: r
+        for r in await conn.fetch(
+            f"SELECT content_id, {', '.join(keys.COUNTERS)} FROM content_counters WHERE content_id = ANY($1)",
+            list(held.items),
+        )
+    }
+    for item in sorted(held.items):
+        row = rows.get(item)
+        values = [(c, int(row[c]) if row else 0) for c in keys.COUNTERS]
+        counts.append((keys.counts_key(shard, item), item, values))
+    subscribers = dict(
+        await conn.fetch(
+            "SELECT creator_id, subscribers FROM creator_counters WHERE creator_id = ANY($1)",
+            list(held.creators),
+        )
+    )
+    for creator in sorted(held.creators):
+        counts.append(
+            (keys.creator_key(shard, creator), creator, [("subscribers", int(subscribers.get(creator, 0)))])
+        )
+    states = []
+    names = {keys.like_key(shard, c, u): keys.state_field(c, u) for c, u in sorted(held.likes)}
+    names.update(
+        {keys.subscription_key(shard, c, u): keys.state_field(c, u) for c, u in sorted(held.subscriptions)}
+    )
+    if names:
+        found = await loader.read(conn, list(names))
+        states = [(name, pair, found[name]) for name, pair in names.items()]
+    return counts, states
 
+
+async def _reconcile_leased(
+    store: Store, pool: asyncpg.Pool, owner: str, shard: int, held: Held, report: Report, settled: bool
+) -> bool:
+    settings = store.settings
+    batch_id = await store.redis.get(keys.batch_id_key(shard))
     async with pool.acquire() as conn:
         batch_pending = False
         if batch_id:
             committed = await conn.fetchval("SELECT 1 FROM flush_batches WHERE batch_id = $1", batch_id)
             batch_pending = committed is None
-        counters: list[tuple[str, int]] = []
-        rows = {
-            r["content_id"]: r
-            for r in await conn.fetch(
-                f"SELECT content_id, {', '.join(keys.COUNTERS)} FROM content_counters"
-                " WHERE content_id = ANY($1)",
-                list(items),
-            )
-        }
-        for item in sorted(items):
-            row = rows.get(item)
-            counters.extend((keys.field(c, item), int(row[c]) if row else 0) for c in keys.COUNTERS)
-        subscribers = dict(
-            await conn.fetch(
-                "SELECT creator_id, subscribers FROM creator_counters WHERE creator_id = ANY($1)",
-                list(creators),
-            )
-        )
-        counters.extend((keys.field("subscribers", c), int(subscribers.get(c, 0))) for c in sorted(creators))
-        likes = {
-            keys.state_field(r["content_id"], r["user_id"]): str(r["value"])
-            for r in await conn.fetch(
-                "SELECT user_id, content_id, value FROM likes WHERE content_id = ANY($1)", list(items)
-            )
-        }
-        subs = {
-            keys.state_field(r["creator_id"], r["user_id"]): "1"
-            for r in await conn.fetch(
-                "SELECT user_id, creator_id FROM creator_subscriptions WHERE creator_id = ANY($1)",
-                list(creators),
-            )
-        }
-    # Entries Redis has and Postgres does not: removed unless a pending state is newer.
-    states = [*likes.items(), *((f, "0") for f in state_f if f not in likes)]
-    subscriptions = [*subs.items(), *((f, "0") for f in subs_f if f not in subs)]
-
+        counts, states = await _postgres_values(conn, store.loader, shard, held)
     script_keys = [
-        keys.live_key(shard),
         keys.delta_key(shard),
         keys.batch_key(shard),
         keys.batch_id_key(shard),
         keys.lease_key(shard),
-        keys.state_key(shard),
         keys.sdelta_key(shard),
         keys.sbatch_key(shard),
-        keys.subs_key(shard),
         keys.subdelta_key(shard),
         keys.subbatch_key(shard),
         keys.vdelta_key(shard),
         keys.vbatch_key(shard),
+        keys.dirty_key(shard),
+        keys.dirtybatch_key(shard),
+        keys.rec_key(shard),
+        keys.recexp_key(shard),
     ]
     found = Report()
-    for chunk_counters, chunk_states, chunk_subs in _chunks(counters, states, subscriptions):
-        args: list[str | int] = [owner, batch_id or "", "1" if batch_pending else "0"]
-        for section in (chunk_counters, chunk_states, chunk_subs):
-            args.append(len(section))
-            for name, value in section:
-                args.extend((name, value))
-        result = await scripts.reconcile_live(redis, script_keys, args)
+    for chunk_counts, chunk_states in _chunks(counts, states):
+        args: list[str | int] = [
+            owner,
+            batch_id or "",
+            "1" if batch_pending else "0",
+            "1" if settled else "0",
+            settings.counts_idle_ttl_s,
+            settings.state_idle_ttl_s,
+            len(chunk_counts),
+        ]
+        for key, ident, values in chunk_counts:
+            args += (key, ident, len(values))
+            for counter, value in values:
+                args += (counter, value)
+        args.append(len(chunk_states))
+        for entry in chunk_states:
+            args.extend(entry)
+        result = await store.scripts.reconcile_live(store.redis, script_keys, args)
         if result[0] != "ok":
             # The lease expired (or the batch changed): what was already set is right for the state it saw;
             # the whole shard is done again under a new lease.
@@ -307,23 +308,18 @@ async def _reconcile_leased(
         found.drift += int(result[2])
         found.states_repaired += int(result[3])
         found.subscriptions_repaired += int(result[4])
-        changes = result[5:]
+        found.keys_unpinned += int(result[5])
+        changes = result[6:]
         for i in range(0, len(changes), 3):
             found.repairs.append(Repair(changes[i], int(changes[i + 1]), int(changes[i + 2])))
-    report.items_checked += len(items) + len(creators)
-    report.fields_repaired += found.fields_repaired
-    report.drift += found.drift
-    report.states_repaired += found.states_repaired
-    report.subscriptions_repaired += found.subscriptions_repaired
-    report.repairs.extend(found.repairs[: max(0, _REPAIRS_KEPT - len(report.repairs))])
+    report.items_checked += len(held.items) + len(held.creators)
+    report.add(found)
     return True
 
 
-def _chunks(
-    counters: Sequence[tuple[str, int]], states: Sequence[tuple[str, str]], subs: Sequence[tuple[str, str]]
-) -> Iterable[tuple[Sequence[tuple[str, int]], Sequence[tuple[str, str]], Sequence[tuple[str, str]]]]:
+def _chunks(counts: Sequence[Any], states: Sequence[Any]) -> Iterable[tuple[Sequence[Any], Sequence[Any]]]:
     """Script calls of at most _CHUNK entries each; at least one call (it also checks the lease)."""
-    sections = [list(counters), list(states), list(subs)]
+    sections = [list(counts), list(states)]
     first = True
     while first or any(sections):
         first = False
@@ -333,19 +329,22 @@ def _chunks(
             taken.append(section[:budget])
             sections[i] = section[budget:]
             budget -= len(taken[-1])
-        yield taken[0], taken[1], taken[2]
+        yield taken[0], taken[1]
 
 
 async def run_reconcile(settings: Settings) -> int:
     """``engagementd reconcile``: one run over every shard; prints the report, exits 0."""
     from daemon import db
     from daemon.redis_client import make_redis
+    from lua import Scripts
 
     redis = make_redis(settings)
     pool = await db.create_pool(settings)
+    metrics = Metrics(roles=("flusher",))
     try:
         await keys.check_shards(redis, settings.shards)
-        report = await reconcile(settings, redis, pool, Metrics(roles=("flusher",)))
+        store = Store(settings, redis, Scripts.load(), db.provided(pool), metrics)
+        report = await reconcile(store, pool, metrics)
     finally:
         await redis.aclose()
         await pool.close()

@@ -12,7 +12,7 @@ import asyncpg
 
 from daemon import keys
 from daemon.settings import Settings
-from lua import LuaScript
+from daemon.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ INSERT INTO creator_counters AS c (creator_id, subscribers, updated_at)
 SELECT *, now() FROM unnest($1::text[], $2::bigint[])
 ON CONFLICT (creator_id) DO UPDATE SET subscribers = EXCLUDED.subscribers, updated_at = now()
 """
-_settle_script = LuaScript.load("settle_fallbacks")
 
 
 async def read_fallbacks(conn: asyncpg.Connection, settings: Settings) -> dict[int, list[asyncpg.Record]]:
@@ -41,7 +40,7 @@ async def read_fallbacks(conn: asyncpg.Connection, settings: Settings) -> dict[i
 
 
 async def settle_fallbacks(
-    settings: Settings, redis: Any, pool: asyncpg.Pool, owner: str, shard: int, rows: list[asyncpg.Record]
+    store: Store, pool: asyncpg.Pool, owner: str, shard: int, rows: list[asyncpg.Record]
 ) -> bool:
     """Settle one shard's unreconciled fallback rows, under its lease; False when the lease or the
     batch changed (the shard is done again). Steps, each safe to repeat after a crash:
@@ -52,8 +51,10 @@ async def settle_fallbacks(
     2. In one Postgres transaction (SHARE on fallback_log: no fallback write in between): set the
        touched counters to COUNT(records with the remaining pending states applied) minus the pending
        increments -- so that once the flusher adds those increments, the counts equal the records --
-       and mark the rows reconciled. The normal pass then sets live counts and the pairs' state entries.
+       and mark the rows reconciled. The normal pass then sets the counts and the pairs' states Redis
+       holds (and moves the shard's gen on, so that no cold load read before this commit seeds).
     """
+    settings, redis = store.settings, store.redis
     like_pairs = {keys.state_field(r["target_id"], r["user_id"]) for r in rows if r["kind"] == "like"}
     sub_pairs = {keys.state_field(r["target_id"], r["user_id"]) for r in rows if r["kind"] == "subscription"}
     items = sorted({r["target_id"] for r in rows if r["kind"] == "like"})
@@ -67,7 +68,7 @@ async def settle_fallbacks(
             )
     fields = [keys.field(c, i) for i in items for c in ("likes", "dislikes")]
     fields += [keys.field("subscribers", c) for c in creators]
-    result = await _settle_script(
+    result = await store.scripts.settle_fallbacks(
         redis,
         [
             keys.lease_key(shard),

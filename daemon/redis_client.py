@@ -44,18 +44,31 @@ def make_redis(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
-async def check_config(redis: aioredis.Redis) -> str | None:
-    """A warning when Redis keeps large hashes as listpacks, or None. CONFIG may be refused (managed
-    Redis): then there is nothing to check."""
+# Policies that evict only keys with a TTL: never pending data (docs/redis-memory.md). "noeviction" never
+# evicts; it only refuses writes at maxmemory (answered 503), so cold state is dropped by its TTL alone.
+SAFE_POLICIES = frozenset({"noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"})
+
+
+async def check_config(redis: aioredis.Redis) -> list[str]:
+    """Warnings about Redis's configuration: large hashes kept as listpacks, or an eviction policy that
+    could evict unflushed data. CONFIG may be refused (managed Redis): then there is nothing to check."""
+    warnings = []
     try:
         found = await redis.config_get("hash-max-listpack-entries")
+        policies = await redis.config_get("maxmemory-policy")
     except (RedisError, OSError):
-        return None
+        return []
     values = {int(v) for v in found.values()} if found else set()
     too_big = sorted(v for v in values if v > HASH_MAX_LISTPACK_ENTRIES)
-    if not too_big:
-        return None
-    return (
-        f"Redis hash-max-listpack-entries is {too_big[-1]}: per-shard hashes stay listpacks and every "
-        f"update scans them; set it to {HASH_MAX_LISTPACK_ENTRIES} or less (README, Redis configuration)"
-    )
+    if too_big:
+        warnings.append(
+            f"Redis hash-max-listpack-entries is {too_big[-1]}: per-shard hashes stay listpacks and every "
+            f"update scans them; set it to {HASH_MAX_LISTPACK_ENTRIES} or less (README, Redis configuration)"
+        )
+    unsafe = sorted({p for p in (policies or {}).values() if p not in SAFE_POLICIES})
+    if unsafe:
+        warnings.append(
+            f"Redis maxmemory-policy is {unsafe[-1]}: it can evict changes not yet written to Postgres "
+            "(lost counts, a like counted twice); use volatile-lru (docs/redis-memory.md)"
+        )
+    return warnings

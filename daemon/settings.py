@@ -54,7 +54,7 @@ class Settings:
     buffer_max_items: int = 200_000  # distinct items buffered + in flight; past it views get 503
     buffer_retry_max_ms: int = 5_000  # ceiling of the exponential backoff while Redis is down
     buffer_retry_after_s: int = 1  # Retry-After sent with a 503
-    drain_marker_ttl_s: int = 86_400  # how long Redis remembers an applied drain id
+    drain_marker_ttl_s: int = 86_400  # how long Redis remembers a silent process's drain mark
     # Applied drains kept per shard as one list entry each until the flusher takes them (eng:{s:N}:vdelta);
     # past it, a drain's increments are added to the delta hash field by field. 0: always the hash.
     view_delta_max_drains: int = 256
@@ -63,6 +63,18 @@ class Settings:
     buffer_viewers_max_per_item: int = 10_000  # distinct user ids held per item per drain
     unique_viewers_daily_ttl_s: int = 3 * 86_400  # a daily HLL expires this long after its first view
     unique_viewers_day: str = ""  # YYYY-MM-DD: pin the UTC day of daily HLLs (tests); "": the clock
+
+    # Redis as a hot set (docs/redis-memory.md): how long a copy of Postgres stays in Redis once Postgres
+    # has all of it and nothing uses it (a TTL, refreshed by each flush that writes a change of it).
+    counts_idle_ttl_s: int = 7 * 86_400  # item and creator counts, all-time unique viewers, registry
+    state_idle_ttl_s: int = 3 * 86_400  # one user's like state on an item, subscription to a creator
+    # A "none" state a read loaded (a signed-in reader of an item they never liked): kept shorter, so that
+    # readers cost Redis a key per item for minutes, not days.
+    state_read_ttl_s: int = 600
+    # A "none" state a read loaded (a signed-in reader of an item they never liked): kept shorter, so that
+    # readers cost Redis a key per item for minutes, not days.
+    state_read_ttl_s: int = 600
+    records_sweep_max: int = 1_000  # expired records (Idempotency-Key answers...) removed per shard per call
 
     # Per-user sliding-window rate limits: "<action>=<limit>/<window>" with units ms, s, m, h.
     rate_limits: str = (
@@ -86,6 +98,7 @@ class Settings:
     flush_lease_ms: int = 30_000
     flush_ledger_retention_days: int = 7
     reconcile_interval_s: float = 300.0  # the flusher reconciles live counts this often; 0: never
+    redis_memory_sample_s: float = 15.0  # the flusher samples Redis memory and keys by kind; 0: never
 
     # Kafka consumer (`engagementd consume`): one group, three topics (empty topic name: not consumed).
     consumer_group: str = "engagementd"
@@ -98,7 +111,6 @@ class Settings:
     consumer_retry_max_tries: int = 10  # tries of a failing message before it is dead-lettered
     consumer_retry_base_ms: int = 100  # first backoff between tries, doubled each time
     consumer_retry_max_ms: int = 5_000  # ceiling of that backoff (and of the wait while Redis is down)
-    consumer_offsets_ttl_s: int = 86_400  # how long the idempotency store remembers applied offsets
 
     # Postgres pool.
     db_pool_min: int = 1
@@ -136,6 +148,8 @@ class Settings:
             raise SettingsError("flush intervals must be at least 1 ms")
         if self.reconcile_interval_s < 0:
             raise SettingsError("ENGAGEMENT_RECONCILE_INTERVAL_S must be 0 (disabled) or positive")
+        if self.redis_memory_sample_s < 0:
+            raise SettingsError("ENGAGEMENT_REDIS_MEMORY_SAMPLE_S must be 0 (disabled) or positive")
         if self.comment_max_chars < 1:
             raise SettingsError("ENGAGEMENT_COMMENT_MAX_CHARS must be at least 1")
         if self.buffer_max_items < 1 or self.batch_max_items < 1:
@@ -144,6 +158,14 @@ class Settings:
             raise SettingsError(
                 "ENGAGEMENT_VIEW_DELTA_MAX_DRAINS must be 0 (the delta hash only) or positive"
             )
+        lifetimes = (
+            self.counts_idle_ttl_s,
+            self.state_idle_ttl_s,
+            self.state_read_ttl_s,
+            self.drain_marker_ttl_s,
+        )
+        if min(*lifetimes, self.records_sweep_max) < 1:
+            raise SettingsError("idle TTLs, the drain marker TTL and records_sweep_max must be positive")
         if self.buffer_viewers_max_per_item < 1 or self.unique_viewers_daily_ttl_s < 1:
             raise SettingsError("buffer_viewers_max_per_item and unique_viewers_daily_ttl_s must be positive")
         if self.unique_viewers_day:

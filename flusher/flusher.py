@@ -22,12 +22,13 @@ from collections.abc import Sequence
 import asyncpg
 from redis.exceptions import RedisError
 
-from daemon import keys
+from daemon import db, keys
 from daemon.history import prune_clears
 from daemon.metrics import Metrics
 from daemon.pg_idempotency import prune_playlist_idempotency
 from daemon.reconcile import reconcile
 from daemon.settings import Settings
+from daemon.store import Store
 from daemon.view_drains import COUNTER_INDEX, add_drains, read_drains
 from flusher.history_writer import parse_heartbeats, trim_calls
 from flusher.uniques import flush_uniques
@@ -48,6 +49,7 @@ class Flusher:
         self.pool = pool
         self.scripts = scripts
         self.metrics = metrics
+        self.store = Store(settings, redis, scripts, db.provided(pool), metrics)
         self.owner = f"flusher-{uuid.uuid4().hex[:12]}"
         self._stopping = asyncio.Event()
         self._last_prune = 0.0
@@ -73,6 +75,8 @@ class Flusher:
                         keys.hbatch_key(shard),
                         keys.vdelta_key(shard),
                         keys.vbatch_key(shard),
+                        keys.dirty_key(shard),
+                        keys.dirtybatch_key(shard),
                     ],
                     [self.owner, self.settings.flush_lease_ms, f"{shard}-{uuid.uuid4().hex}"],
                 )
@@ -121,8 +125,10 @@ class Flusher:
                     keys.subbatch_key(b.shard),
                     keys.hbatch_key(b.shard),
                     keys.vbatch_key(b.shard),
+                    keys.dirtybatch_key(b.shard),
+                    keys.dirty_key(b.shard),
                 ],
-                [b.batch_id, self.owner],
+                [b.batch_id, self.owner, self.settings.counts_idle_ttl_s, self.settings.state_idle_ttl_s],
             )
             for b in batches
         ]
@@ -135,6 +141,7 @@ class Flusher:
         counter to flush."""
         started = time.perf_counter()
         await self.flush_unique_viewers()
+        await self.sweep_records()
         batches = await self.capture()
         if not batches:
             self.metrics.flush_completed()
@@ -156,11 +163,17 @@ class Flusher:
         log.debug("flushed %d batches, %d rows", len(result.committed), result.rows)
         return result
 
-    async def flush_unique_viewers(self) -> int:
-        """The current counts of the unique viewers HLLs that changed (flusher/uniques.py)."""
-        rows = await flush_uniques(self.redis, self.pool, self.scripts.capture_uniques, self.settings.shards)
+    async def flush_unique_viewers(self) -> bool:
+        """The current counts of the unique viewers HLLs that changed (flusher/uniques.py); True when
+        none is left for another pass."""
+        rows, done = await flush_uniques(self.redis, self.pool, self.scripts, self.settings)
         self.metrics.flushed_unique_rows.inc(rows)
-        return rows
+        return done
+
+    async def sweep_records(self) -> int:
+        """Records whose lifetime is over (Idempotency-Key answers, comment markers, drain marks of
+        processes gone quiet): removed, so that they cost memory only while they matter."""
+        return await self.store.sweep_records()
 
     async def drain(self) -> tuple[int, int]:
         """Flush until nothing is pending (``--once``). Returns (batches, rows)."""
@@ -168,6 +181,8 @@ class Flusher:
         while (result := await self.flush_once()) is not None:
             batches += len(result.committed)
             rows += result.rows
+        while not await self.flush_unique_viewers():
+            pass
         return batches, rows
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -209,7 +224,7 @@ class Flusher:
         if every <= 0 or now - self._last_reconcile < every:
             return
         self._last_reconcile = now
-        await reconcile(self.settings, self.redis, self.pool, self.metrics, self.scripts, owner=self.owner)
+        await reconcile(self.store, self.pool, self.metrics, owner=self.owner)
 
     async def _maybe_prune(self) -> None:
         now = time.monotonic()

@@ -11,6 +11,7 @@ from prometheus_client import start_http_server
 from daemon import db, keys
 from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
+from daemon.redis_memory import RedisMemory
 from daemon.settings import Settings
 from flusher.flusher import Flusher
 from lua import Scripts
@@ -43,7 +44,16 @@ async def run_flusher(
             settings.shards,
             f"{settings.reconcile_interval_s:g} s" if settings.reconcile_interval_s > 0 else "never",
         )
-        await flusher.run()
+        sampler = None
+        if settings.redis_memory_sample_s > 0:  # its own task: a slow INFO or SCAN never delays a flush
+            memory = RedisMemory(redis, metrics.redis_memory)
+            sampler = asyncio.create_task(memory.run(settings.redis_memory_sample_s))
+        try:
+            await flusher.run()
+        finally:
+            if sampler is not None:
+                sampler.cancel()
+                await asyncio.gather(sampler, return_exceptions=True)
         await flusher.release_leases()
         return 0
     finally:

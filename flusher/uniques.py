@@ -1,17 +1,21 @@
-"""Unique viewers to Postgres: the current HLL counts of the items whose HLLs changed.
+"""Unique viewers to Postgres: the current HLLs, and their counts, of the items whose HLLs changed.
 
 ``apply_views.lua`` adds ``<yyyymmdd>:<content_id>`` to the shard's ``uvtouch`` set when a drain
-changed that item's daily or all-time HLL. Each pass, ``capture_uniques.lua`` moves up to
-``UNIQUES_PER_CALL`` members per shard to ``uvbatch`` and returns their PFCOUNTs; they are upserted
-into ``content_unique_viewers_daily`` and ``content_unique_viewers`` in one transaction, and only
-then removed from ``uvbatch``. The values are absolute, so a repeated write (a flusher killed before
-the SREM, two flushers on one shard) writes the same figures again: no ledger is needed. An upsert
-never lowers a stored figure (GREATEST): a slower flusher cannot overwrite a newer count with an
-older one, and a daily HLL that has expired (count 0) leaves the row as it is.
+changed that item's daily HLL, and the content id to ``uvatouch`` when it changed its all-time HLL;
+such an HLL carries no TTL until Postgres has it. Each pass, ``capture_uniques.lua`` moves up to
+``UNIQUES_PER_CALL`` members of each set per shard to ``uvbatch`` / ``uvabatch`` and returns each
+HLL's bytes with its PFCOUNT; both are upserted into ``content_unique_viewers_daily`` and
+``content_unique_viewers`` in one transaction, and only then ``finish_uniques.lua`` forgets the
+members and gives the HLLs their TTL back (docs/redis-memory.md). The values are absolute, so a
+repeated write (a flusher killed before the finish, two flushers on one shard) writes the same figures
+again: no ledger is needed. An upsert never lowers a stored figure (GREATEST) nor replaces an HLL by
+one with a smaller count: a slower flusher cannot overwrite a newer HLL with an older one (a union only
+grows, and so does its count). A row written before Postgres kept HLLs takes the first one it gets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -19,85 +23,136 @@ from typing import Any
 import asyncpg
 
 from daemon import keys
-from lua import LuaScript
+from daemon.settings import Settings
+from lua import Scripts
 
-UNIQUES_PER_CALL = 1000
+UNIQUES_PER_CALL = 200  # members of each touch set per shard per call: a dense HLL is ~14 KB
+SHARDS_PER_ROUND = 16  # shards captured, written and finished together: bounds one pipeline's bytes
+ROUNDS_PER_PASS = 50  # per group of shards and flusher pass: the counters' flush never waits for long
 
 _DAILY = """
-INSERT INTO content_unique_viewers_daily AS t (content_id, day, unique_viewers, updated_at)
-SELECT content_id, day, n, now() FROM unnest($1::text[], $2::date[], $3::bigint[]) AS d (content_id, day, n)
-ON CONFLICT (content_id, day) DO UPDATE
-    SET unique_viewers = GREATEST(t.unique_viewers, EXCLUDED.unique_viewers), updated_at = now()
-    WHERE t.unique_viewers < EXCLUDED.unique_viewers
+INSERT INTO content_unique_viewers_daily AS t (content_id, day, unique_viewers, hll, updated_at)
+SELECT content_id, day, n, hll, now()
+FROM unnest($1::text[], $2::date[], $3::bigint[], $4::bytea[]) AS d (content_id, day, n, hll)
+ON CONFLICT (content_id, day) DO UPDATE SET
+    unique_viewers = GREATEST(t.unique_viewers, EXCLUDED.unique_viewers),
+    hll = CASE WHEN t.hll IS NULL OR t.unique_viewers <= EXCLUDED.unique_viewers
+               THEN EXCLUDED.hll ELSE t.hll END,
+    updated_at = now()
 """
 _ALL_TIME = """
-INSERT INTO content_unique_viewers AS t (content_id, unique_viewers, updated_at)
-SELECT content_id, n, now() FROM unnest($1::text[], $2::bigint[]) AS d (content_id, n)
-ON CONFLICT (content_id) DO UPDATE
-    SET unique_viewers = GREATEST(t.unique_viewers, EXCLUDED.unique_viewers), updated_at = now()
-    WHERE t.unique_viewers < EXCLUDED.unique_viewers
+INSERT INTO content_unique_viewers AS t (content_id, unique_viewers, hll, updated_at)
+SELECT content_id, n, hll, now() FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS d (content_id, n, hll)
+ON CONFLICT (content_id) DO UPDATE SET
+    unique_viewers = GREATEST(t.unique_viewers, EXCLUDED.unique_viewers),
+    hll = CASE WHEN t.hll IS NULL OR t.unique_viewers <= EXCLUDED.unique_viewers
+               THEN EXCLUDED.hll ELSE t.hll END,
+    updated_at = now()
 """
 
 
 @dataclass(slots=True)
 class Captured:
-    members: dict[int, list[str]] = field(default_factory=dict)  # shard -> members taken
-    daily: dict[tuple[str, date], int] = field(default_factory=dict)  # (content_id, day) -> count
-    all_time: dict[str, int] = field(default_factory=dict)  # content_id -> count
+    members: dict[int, tuple[list[str], list[str]]] = field(default_factory=dict)  # shard -> taken
+    daily: dict[tuple[str, date], tuple[int, bytes]] = field(default_factory=dict)  # -> count, HLL
+    all_time: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # content_id -> count, HLL
     more: bool = False  # some shard has members left
 
 
-async def capture(redis: Any, script: LuaScript, shards: int) -> Captured:
+async def capture(redis: Any, scripts: Scripts, shards: Sequence[int]) -> Captured:
     calls = [
-        ([keys.uv_touch_key(s), keys.uv_batch_key(s)], [keys.tag(s), UNIQUES_PER_CALL]) for s in range(shards)
+        (
+            [keys.uv_touch_key(s), keys.uv_batch_key(s), keys.uv_all_touch_key(s), keys.uv_all_batch_key(s)],
+            [keys.tag(s), UNIQUES_PER_CALL],
+        )
+        for s in shards
     ]
     captured = Captured()
-    for shard, result in enumerate(await script.call_many(redis, calls)):
+    results = await scripts.capture_uniques.call_many(redis, calls, raw=True)
+    for shard, result in zip(shards, results, strict=True):
         if isinstance(result, Exception):
             raise result
         captured.more = captured.more or bool(result[0])
-        if len(result) == 1:
+        daily_n = int(result[1])
+        entries = [(result[i].decode(), int(result[i + 1]), result[i + 2]) for i in range(2, len(result), 3)]
+        if not entries:
             continue
-        members = captured.members[shard] = []
-        for i in range(1, len(result), 3):
-            member, day_count, all_count = result[i], int(result[i + 1]), int(result[i + 2])
-            members.append(member)
-            day, content_id = member[:8], member[9:]
-            if day_count:
-                captured.daily[(content_id, keys.day_date(day))] = day_count
-            if all_count:
-                captured.all_time[content_id] = all_count  # the same count for each day of one call
+        daily, all_time = entries[:daily_n], entries[daily_n:]
+        captured.members[shard] = ([m for m, _, _ in daily], [c for c, _, _ in all_time])
+        for member, count, hll in daily:
+            if count and hll:  # an HLL that no longer exists (never, while a member): nothing to write
+                captured.daily[(member[9:], keys.day_date(member[:8]))] = (count, hll)
+        for content_id, count, hll in all_time:
+            if count and hll:
+                captured.all_time[content_id] = (count, hll)
     return captured
 
 
 async def write(conn: asyncpg.Connection, captured: Captured) -> int:
-    """Upsert the captured counts in one transaction; returns the daily rows sent."""
+    """Upsert the captured counts and HLLs in one transaction; returns the daily rows sent."""
     daily, all_time = captured.daily, captured.all_time
     async with conn.transaction():
         if daily:
             pairs = list(daily)
-            await conn.execute(_DAILY, [c for c, _ in pairs], [d for _, d in pairs], list(daily.values()))
+            values = list(daily.values())
+            await conn.execute(
+                _DAILY,
+                [c for c, _ in pairs],
+                [d for _, d in pairs],
+                [n for n, _ in values],
+                [h for _, h in values],
+            )
         if all_time:
-            await conn.execute(_ALL_TIME, list(all_time), list(all_time.values()))
+            values = list(all_time.values())
+            await conn.execute(_ALL_TIME, list(all_time), [n for n, _ in values], [h for _, h in values])
     return len(daily)
 
 
-async def finish(redis: Any, captured: Captured) -> None:
-    """Forget the written members (after the commit, never before)."""
-    pipe = redis.pipeline(transaction=False)
-    for shard, members in captured.members.items():
-        pipe.srem(keys.uv_batch_key(shard), *members)
-    await pipe.execute()
+async def finish(redis: Any, scripts: Scripts, settings: Settings, captured: Captured) -> None:
+    """Forget the written members and give their HLLs their TTL back (after the commit, never before)."""
+    calls = []
+    for shard, (daily, all_time) in captured.members.items():
+        call_keys = [
+            keys.uv_batch_key(shard),
+            keys.uv_touch_key(shard),
+            keys.uv_all_batch_key(shard),
+            keys.uv_all_touch_key(shard),
+            keys.rec_key(shard),
+            keys.recexp_key(shard),
+        ]
+        args = [
+            keys.tag(shard),
+            settings.counts_idle_ttl_s,
+            settings.unique_viewers_daily_ttl_s,
+            len(daily),
+            *daily,
+            *all_time,
+        ]
+        calls.append((call_keys, args))
+    for result in await scripts.finish_uniques.call_many(redis, calls):
+        if isinstance(result, Exception):
+            raise result
 
 
-async def flush_uniques(redis: Any, pool: asyncpg.Pool, script: LuaScript, shards: int) -> int:
-    """Write every pending unique viewers count; returns the daily rows written."""
-    rows = 0
-    while True:
-        captured = await capture(redis, script, shards)
-        if captured.members:
-            async with pool.acquire() as conn:
-                rows += await write(conn, captured)
-            await finish(redis, captured)
-        if not captured.more:
-            return rows
+async def flush_uniques(
+    redis: Any, pool: asyncpg.Pool, scripts: Scripts, settings: Settings
+) -> tuple[int, bool]:
+    """Write the pending unique viewers HLLs; returns the daily rows written and whether every touch set
+    was emptied. Shards go by groups of
+    SHARDS_PER_ROUND, each group until its touch sets are empty (or ROUNDS_PER_PASS rounds: the rest
+    waits for the next pass), so that one round trip carries at most SHARDS_PER_ROUND x 2 x
+    UNIQUES_PER_CALL HLLs."""
+    rows, done = 0, True
+    for start in range(0, settings.shards, SHARDS_PER_ROUND):
+        group = list(range(start, min(start + SHARDS_PER_ROUND, settings.shards)))
+        for _ in range(ROUNDS_PER_PASS):
+            captured = await capture(redis, scripts, group)
+            if captured.members:
+                async with pool.acquire() as conn:
+                    rows += await write(conn, captured)
+                await finish(redis, scripts, settings, captured)
+            if not captured.more:
+                break
+        else:
+            done = False
+    return rows, done

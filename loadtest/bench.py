@@ -1,7 +1,8 @@
 """The load benchmark of one api process, with private Redis and Postgres, in one command.
 
-    python -m loadtest.bench [--runs 5] [--duration 10] [--only single|likes|bulk|viral|bulk-matrix]
+    python -m loadtest.bench [--runs 5] [--duration 10] [--only single|likes|bulk|viral|bulk-matrix|cold]
                              [--bulk-items mixed|ids] [--bulk-ids uniform|zipf] [--viral-views 200000]
+                             [--cold-requests 2000] [--cold-rate 500]
 
 What it measures (targets in brackets; loadtest/README.md explains each):
 
@@ -27,6 +28,13 @@ viral   N views of ONE content id: Redis commands per 1,000 views from INFO comm
 consume events/s through one ``engagementd consume`` process into Redis (media_started events pre-produced
         to the mock cluster) vs a bare confluent-kafka loop that only decodes them; medians and the
         median per-round ratio [>= 100,000 events/s]. Every run must count exactly N views in Redis.
+cold    latency (p50, p99; requests/s on one connection) of ``GET /api/v1/content/{id}/stats`` with a
+        Bearer token and of ``POST /api/v1/content/{id}/like`` on hot items (their counts and like-state
+        keys in Redis) vs cold ones (those keys deleted just before, as an eviction would; Postgres has
+        them: a flush ran), sequential requests at a fixed pace, timed one by one; medians over --runs.
+        Postgres reads counted with pg_stat_statements (the part restarts the private Postgres with it):
+        [exactly one pool acquire per cold request (stats: 1 SELECT; like: 2, counts and state, on one
+        connection), none per hot one]; after a last flush every measured item has exactly 2 likes.
 
 Everything is bound to 127.0.0.1; every child runs in its own process group and is killed on exit.
 The harness itself, Redis, Postgres, wrk and the flusher are pinned to CPU 1 so CPU 0 is the server's.
@@ -46,6 +54,9 @@ from typing import Any
 
 from loadtest.bodies import IDS, ITEMS
 from loadtest.bulk import bench_bulk, bench_bulk_matrix
+from loadtest.cold import RATE as COLD_RATE
+from loadtest.cold import REQUESTS as COLD_REQUESTS
+from loadtest.cold import bench_cold
 from loadtest.consume import bench_consume
 from loadtest.likes import CONNECTIONS as LIKE_CONNECTIONS
 from loadtest.likes import bench_likes
@@ -56,7 +67,7 @@ from loadtest.single import SINGLE_POOL, bench_single
 from loadtest.viral import bench_viral
 from loadtest.wrkrun import CONNECTIONS, WARMUP_S, run_wrk
 
-PARTS = ["single", "likes", "bulk", "viral", "bulk-matrix", "consume"]
+PARTS = ["single", "likes", "bulk", "viral", "bulk-matrix", "consume", "cold"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,10 +105,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--consume-events", type=int, default=500_000, help="events per consume run")
     parser.add_argument("--consume-batch", type=int, default=50_000, help="consumer batch (service default)")
     parser.add_argument("--consume-ids", choices=IDS, default="uniform", help="content ids of consume events")
+    parser.add_argument(
+        "--cold-requests",
+        type=int,
+        default=COLD_REQUESTS,
+        help="cold part: timed requests per kind, hot and cold",
+    )
+    parser.add_argument(
+        "--cold-rate", type=int, default=COLD_RATE, help="cold part: sequential requests per second"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     ns = parser.parse_args(argv)
     if ns.runs < 1 or not 1 <= ns.duration <= 120:
         parser.error("--runs must be >= 1 and --duration between 1 and 120")
+    if ns.cold_requests < 50 or ns.cold_requests % 50 or not 1 <= ns.cold_rate <= 10_000:
+        parser.error("--cold-requests must be a multiple of 50 and --cold-rate between 1 and 10,000")
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: apt-get install -y wrk")
     return ns
@@ -140,7 +162,9 @@ def run_parts(ns: argparse.Namespace, backends: Backends | None, workdir: Path, 
         except BenchError as exc:
             out["errors"]["consume"] = str(exc)
             log(f"consume failed: {exc}")
-    if ns.only == "consume":
+    if ns.only in ("consume", "cold"):
+        if ns.only == "cold":
+            run_cold(ns, backends, workdir, out)
         return
     real: AppServer | None = None
     if backends is not None and ns.only in (None, "bulk", "viral", "bulk-matrix"):
@@ -166,6 +190,21 @@ def run_parts(ns: argparse.Namespace, backends: Backends | None, workdir: Path, 
                         log(f"{name} failed: {exc}")
         finally:
             real.stop()
+    if ns.only is None:
+        run_cold(ns, backends, workdir, out)
+
+
+def run_cold(ns: argparse.Namespace, backends: Backends | None, workdir: Path, out: dict[str, Any]) -> None:
+    """The cold part, last: it restarts the private Postgres (pg_stat_statements)."""
+    if backends is None:
+        if ns.only == "cold":
+            out["errors"]["cold"] = "needs the private Redis and Postgres (not with --bare-only)"
+        return
+    try:
+        bench_cold(ns, backends, workdir, out)
+    except BenchError as exc:
+        out["errors"]["cold"] = str(exc)
+        log(f"cold failed: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:

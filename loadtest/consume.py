@@ -114,10 +114,11 @@ def _real(
     if proc.wait(timeout=120) != 0 or last[1] != n or first is None:
         raise BenchError(f"engagementd consume failed ({last[1]}/{n} applied):\n{tail(log_path)}")
     CHILDREN.stop(proc)
-    views = sum(
-        int(v) for shard in range(backends.shards)
-        for f, v in backends.redis.hgetall(f"eng:{{s:{shard}}}:live").items() if f.startswith("views:")
-    )  # fmt: skip
+    names = list(backends.redis.scan_iter(match="eng:{s:*}:c:*", count=5000))
+    pipe = backends.redis.pipeline(transaction=False)
+    for name in names:
+        pipe.hget(name, "views")
+    views = sum(int(v or 0) for v in pipe.execute())
     if views != n:
         raise BenchError(f"Redis counted {views} views of {n} events")
     if last[0] <= first[0]:

@@ -121,17 +121,18 @@ def _summarise(res: dict[str, Any]) -> None:
 
 def consistency(backends: Backends) -> dict[str, Any]:
     """The live like counts of the benchmark's ids against the liked states in Redis (must be equal)."""
-    shards = sorted({zlib.crc32(f"{LIKE_PREFIX}{i}".encode()) % backends.shards for i in range(LIKE_POOL)})
-    pipe = backends.redis.pipeline(transaction=False)
-    for s in shards:
-        pipe.hgetall(f"eng:{{s:{s}}}:state")
+    # like states are keys eng:{s:N}:lk:<content_id>|<user_id> (daemon/keys.py); nothing evicts them here
+    names = list(backends.redis.scan_iter(match=f"eng:{{s:*}}:lk:{LIKE_PREFIX}*", count=5000))
     liked = 0
-    for states in pipe.execute():
-        liked += sum(1 for f, v in states.items() if f.startswith(LIKE_PREFIX) and v == "1")
+    for i in range(0, len(names), 5000):
+        pipe = backends.redis.pipeline(transaction=False)
+        for name in names[i : i + 5000]:
+            pipe.get(name)
+        liked += sum(1 for v in pipe.execute() if v == "1")
     pipe = backends.redis.pipeline(transaction=False)
     for i in range(LIKE_POOL):
         cid = f"{LIKE_PREFIX}{i}"
-        pipe.hget(f"eng:{{s:{zlib.crc32(cid.encode()) % backends.shards}}}:live", f"likes:{cid}")
+        pipe.hget(f"eng:{{s:{zlib.crc32(cid.encode()) % backends.shards}}}:c:{cid}", "likes")
     counted = sum(int(v) for v in pipe.execute() if v is not None)
     log(f"likes: {counted} likes counted in Redis, {liked} liked states")
     return {"likes_counted": counted, "liked_states": liked, "ok": counted == liked}

@@ -2,14 +2,16 @@
 
 ``POST|DELETE /api/v1/content/{contentId}/like`` with a Bearer HS256 token: ``jwt.decode`` (PyJWT,
 no cache) on every request, then ONE awaited ``EVALSHA`` of the project's own ``lua/set_reaction.lua``
-with the keys and arguments of ``api/reactions.py`` ``set_reaction()`` on a ``redis.asyncio`` client
-with a connection pool as large as the benchmark's concurrency (redis-py's default, 100, refuses
-the 101st request in flight), and the same 200 JSON body ``{"state", "likes", "dislikes"}``
+through the store (``daemon.store.Store.set_reaction``: the same keys and arguments; a like on a pair
+Redis does not hold costs one Postgres read, once) on a ``redis.asyncio`` client with a connection
+pool as large as the benchmark's concurrency (redis-py's default, 100, refuses the 101st request in
+flight), and the same 200 JSON body ``{"state", "likes", "dislikes"}``
 (serialised with orjson like the real api, so the comparison is about auth and Redis, not JSON).
 No rate limits, no metrics, no Idempotency-Key validation beyond passing the header on.
 
-It reads the service's environment (ENGAGEMENT_REDIS_URL, ENGAGEMENT_JWT_SECRET, ENGAGEMENT_SHARDS,
-ENGAGEMENT_IDEMPOTENCY_TTL_S) through daemon.settings, so it writes the same keys in the same Redis.
+It reads the service's environment (ENGAGEMENT_REDIS_URL, ENGAGEMENT_DATABASE_URL,
+ENGAGEMENT_JWT_SECRET, ENGAGEMENT_SHARDS, ENGAGEMENT_IDEMPOTENCY_TTL_S) through daemon.settings, so it
+writes the same keys in the same Redis.
 ``python -m loadtest.naive_likes_app --port 8082`` serves it with the granian options of
 ``engagementd api`` (daemon/server.py). ``GET /healthz`` answers 200 once Redis answers PING.
 """
@@ -28,12 +30,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from daemon import keys
+from daemon import db
+from daemon.metrics import Metrics
 from daemon.settings import Settings
-from lua import LuaScript
+from daemon.store import Store
+from lua import Scripts
 
 SETTINGS = Settings.from_env(os.environ)
-SET_REACTION = LuaScript.load("set_reaction")
+SCRIPTS = Scripts.load()
 STATE_NAMES = {1: "liked", -1: "disliked", 0: "none"}
 POOL_SIZE = 1024  # Redis connections at most: one per request in flight
 
@@ -56,21 +60,8 @@ def _endpoint(action: str):  # type: ignore[no-untyped-def]
             return _json({"error": "invalid_token"}, 401)
         content_id = request.path_params["contentId"]
         key = request.headers.get("idempotency-key") or ""
-        shard = keys.shard_of(content_id, SETTINGS.shards)
-        idem = keys.idem_key(shard, content_id, user_id, key) if key else keys.idem_key(shard, "-", "-", "-")
-        status, state, likes, dislikes = await request.app.state.redis.evalsha(
-            SET_REACTION.sha,
-            5,
-            keys.live_key(shard),
-            keys.delta_key(shard),
-            keys.state_key(shard),
-            keys.sdelta_key(shard),
-            idem,
-            content_id,
-            user_id,
-            action,
-            SETTINGS.idempotency_ttl_s,
-            action if key else "",
+        status, state, likes, dislikes = await request.app.state.store.set_reaction(
+            content_id, user_id, action, key
         )
         if status == "conflict":
             return _json({"error": "idempotency_key_reused"}, 422)
@@ -89,12 +80,15 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     # redis-py 8's default pool refuses a 101st connection (MaxConnectionsError): sized for the
     # benchmark's concurrency, so that the reference answers every request it is sent
     client = aioredis.Redis.from_url(SETTINGS.redis_url, decode_responses=True, max_connections=POOL_SIZE)
-    await client.script_load(SET_REACTION.text)  # so that every request is one EVALSHA
+    await client.script_load(SCRIPTS.set_reaction.text)  # so that every request is one EVALSHA
+    pool = db.LazyPool(SETTINGS)
     app.state.redis = client
+    app.state.store = Store(SETTINGS, client, SCRIPTS, pool, Metrics(roles=()))
     try:
         yield
     finally:
         await client.aclose()
+        await pool.close()
 
 
 app = Starlette(

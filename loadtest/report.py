@@ -150,6 +150,7 @@ def summary(out: dict[str, Any]) -> str:
             )
         )
     rows += consume_rows(out.get("consume"))
+    rows += cold_rows(out.get("cold"))
     for name, err in out.get("errors", {}).items():
         rows.append((f"{name}: ERROR", err.splitlines()[0][:60] if err else "", "", "FAIL"))
     m = out["machine"]
@@ -186,6 +187,88 @@ def consume_rows(c: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
         ),
         (f"consume ({ids}): Redis CPU-us per event", f"{c['redis_us_per_event_median']:.2f}", "", "-"),
     ]
+
+
+def cold_rows(c: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """The cold part: per kind, hot and cold latency, their p50 difference, Postgres reads per request."""
+    if not c or "stats" not in c or "hot_p50_us_median" not in c.get("stats", {}):
+        return []
+    rows: list[tuple[str, str, str, str]] = []
+    names = {"stats": "GET stats", "like": "POST like"}
+    for kind, name in names.items():
+        k = c[kind]
+        for temp in ("hot", "cold"):
+            rows.append(
+                (
+                    f"cold: {name} {temp} p50 / p99 (median)",
+                    f"{k[f'{temp}_p50_us_median']:,.0f} / {k[f'{temp}_p99_us_median']:,.0f} us",
+                    "",
+                    "-",
+                )
+            )
+            rows.append(
+                (
+                    f"cold: {name} {temp} req/s, 1 connection (median)",
+                    f"{k[f'{temp}_requests_per_s_median']:,.0f}",
+                    "",
+                    "-",
+                )
+            )
+        rows.append(
+            (f"cold: {name} cold - hot at p50", f"{k['p50_cold_minus_hot_us_median']:+,.0f} us", "", "-")
+        )
+        rows.append(
+            (
+                f"cold: {name} Postgres acquires / SELECTs per cold req",
+                f"{k['cold_acquires_per_request']:.3f} / {k['cold_selects_per_request']:.3f}",
+                "1 / " + ("1" if kind == "stats" else "2"),
+                verdict(k["one_read_per_cold_request"]),
+            )
+        )
+        if k.get("cold_select_exec_us_per_request") is not None:
+            rows.append(
+                (
+                    f"cold: {name} Postgres exec per cold req: SELECTs / reset",
+                    f"{k['cold_select_exec_us_per_request']:,.0f} / "
+                    f"{k['cold_reset_exec_us_per_request']:,.0f} us",
+                    "",
+                    "-",
+                )
+            )
+        if k.get("connections_retired"):
+            rows.append(
+                (
+                    f"cold: {name} pool connections retired (max_queries)",
+                    str(k["connections_retired"]),
+                    "",
+                    "-",
+                )
+            )
+        if k.get("cold_load_mean_us") is not None:
+            rows.append(
+                (f"cold: {name} store's Postgres read, mean", f"{k['cold_load_mean_us']:,.0f} us", "", "-")
+            )
+        rows.append(
+            (
+                f"cold: {name} Postgres statements, hot",
+                str(k["hot_statements"]),
+                "0",
+                verdict(k["hot_statements"] == 0),
+            )
+        )
+    cons = c.get("consistency", {})
+    rows.append(
+        (
+            "cold: like items with 2 likes in Postgres",
+            f"{cons.get('items_with_2_likes')}/{cons.get('items')}",
+            "all",
+            verdict(cons.get("ok")),
+        )
+    )
+    rows.append(
+        ("cold: run valid (answers, keys, reads)", str(c.get("valid")), "True", verdict(c.get("valid")))
+    )
+    return rows
 
 
 def likes_rows(lk: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:

@@ -124,7 +124,7 @@ class Backends:
             pipe = self.redis.pipeline(transaction=False)
             for cid in ids[i : i + 5000]:
                 shard = zlib.crc32(cid.encode()) % self.shards
-                pipe.hget(f"eng:{{s:{shard}}}:live", f"views:{cid}")
+                pipe.hget(f"eng:{{s:{shard}}}:c:{cid}", "views")
             total += sum(int(v) for v in pipe.execute() if v is not None)
         return total
 

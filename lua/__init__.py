@@ -3,24 +3,40 @@
 Each script is loaded once with ``importlib.resources`` and called by SHA. ``LuaScript`` reloads itself
 when Redis answers NOSCRIPT (after ``SCRIPT FLUSH`` or a restart), both for single calls and for
 pipelined batches of calls.
+
+A script may open with Redis 7's shebang line (``#!lua flags=allow-oom``: it runs while Redis is at
+``maxmemory``) and may use the helpers of ``lua/lib/<name>.lua`` by a line ``-- @include <name>``, which
+loading replaces with that file: one definition of the cold-key protocol, records and leases for every
+script that needs them (Redis has no ``require``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError
 
 KeyT = str
 ArgT = str | int | bytes
 
 
+_INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
+
+
 def source(name: str) -> str:
-    return resources.files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    """The text sent to Redis: the script's file with its ``-- @include`` lines replaced."""
+    text = resources.files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: _library(m.group(1)), text)
+
+
+def _library(name: str) -> str:
+    return resources.files(__name__).joinpath("lib", f"{name}.lua").read_text(encoding="utf-8").rstrip("\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,30 +57,32 @@ class LuaScript:
             return await client.eval(self.text, len(keys), *keys, *args)
 
     async def call_many(
-        self, client: Any, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]
+        self, client: Any, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]], *, raw: bool = False
     ) -> list[Any]:
         """Run many calls in one pipelined round trip; calls that met NOSCRIPT are re-sent with EVAL.
 
         Errors other than NOSCRIPT are returned in place of results, one per call, so the caller
-        decides which calls to retry. Connection errors raise.
+        decides which calls to retry. Connection errors raise. ``raw``: replies are not decoded
+        (scripts that return binary data).
         """
-        results = await _pipelined(client, [("evalsha", self.sha, keys, args) for keys, args in calls])
+        results = await _pipelined(client, [("evalsha", self.sha, keys, args) for keys, args in calls], raw)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
-            retried = await _pipelined(client, [("eval", self.text, *calls[i]) for i in missing])
+            retried = await _pipelined(client, [("eval", self.text, *calls[i]) for i in missing], raw)
             for i, r in zip(missing, retried, strict=True):
                 results[i] = r
         return results
 
 
 async def _pipelined(
-    client: Any, calls: Sequence[tuple[str, str, Sequence[KeyT], Sequence[ArgT]]]
+    client: Any, calls: Sequence[tuple[str, str, Sequence[KeyT], Sequence[ArgT]]], raw: bool = False
 ) -> list[Any]:
     pipe = client.pipeline(transaction=False)
+    options = {NEVER_DECODE: []} if raw else {}
     for command, script, keys, args in calls:
         # execute_command, not pipe.evalsha(): redis-py's cluster pipeline refuses the named methods
         # for scripts but routes EVAL/EVALSHA by their keys' slot.
-        pipe.execute_command(command.upper(), script, len(keys), *keys, *args)
+        pipe.execute_command(command.upper(), script, len(keys), *keys, *args, **options)
     return list(await pipe.execute(raise_on_error=False))
 
 
@@ -90,6 +108,13 @@ class Scripts:
     trim_history: LuaScript
     begin_consumed: LuaScript
     finish_consumed: LuaScript
+    sweep_records: LuaScript
+    finish_uniques: LuaScript
+    read_counts: LuaScript
+    seed_cold: LuaScript
+    settle_fallbacks: LuaScript
+    forget_pairs: LuaScript
+    read_cold: LuaScript
 
     @classmethod
     def load(cls) -> Scripts:

@@ -1,123 +1,187 @@
+#!lua
 -- apply_views: apply one drain of coalesced view increments for one shard, at most once.
 --
 -- Key layout (all keys share the hash tag {s:N}, so the call touches one slot):
---   KEYS[1]  eng:{s:N}:live             HASH   "<counter>:<content_id>" -> live count
---   KEYS[2]  eng:{s:N}:delta            HASH   "<counter>:<content_id>" -> increment not yet in Postgres
---   KEYS[3]  eng:{s:N}:drain:<drain_id> STRING marker: this drain was applied (expires)
---   KEYS[4]  eng:{s:N}:uvtouch          SET    "<yyyymmdd>:<content_id>" whose unique viewers HLLs
---            changed since the flusher last wrote their counts
---   KEYS[5]  eng:{s:N}:vdelta           LIST   applied drains not yet in Postgres, one entry each:
---            ARGV[2] .. ARGV[3] .. ARGV[4] (three msgpack maps, read by the flusher and reconcile)
---   derived, same hash tag (so the same slot), one pair per item with user ids:
---            eng:{s:N}:uv:<content_id>             HLL  user ids, all time
---            eng:{s:N}:uvd:<yyyymmdd>:<content_id> HLL  user ids of that UTC day (expires)
+--   KEYS[1]  eng:{s:N}:delta     HASH  "<counter>:<content_id>" -> increment not yet in Postgres
+--   KEYS[2]  eng:{s:N}:vdelta    LIST  applied drains not yet in Postgres, one entry each:
+--            ARGV[3] .. ARGV[4] .. ARGV[5] (three msgpack maps, read by the flusher and reconcile)
+--   KEYS[3]  eng:{s:N}:uvtouch   SET   "<yyyymmdd>:<content_id>" whose daily HLL changed since the
+--            flusher last wrote it
+--   KEYS[4]  eng:{s:N}:uvatouch  SET   content ids whose all-time HLL changed likewise
+--   KEYS[5]  eng:{s:N}:rec       HASH  records: "d:<process>" -> the process's drain mark; "l:<key>" ->
+--                                     the load token of a missing cold key (lib/cold.lua)
+--   KEYS[6]  eng:{s:N}:recexp    ZSET  record -> expiry (ms)
+--   KEYS[7]  eng:{s:N}:dirty     SET   cold keys changed since the last capture
+--   derived, same hash tag (so the same slot), per item of the drain:
+--            eng:{s:N}:c:<content_id>              HASH  live counts (cold: lib/cold.lua)
+--            eng:{s:N}:uv:<content_id>             HLL   user ids, all time (items with user ids)
+--            eng:{s:N}:uvd:<yyyymmdd>:<content_id> HLL   user ids of that UTC day
 -- ARGV:
---   ARGV[1]  marker TTL, seconds
---   ARGV[2]  msgpack map content_id -> views (integer > 0)
---   ARGV[3]  msgpack map content_id -> watch seconds (integer > 0); may be an empty map
---   ARGV[4]  msgpack map counter -> {content_id -> increment} for the other counters of a drain
+--   ARGV[1]  process id: the drain's sender (an api process, a consumer process)
+--   ARGV[2]  the drain's sequence number, counted per process and shard from 1
+--   ARGV[3]  msgpack map content_id -> views (integer > 0)
+--   ARGV[4]  msgpack map content_id -> watch seconds (integer > 0); may be an empty map
+--   ARGV[5]  msgpack map counter -> {content_id -> increment} for the other counters of a drain
 --            (completions, skips, replays: playback signals that are not views); may be empty
---   ARGV[5]  msgpack map content_id -> the distinct user ids that viewed it: an array, or a string
+--   ARGV[6]  msgpack map content_id -> the distinct user ids that viewed it: an array, or a string
 --            when there is one; may be an empty map
---   ARGV[6]  the key prefix of the slot, "eng:{s:N}"
---   ARGV[7]  the UTC day of the drain, yyyymmdd
---   ARGV[8]  lifetime of a daily HLL from its first view, seconds
---   ARGV[9]  most drains KEYS[5] may hold: past it (or when 0) the increments are added to the delta
+--   ARGV[7]  the key prefix of the slot, "eng:{s:N}"
+--   ARGV[8]  the UTC day of the drain, yyyymmdd
+--   ARGV[9]  most drains KEYS[2] may hold: past it (or when 0) the increments are added to the delta
 --            hash field by field instead, so a stalled flusher leaves a hash bounded by the items
--- KEYS[4..5] and ARGV[4..9] may be missing, as in drains journaled by a consumer of an earlier
--- version: then the increments go to the delta hash, and without ARGV[5] no unique viewers.
--- Returns 1 when the increments were applied, 0 when this drain id had already been applied
--- (a retry after a lost reply), so a retried drain never counts twice.
+--   ARGV[10] lifetime of the process's drain mark, seconds
+--   ARGV[11] seeds of missing cold keys, or "" (lib/cold.lua)
+-- Returns 1 when the increments were applied; 0 when this drain had already been applied (a retry
+-- after a lost reply, or after an "unknown"), so a retried drain never counts twice; or
+-- {"unknown", key, token, ...} when an item's counts are missing, or an HLL Postgres holds (the item's
+-- uva / uvd flags say so) is missing: nothing is applied then.
+--
+-- The drain mark "<n>[,<m>...]" says: every drain up to n was applied, and m... above it. A retry
+-- finds its sequence there; the few drains applied out of order (a pipelined drain answered
+-- "unknown" while the next one applied) are listed until the gap below them closes. One record per
+-- live process and shard, whatever the rate: the sweeper forgets a process silent for ARGV[10] s.
 -- The items travel as msgpack blobs, not as one ARGV per value: the client packs a whole shard in C.
 -- The pending increments are one list entry per drain rather than one HINCRBY per item and counter:
 -- half the commands (and AOF records) of a drain whose items are all different.
--- The HLL keys are derived here from the slot's prefix instead of being passed as KEYS (two per item):
--- they carry the same hash tag, so they live in the slot of KEYS[1] on a single Redis and on a cluster.
--- PFADD is idempotent, and a retried drain returns before it anyway.
+
+-- @include records
+-- @include cold
 
 local EMPTY_MAP = '\128'  -- msgpack {}
-local live_key, delta_key, marker_key = KEYS[1], KEYS[2], KEYS[3]
-local ttl_seconds = tonumber(ARGV[1])
+local delta_key, drains_key, touch_key, all_touch_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local rec_key, recexp_key, dirty_key = KEYS[5], KEYS[6], KEYS[7]
+local process, seq = ARGV[1], tonumber(ARGV[2])
+local prefix, day, max_drains, mark_ttl_seconds = ARGV[7], ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 
-if redis.call('EXISTS', marker_key) == 1 then
+-- Applied before?
+local mark_name = 'd:' .. process
+local mark = records.get(rec_key, recexp_key, mark_name)
+local hwm, extras = 0, {}
+if mark then
+  hwm = tonumber(string.match(mark, '^(%d+)'))
+  for s in string.gmatch(mark, ',(%d+)') do
+    extras[tonumber(s)] = true
+  end
+end
+if seq <= hwm or extras[seq] then
   return 0
 end
 
-local drains_key, max_drains = KEYS[5], tonumber(ARGV[9] or '0')
-local as_drain = drains_key ~= nil and max_drains > 0 and redis.call('LLEN', drains_key) < max_drains
+local views, watch = cmsgpack.unpack(ARGV[3]), cmsgpack.unpack(ARGV[4])
+local signals = (ARGV[5] ~= EMPTY_MAP) and cmsgpack.unpack(ARGV[5]) or {}
+local viewers = (ARGV[6] ~= EMPTY_MAP) and cmsgpack.unpack(ARGV[6]) or {}
 
--- The live counts of a drain: one HMGET and one HSET per 1,000 fields instead of one HINCRBY per
--- field (the script is atomic, so read-add-write is an increment); per field, that saves a command's
--- dispatch and its own AOF record, most of an increment's cost. Sums are formatted with %d, as
--- HINCRBY answers them (a Lua number holds any count exactly up to 2^53).
-local fields, amounts = {}, {}
-local function apply(counter, increments)
-  for content_id, n in pairs(increments) do
-    local field = counter .. ':' .. content_id
-    fields[#fields + 1] = field
-    amounts[#amounts + 1] = n
-    if not as_drain then
-      redis.call('HINCRBY', delta_key, field, string.format('%d', n))
+-- Every cold key the drain needs, loaded.
+cold.seed(ARGV[11], rec_key, recexp_key)
+local items, names = {}, {}
+local function collect(increments)
+  for content_id in pairs(increments) do
+    if not items[content_id] then
+      items[content_id] = prefix .. ':c:' .. content_id
+      names[#names + 1] = items[content_id]
     end
   end
 end
-
-local function add_live()
-  for i = 1, #fields, 1000 do  -- unpack() is bounded by Lua's stack
-    local last = math.min(i + 999, #fields)
-    local current = redis.call('HMGET', live_key, unpack(fields, i, last))
-    local pairs_ = {}
-    for j = i, last do
-      pairs_[#pairs_ + 1] = fields[j]
-      pairs_[#pairs_ + 1] = string.format('%d', (tonumber(current[j - i + 1]) or 0) + amounts[j])
+collect(views)
+collect(watch)
+for _, increments in pairs(signals) do
+  collect(increments)
+end
+local missing = cold.absent(names)
+local absent_counts = {}
+for _, name in ipairs(missing) do
+  absent_counts[name] = true
+end
+local hlls, hll_names = {}, {}
+for content_id in pairs(viewers) do
+  local all_key, day_key = prefix .. ':uv:' .. content_id, prefix .. ':uvd:' .. day .. ':' .. content_id
+  hlls[#hlls + 1] = {items[content_id], all_key, day_key}
+  hll_names[#hll_names + 1] = all_key
+  hll_names[#hll_names + 1] = day_key
+end
+local absent_hlls = {}
+for _, name in ipairs(cold.absent(hll_names)) do
+  absent_hlls[name] = true
+end
+for _, hll in ipairs(hlls) do
+  local counts_key, all_key, day_key = hll[1], hll[2], hll[3]
+  if absent_hlls[all_key] or absent_hlls[day_key] then
+    -- A missing HLL is created empty unless Postgres holds one (the counts' flags say; unknown
+    -- counts: ask the loader, which seeds "" when Postgres has none).
+    local flags = absent_counts[counts_key] and {'1', day} or redis.call('HMGET', counts_key, 'uva', 'uvd')
+    if absent_hlls[all_key] and flags[1] == '1' then
+      missing[#missing + 1] = all_key
     end
-    redis.call('HSET', live_key, unpack(pairs_))
+    if absent_hlls[day_key] and flags[2] and flags[2] >= day then
+      missing[#missing + 1] = day_key
+    end
   end
+end
+if #missing > 0 then
+  return cold.unknown(rec_key, recexp_key, missing)
 end
 
 -- Unique viewers first: should a command fail midway, nothing counted yet, and PFADD is idempotent
 -- for the retry.
-if ARGV[5] and ARGV[5] ~= EMPTY_MAP then
-  local touch_key, prefix, day, day_ttl_seconds = KEYS[4], ARGV[6], ARGV[7], tonumber(ARGV[8])
-  local day_prefix, all_prefix = prefix .. ':uvd:' .. day .. ':', prefix .. ':uv:'
-  local function pfadd(key, users)
-    if type(users) == 'string' then
-      return redis.call('PFADD', key, users)
-    end
-    local changed = 0
-    for i = 1, #users, 1000 do  -- unpack() is bounded by Lua's stack: at most 1,000 at a time
-      changed = math.max(changed, redis.call('PFADD', key, unpack(users, i, math.min(i + 999, #users))))
-    end
-    return changed
+local function pfadd(key, users)
+  if type(users) == 'string' then
+    return redis.call('PFADD', key, users)
   end
-  local touched = {}  -- "<day>:<content_id>" of the items whose HLLs changed: one SADD at the end
-  for content_id, users in pairs(cmsgpack.unpack(ARGV[5])) do
-    local day_key = day_prefix .. content_id
-    local changed = pfadd(all_prefix .. content_id, users)
-    if pfadd(day_key, users) == 1 then
-      redis.call('EXPIRE', day_key, day_ttl_seconds, 'NX')
-      changed = 1
-    end
-    if changed == 1 then
-      touched[#touched + 1] = day .. ':' .. content_id
-    end
+  local changed = 0
+  for i = 1, #users, 1000 do  -- unpack() is bounded by Lua's stack: at most 1,000 at a time
+    changed = math.max(changed, redis.call('PFADD', key, unpack(users, i, math.min(i + 999, #users))))
   end
-  for i = 1, #touched, 1000 do
-    redis.call('SADD', touch_key, unpack(touched, i, math.min(i + 999, #touched)))
+  return changed
+end
+local touched, all_touched = {}, {}  -- one SADD each at the end
+for content_id, users in pairs(viewers) do
+  local all_key, day_key = prefix .. ':uv:' .. content_id, prefix .. ':uvd:' .. day .. ':' .. content_id
+  if pfadd(all_key, users) == 1 then
+    redis.call('PERSIST', all_key)
+    all_touched[#all_touched + 1] = content_id
   end
+  if pfadd(day_key, users) == 1 then
+    redis.call('PERSIST', day_key)
+    touched[#touched + 1] = day .. ':' .. content_id
+  end
+end
+for i = 1, #touched, 1000 do
+  redis.call('SADD', touch_key, unpack(touched, i, math.min(i + 999, #touched)))
+end
+for i = 1, #all_touched, 1000 do
+  redis.call('SADD', all_touch_key, unpack(all_touched, i, math.min(i + 999, #all_touched)))
 end
 
-apply('views', cmsgpack.unpack(ARGV[2]))
-apply('watch_seconds', cmsgpack.unpack(ARGV[3]))
-if ARGV[4] and ARGV[4] ~= EMPTY_MAP then
-  for counter, increments in pairs(cmsgpack.unpack(ARGV[4])) do
-    apply(counter, increments)
+-- The counts, and what the flusher will add to Postgres.
+local as_drain = max_drains > 0 and redis.call('LLEN', drains_key) < max_drains
+local function apply(counter, increments)
+  for content_id, n in pairs(increments) do
+    local amount = string.format('%d', n)
+    redis.call('HINCRBY', items[content_id], counter, amount)
+    if not as_drain then
+      redis.call('HINCRBY', delta_key, counter .. ':' .. content_id, amount)
+    end
   end
 end
-add_live()
+apply('views', views)
+apply('watch_seconds', watch)
+for counter, increments in pairs(signals) do
+  apply(counter, increments)
+end
+cold.pin(names, dirty_key)
 if as_drain then
-  redis.call('RPUSH', drains_key, ARGV[2] .. ARGV[3] .. (ARGV[4] or EMPTY_MAP))
+  redis.call('RPUSH', drains_key, ARGV[3] .. ARGV[4] .. ARGV[5])
 end
 
-redis.call('SET', marker_key, '1', 'EX', ttl_seconds)
+-- The drain mark: the sequence joins the applied ones; the gap below closes when it can.
+extras[seq] = true
+while extras[hwm + 1] do
+  extras[hwm + 1] = nil
+  hwm = hwm + 1
+end
+local parts = {string.format('%d', hwm)}
+for s in pairs(extras) do
+  parts[#parts + 1] = string.format('%d', s)
+end
+records.put(rec_key, recexp_key, mark_name, table.concat(parts, ','), mark_ttl_seconds)
 return 1

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- clear_history: forget a user's unflushed watch history and return the clear's timestamp.
 --
 -- Key layout (hash tag {s:N}, N = shard of the *user* id, one slot):

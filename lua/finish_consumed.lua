@@ -1,21 +1,23 @@
+#!lua flags=allow-oom
 -- finish_consumed: record that a consumer batch is applied: raise each partition's applied offset to
 -- the batch's last one (never lower it) and drop the batch's journal entry.
+--
+-- Runs at maxmemory too (allow-oom): it frees the batch's journal entry.
 --
 -- Key layout: as begin_consumed.lua (one slot per consumer group, hash tag {c:<group>}):
 --   KEYS[1]  eng:{c:<group>}:offsets         HASH  "<topic>:<partition>" -> last offset applied
 --   KEYS[2]  eng:{c:<group>}:journal         HASH  batch id -> journal entry
 --   KEYS[3]  eng:{c:<group>}:journal_ranges  HASH  batch id -> its ranges
 -- ARGV:
---   ARGV[1]  expiry of the offsets hash, seconds (refreshed)
---   ARGV[2]  batch id ("" when the batch wrote no journal)
---   ARGV[3..] pairs: "<topic>:<partition>", last offset of the batch in that partition
+--   ARGV[1]  batch id ("" when the batch wrote no journal)
+--   ARGV[2..] pairs: "<topic>:<partition>", last offset of the batch in that partition
 -- Returns the number of partitions whose applied offset moved.
 
 local offsets_key, journal_key, ranges_key = KEYS[1], KEYS[2], KEYS[3]
-local ttl_seconds, batch_id = tonumber(ARGV[1]), ARGV[2]
+local batch_id = ARGV[1]
 
 local moved = 0
-for i = 3, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local field, last = ARGV[i], tonumber(ARGV[i + 1])
   local applied = tonumber(redis.call('HGET', offsets_key, field) or '-1')
   if last > applied then
@@ -27,5 +29,4 @@ if batch_id ~= '' then
   redis.call('HDEL', journal_key, batch_id)
   redis.call('HDEL', ranges_key, batch_id)
 end
-redis.call('EXPIRE', offsets_key, ttl_seconds)
 return moved

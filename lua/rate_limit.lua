@@ -1,3 +1,4 @@
+#!lua
 -- rate_limit: admit one request of a user for one action under a sliding-window log, or refuse it.
 --
 -- Key layout (hash tag {u:<user_id>}, one slot):

@@ -1,3 +1,4 @@
+#!lua
 -- record_history: one watch-history heartbeat of a user on an item; the last one wins.
 --
 -- Key layout (hash tag {s:N}, N = shard of the *user* id, one slot):

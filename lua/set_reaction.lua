@@ -1,33 +1,44 @@
+#!lua
 -- set_reaction: like, unlike, dislike or undislike one content item for one user, in one round trip.
 --
 -- Checks the idempotency record, reads the user's state, enforces like/dislike mutual exclusion,
 -- moves the live counts, records the count deltas and the new state for the flusher, and returns
--- the new state and counts -- atomically, in one slot.
+-- the new state and counts -- atomically, in one slot. The state and the counts are cold keys
+-- (lib/cold.lua): when either is missing the call answers "unknown" and changes nothing.
 --
 -- Key layout (hash tag {s:N} of the content item):
---   KEYS[1]  eng:{s:N}:live    HASH    "<counter>:<content_id>" -> live count (likes, dislikes, ...)
---   KEYS[2]  eng:{s:N}:delta   HASH    "<counter>:<content_id>" -> increment not yet in Postgres
---   KEYS[3]  eng:{s:N}:state   HASH    "<content_id>|<user_id>" -> 1 (liked) or -1 (disliked); absent: none
---   KEYS[4]  eng:{s:N}:sdelta  HASH    "<content_id>|<user_id>" -> state not yet in Postgres (1, -1, 0)
---   KEYS[5]  eng:{s:N}:idem:<content_id>|<user_id>|<key>  STRING  the first answer to an
---            Idempotency-Key (or any key of the slot when ARGV[5] is empty: it is then not read)
+--   KEYS[1]  eng:{s:N}:c:<content_id>            HASH    the item's live counts (likes, dislikes, ...)
+--   KEYS[2]  eng:{s:N}:lk:<content_id>|<user_id> STRING  the user's state: 1 liked, -1 disliked, 0 none
+--   KEYS[3]  eng:{s:N}:delta    HASH  "<counter>:<content_id>" -> increment not yet in Postgres
+--   KEYS[4]  eng:{s:N}:sdelta   HASH  "<content_id>|<user_id>" -> state not yet in Postgres (1, -1, 0)
+--   KEYS[5]  eng:{s:N}:rec      HASH  records: ARGV[6] -> "<fingerprint>\n<state> <likes> <dislikes>";
+--                                    "l:<key>" -> the load token of a missing cold key (lib/cold.lua)
+--   KEYS[6]  eng:{s:N}:recexp   ZSET  record -> expiry (ms)
+--   KEYS[7]  eng:{s:N}:dirty    SET   cold keys changed since the last capture
 -- ARGV:
 --   ARGV[1]  content id
 --   ARGV[2]  user id
 --   ARGV[3]  action: like | unlike | dislike | undislike
---   ARGV[4]  idempotency record TTL, seconds
+--   ARGV[4]  idempotency record lifetime, seconds
 --   ARGV[5]  request fingerprint ("" when the request has no Idempotency-Key)
+--   ARGV[6]  the record's name in KEYS[5] (read and written only with a fingerprint)
+--   ARGV[7]  seeds of missing cold keys, or "" (lib/cold.lua)
 -- Returns {status, state, likes, dislikes}:
 --   status  "changed" | "unchanged" | "replayed" (the stored first answer) | "conflict" (the key
 --           was used for a different request; state and counts are then the stored ones)
 --   state   1, -1 or 0
+-- or {"unknown", key, token, ...} when KEYS[1] or KEYS[2] is missing (lib/cold.lua).
 
-local live_key, delta_key, state_key, sdelta_key, idem_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- @include records
+-- @include cold
+
+local counts_key, state_key, delta_key, sdelta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local rec_key, recexp_key, dirty_key = KEYS[5], KEYS[6], KEYS[7]
 local content_id, user_id, action = ARGV[1], ARGV[2], ARGV[3]
-local idem_ttl_seconds, fingerprint = tonumber(ARGV[4]), ARGV[5]
+local record_ttl_seconds, fingerprint, record = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 
 if fingerprint ~= '' then
-  local stored = redis.call('GET', idem_key)
+  local stored = records.get(rec_key, recexp_key, record)
   if stored then
     local first, state, likes, dislikes = string.match(stored, '^(.-)\n(-?%d+) (%d+) (%d+)$')
     local status = (first == fingerprint) and 'replayed' or 'conflict'
@@ -35,10 +46,12 @@ if fingerprint ~= '' then
   end
 end
 
-local field = content_id .. '|' .. user_id
-local likes_field, dislikes_field = 'likes:' .. content_id, 'dislikes:' .. content_id
-local current = tonumber(redis.call('HGET', state_key, field) or '0')
+local unknown = cold.load(ARGV[7], rec_key, recexp_key, {counts_key, state_key})
+if unknown then
+  return unknown
+end
 
+local current = tonumber(redis.call('GET', state_key))
 local target = current
 if action == 'like' then
   target = 1
@@ -50,28 +63,25 @@ elseif action == 'undislike' and current == -1 then
   target = 0
 end
 
-local function move(counter_field, amount)
-  redis.call('HINCRBY', live_key, counter_field, amount)
-  redis.call('HINCRBY', delta_key, counter_field, amount)
+local function move(counter, amount)
+  redis.call('HINCRBY', counts_key, counter, amount)
+  redis.call('HINCRBY', delta_key, counter .. ':' .. content_id, amount)
 end
 
 local status = 'unchanged'
 if target ~= current then
   status = 'changed'
-  if current == 1 then move(likes_field, -1) elseif current == -1 then move(dislikes_field, -1) end
-  if target == 1 then move(likes_field, 1) elseif target == -1 then move(dislikes_field, 1) end
-  if target == 0 then
-    redis.call('HDEL', state_key, field)
-  else
-    redis.call('HSET', state_key, field, target)
-  end
-  redis.call('HSET', sdelta_key, field, target)
+  if current == 1 then move('likes', -1) elseif current == -1 then move('dislikes', -1) end
+  if target == 1 then move('likes', 1) elseif target == -1 then move('dislikes', 1) end
+  redis.call('SET', state_key, target)
+  redis.call('HSET', sdelta_key, content_id .. '|' .. user_id, target)
+  cold.pin({counts_key, state_key}, dirty_key)
 end
 
-local likes = tonumber(redis.call('HGET', live_key, likes_field) or '0')
-local dislikes = tonumber(redis.call('HGET', live_key, dislikes_field) or '0')
+local counts = redis.call('HMGET', counts_key, 'likes', 'dislikes')
+local likes, dislikes = tonumber(counts[1] or '0'), tonumber(counts[2] or '0')
 if fingerprint ~= '' then
   local answer = string.format('%s\n%d %d %d', fingerprint, target, likes, dislikes)
-  redis.call('SET', idem_key, answer, 'EX', idem_ttl_seconds)
+  records.put(rec_key, recexp_key, record, answer, record_ttl_seconds)
 end
 return {status, target, likes, dislikes}

@@ -1,10 +1,11 @@
+#!lua
 -- settle_fallbacks: for pairs the api wrote straight to Postgres while Redis was unreachable, drop the
 -- like states and subscriptions Redis still holds pending for them (they predate the Postgres write),
 -- then return what stays pending for the touched items and creators, in one atomic step, while the
 -- caller (reconcile) holds the shard's flush lease.
 --
 -- Key layout (hash tag {s:N}, one slot):
---   KEYS[1]  eng:{s:N}:lease     STRING owner of the shard's flush lease
+--   KEYS[1]  eng:{s:N}:lease     STRING "<owner>|<expiry ms>": the shard's flush lease (lib/lease.lua)
 --   KEYS[2]  eng:{s:N}:batch_id  STRING id of the captured batch
 --   KEYS[3]  eng:{s:N}:delta     HASH   "<counter>:<id>" -> increment not yet in Postgres
 --   KEYS[4]  eng:{s:N}:batch     HASH   captured increments
@@ -23,17 +24,19 @@
 --  {counter field, pending increment, ...}} -- the captured batch first then the delta, so that a later
 -- value of the same field overrides (only when the batch is pending).
 
-local lease, batch_id_key, delta, batch = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local sdelta, sbatch, subdelta, subbatch = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local owner, lease_ms, seen_batch, batch_pending = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+-- @include lease
 
-if redis.call('GET', lease) ~= owner then
+local lease_key, batch_id_key, delta, batch = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local sdelta, sbatch, subdelta, subbatch = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local owner, lease_ms, seen_batch, batch_pending = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
+
+if lease.holder(lease_key) ~= owner then
   return {'lost'}
 end
 if (redis.call('GET', batch_id_key) or '') ~= seen_batch then
   return {'lost'}
 end
-redis.call('PEXPIRE', lease, lease_ms)
+lease.take(lease_key, owner, lease_ms)
 
 local i = 5
 local targets = {}

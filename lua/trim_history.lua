@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- trim_history: after a flush committed, drop the user's entries Postgres now has, unless a newer
 -- heartbeat replaced them meanwhile.
 --

@@ -15,9 +15,11 @@ from service_fixtures import (
 )
 
 from daemon import comment_counts, db, keys
+from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
 from daemon.servers import RedisServer
 from daemon.settings import Settings
+from daemon.store import Store
 from lua import Scripts
 
 
@@ -87,35 +89,34 @@ def test_with_redis_stopped_comments_are_accepted_and_counts_end_exact_after_rec
 
 
 def test_a_count_change_applied_before_a_crash_is_applied_once(migrated: Settings) -> None:
-    scripts = Scripts.load()
-
     async def scenario() -> list[int]:
         redis = make_redis(migrated)
         pool = await db.create_pool(migrated)
+        store = Store(migrated, redis, Scripts.load(), db.provided(pool), Metrics())
         shard = keys.shard_of("item-m", migrated.shards)
-        live_field = (keys.live_key(shard), keys.field("comments", "item-m"))
+        counts_field = (keys.counts_key(shard, "item-m"), "comments")
         try:
             comment_id = await pool.fetchval(
                 "INSERT INTO comments (content_id, user_id, body) VALUES ('item-m', 'ann', 'x')"
                 " RETURNING comment_id"
             )
             # Given a settle that applied the +1 in Redis, then died before its flag committed
-            marker = keys.comment_mark_key(shard, comment_id, True)
-            script_keys = [keys.live_key(shard), keys.delta_key(shard), marker]
-            assert await scripts.count_comments(redis, script_keys, ["apply", 60, "item-m", 1]) == 1
-            seen = [int(await redis.hget(*live_field))]
+            marker = (keys.rec_key(shard), keys.comment_mark(comment_id, True))
+            assert await store.count_comments([("item-m", comment_id, 1)]) == 1
+            assert await redis.hexists(*marker)
+            seen = [int(await redis.hget(*counts_field))]
             # When the row is settled again, then the +1 is not applied a second time
-            assert await comment_counts.settle_pending(redis, scripts, pool, migrated) == 1
-            seen.append(int(await redis.hget(*live_field)))
-            assert not await redis.exists(marker)  # forgotten once the flag committed
-            assert await comment_counts.settle_pending(redis, scripts, pool, migrated) == 0
+            assert await comment_counts.settle_pending(store, pool) == 1
+            seen.append(int(await redis.hget(*counts_field)))
+            assert not await redis.hexists(*marker)  # forgotten once the flag committed
+            assert await comment_counts.settle_pending(store, pool) == 0
             # And its deletion is applied once too
             await pool.execute(
                 "UPDATE comments SET soft_delete_flag = true WHERE comment_id = $1", comment_id
             )
-            assert await comment_counts.settle(redis, scripts, pool, migrated, [comment_id]) == 1
-            assert await comment_counts.settle(redis, scripts, pool, migrated, [comment_id]) == 0
-            seen.append(int(await redis.hget(*live_field)))
+            assert await comment_counts.settle(store, pool, [comment_id]) == 1
+            assert await comment_counts.settle(store, pool, [comment_id]) == 0
+            seen.append(int(await redis.hget(*counts_field)))
             return seen
         finally:
             await redis.aclose()

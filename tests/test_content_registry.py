@@ -51,7 +51,10 @@ def test_a_registered_item_is_stored_in_postgres_and_redis(api: ApiProcess) -> N
     assert _registry_rows(api.settings.database_url) == {"clip-7": ("creator-2", "AUDIO")}
     shard = keys.shard_of("clip-7", api.settings.shards)
     with redis.Redis.from_url(api.settings.redis_url, decode_responses=True) as client:
-        assert client.hget(keys.registry_key(shard), "clip-7") == "creator-2|AUDIO"
+        # the Redis copy is a string key of its own, with its idle TTL (a cold key: docs/redis-memory.md)
+        key = keys.registry_key(shard, "clip-7")
+        assert client.get(key) == "creator-2|AUDIO"
+        assert 0 < client.ttl(key) <= api.settings.counts_idle_ttl_s
 
 
 @pytest.mark.parametrize(
@@ -104,30 +107,50 @@ def test_bad_registry_requests_get_their_documented_error(api: ApiProcess) -> No
 
 
 async def test_lookups_read_redis_once_then_the_bounded_cache(redis_url: str) -> None:
+    # The Redis copy is a cold key (docs/redis-memory.md): a lookup that misses it reads Postgres once
+    # and writes the copy back ("" for an item the registry does not know), so Postgres is read only for
+    # what Redis does not hold, once.
     settings = Settings(redis_url=redis_url, shards=16, registry_cache_size=2)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    records = [("a", "cr-a", "VIDEO"), ("b", "cr-b", "AUDIO"), ("c", "cr-c", "VIDEO")]
+    queries: list[list[str]] = []
 
-    async def no_postgres() -> asyncpg.Pool:
-        raise AssertionError("lookups never query Postgres")
+    class Postgres:
+        async def fetch(self, query: str, content_ids: list[str]) -> list[tuple[str, str, str]]:
+            queries.append(sorted(content_ids))
+            return [r for r in records if r[0] in content_ids]
+
+    async def postgres() -> Postgres:
+        return Postgres()
+
+    def copy_key(content_id: str) -> str:
+        return keys.registry_key(keys.shard_of(content_id, 16), content_id)
 
     try:
-        for content_id, value in [("a", "cr-a|VIDEO"), ("b", "cr-b|AUDIO"), ("c", "cr-c|VIDEO")]:
-            await client.hset(keys.registry_key(keys.shard_of(content_id, 16)), content_id, value)
-        registry = ContentRegistry(settings, client, no_postgres)
+        for content_id, creator_id, content_type in records:
+            await client.set(copy_key(content_id), f"{creator_id}|{content_type}")
+        registry = ContentRegistry(settings, client, postgres)  # type: ignore[arg-type]
         assert await registry.lookup(["a", "b", "c", "zz"]) == {
             "a": ("cr-a", "VIDEO"),
             "b": ("cr-b", "AUDIO"),
             "c": ("cr-c", "VIDEO"),
             "zz": UNKNOWN,
         }
+        assert queries == [["zz"]]  # only the item Redis did not hold; its copy written back as ""
+        assert await client.get(copy_key("zz")) == ""
+        assert await registry.lookup(["zz"]) == {"zz": UNKNOWN}
+        assert queries == [["zz"]]  # an unknown item costs Postgres once, then Redis answers
         assert len(registry._cache) == 2  # bounded: the oldest entry went
         await client.flushall()
-        # cached entries need no Redis; the evicted one and unknown ones are read again
+        # cached entries need no Redis; the evicted one and the unknown one miss Redis: one Postgres read
         assert await registry.lookup(["b", "c", "a", "zz"]) == {
             "b": ("cr-b", "AUDIO"),
             "c": ("cr-c", "VIDEO"),
-            "a": UNKNOWN,
+            "a": ("cr-a", "VIDEO"),
             "zz": UNKNOWN,
         }
+        assert queries == [["zz"], ["a", "zz"]]
+        assert [await client.get(copy_key(c)) for c in ("a", "zz")] == ["cr-a|VIDEO", ""]
+        assert 0 < await client.ttl(copy_key("a")) <= settings.counts_idle_ttl_s
     finally:
         await client.aclose()

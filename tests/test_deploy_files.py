@@ -28,8 +28,8 @@ from consumer.metrics import ConsumerMetrics
 from daemon.cli import build_parser
 from daemon.events import USER_ENGAGEMENT_EVENTS, EventProducer, _event_metrics
 from daemon.metrics import Metrics
+from daemon.redis_client import SAFE_POLICIES
 from daemon.settings import PREFIX, Settings
-from lua import Scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -119,7 +119,7 @@ def dashboard_exprs() -> list[str]:
 def exposition() -> dict[str, tuple[str, set[str]]]:
     """Family name -> (type, sample names) of what an api process exports once it served a request."""
     metrics = Metrics()
-    ViewBuffer(Settings.from_env({}), None, Scripts.load().apply_views, metrics)  # registers itself
+    ViewBuffer(Settings.from_env({}), None, metrics)  # type: ignore[arg-type]  # registers itself
     metrics.requests.observe("/api/v1/content/{contentId}/views", "POST", 202, 0.001)
     metrics.label_actions(["like"])  # as Services does for the configured rate limits
     settings = Settings.from_env({})
@@ -401,3 +401,13 @@ def test_readme_mentions_no_setting_that_does_not_exist() -> None:
 @pytest.mark.parametrize("route", ["/api/v1/content/{contentId}/views", "/api/v1/views/batch"])
 def test_readme_documents_the_view_routes(route: str) -> None:
     assert route in readme()
+
+
+def test_compose_redis_bounds_its_memory_and_evicts_only_copies_of_postgres() -> None:
+    # Only cold keys carry a TTL (docs/redis-memory.md): a volatile-* policy never evicts unflushed data
+    args = command_args(compose()["services"]["redis"])
+    options = dict(zip(args[1::2], args[2::2], strict=False))
+    assert options["--maxmemory-policy"] == "volatile-lru"
+    assert options["--maxmemory-policy"] in SAFE_POLICIES
+    assert options["--maxmemory"].endswith(("mb", "gb"))
+    assert options["--appendonly"] == "yes"

@@ -26,6 +26,7 @@ import msgpack
 import pytest
 import redis
 import redis.asyncio as aioredis
+from lease_helpers import held_leases
 from service_fixtures import (
     ROOT,
     ApiProcess,
@@ -42,6 +43,7 @@ from daemon import db, keys
 from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
+from daemon.store import Store
 from flusher.flusher import Flusher
 from flusher.writer import write_batches
 from lua import Scripts
@@ -89,7 +91,7 @@ class Stack:
         await poll(lambda: self.no_leases(), what="the crashed flusher's leases to expire")
 
     async def no_leases(self) -> bool:
-        return await self.pending("eng:*:lease") == 0
+        return await held_leases(self.redis) == 0
 
 
 async def poll(
@@ -108,7 +110,8 @@ async def stack(migrated: Settings) -> AsyncIterator[Stack]:
     client = make_redis(settings)
     pool = await db.create_pool(settings)
     scripts = Scripts.load()
-    buffer = ViewBuffer(settings, client, scripts.apply_views, Metrics())
+    metrics = Metrics()
+    buffer = ViewBuffer(settings, Store(settings, client, scripts, db.provided(pool), metrics), metrics)
     try:
         yield Stack(settings, client, pool, scripts, buffer)
     finally:
@@ -432,5 +435,5 @@ def test_views_are_exact_when_flushers_are_killed_at_random_moments(
         live = {}
         for cid in poster.ids:
             shard = keys.shard_of(cid, settings.shards)
-            live[cid] = int(r.hget(keys.live_key(shard), keys.field("views", cid)) or 0)
+            live[cid] = int(r.hget(keys.counts_key(shard, cid), "views") or 0)
     assert {cid: n for cid, n in live.items() if n} == poster.views

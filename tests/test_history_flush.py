@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
+from lease_helpers import held_leases
 from service_fixtures import ApiProcess, pending_redis_work, run_flusher_once, token, wait_until
 from test_flusher_crash import FlusherProcess, poll
 
@@ -53,10 +54,10 @@ class Stack:
         return {(r[0], r[1]): (round(r[2], 2), r[3]) for r in found}
 
     async def leases_expired(self) -> None:
-        async def none_left() -> bool:
-            return not [k async for k in self.redis.scan_iter(match="eng:*:lease")]
+        async def none_held() -> bool:
+            return await held_leases(self.redis) == 0
 
-        await poll(none_left, what="the crashed flusher's leases to expire")
+        await poll(none_held, what="the crashed flusher's leases to expire")
 
     async def leftovers(self) -> list[str]:
         found = []

@@ -1,5 +1,6 @@
-"""``engagementd reconcile``: live counts, like states and subscriptions rebuilt from Postgres plus the
-pending Redis deltas, drift repaired and reported exactly, concurrent increments never lost."""
+"""``engagementd reconcile``: the live counts, like states and subscriptions Redis holds checked against
+Postgres plus the pending Redis deltas, drift repaired and reported exactly, concurrent increments never
+lost; what Redis lost is loaded back exactly from Postgres on first use."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from daemon.metrics import Metrics
 from daemon.reconcile import reconcile
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
+from daemon.store import Store
 from flusher.flusher import Flusher
 from lua import Scripts
 
@@ -40,7 +42,7 @@ def _creator(api: ApiProcess, creator: str, user: str) -> dict[str, object]:
     return {**r.json(), "source": r.headers["x-counts-source"]}
 
 
-def test_after_flushall_reconcile_restores_live_counts_and_states_exactly(
+def test_after_flushall_counts_and_states_read_back_exactly_and_reconcile_finds_nothing(
     api: ApiProcess, migrated: Settings
 ) -> None:
     # Given views, likes, dislikes and subscriptions, all flushed to Postgres
@@ -77,17 +79,20 @@ def test_after_flushall_reconcile_restores_live_counts_and_states_exactly(
     # When Redis loses everything and reconcile runs
     with redis.Redis.from_url(migrated.redis_url) as client:
         client.flushall()
-    assert _stats(api, "clip-0", "nobody")["source"] == "postgres"
     out = cli_reconcile(migrated)
 
-    # Then the live counts, like states and subscriptions are back in Redis, exactly
-    live_fields = sum(1 for item in items for c in ("views", "likes", "dislikes") if expected[item][c])
-    assert f"{len(items) + 3} items checked, {live_fields + 3} fields repaired" in out, out
+    # Then reconcile finds nothing to repair: it checks only the keys Redis holds, and a lost key is
+    # cold, loaded from Postgres when next used (docs/redis-memory.md)
+    shards = migrated.shards
+    nothing = "0 fields repaired, drift 0, 0 like states and 0 subscriptions rebuilt"
+    assert out.strip() == f"reconciled {shards} shards: 0 items checked, {nothing}", out
+    # And the live counts, like states and subscriptions read back exactly: an item's first read loads
+    # its counts from Postgres (and seeds Redis), the later ones are Redis's
     for item in items:
         for u in range(8):
             user = f"user-{u}"
             got = _stats(api, item, user)
-            assert got["source"] == "redis"
+            assert got["source"] == ("postgres" if u == 0 else "redis"), (user, item)
             assert {k: got[k] for k in ("views", "likes", "dislikes")} == {
                 k: expected[item][k] for k in ("views", "likes", "dislikes")
             }
@@ -97,12 +102,13 @@ def test_after_flushall_reconcile_restores_live_counts_and_states_exactly(
         for u in range(8):
             user = f"user-{u}"
             got = _creator(api, creator, user)
-            assert (got["source"], got["subscribers"]) == ("redis", n)
+            assert (got["source"], got["subscribers"]) == ("postgres" if u == 0 else "redis", n)
             want = "subscribed" if (user, creator) in subscriptions else "none"
             assert got["viewer_state"] == want
 
-    # And a second run finds nothing to repair
-    assert "0 fields repaired, drift 0, 0 like states and 0 subscriptions rebuilt" in cli_reconcile(migrated)
+    # And a second run, which now checks every key those reads loaded, finds nothing to repair
+    out = cli_reconcile(migrated)
+    assert out.strip() == f"reconciled {shards} shards: {len(items) + 3} items checked, {nothing}", out
 
 
 @dataclass
@@ -111,6 +117,7 @@ class Stack:
     redis: aioredis.Redis
     pool: asyncpg.Pool
     scripts: Scripts
+    store: Store
     buffer: ViewBuffer
 
     async def views(self, counts: dict[str, int]) -> None:
@@ -119,9 +126,14 @@ class Stack:
                 assert self.buffer.add(content_id, 0)
         assert await self.buffer.drain_once()
 
+    def counts_key(self, content_id: str) -> str:
+        return keys.counts_key(keys.shard_of(content_id, self.settings.shards), content_id)
+
+    def like_key(self, content_id: str, user_id: str) -> str:
+        return keys.like_key(keys.shard_of(content_id, self.settings.shards), content_id, user_id)
+
     async def live(self, counter: str, content_id: str) -> int:
-        shard = keys.shard_of(content_id, self.settings.shards)
-        return int(await self.redis.hget(keys.live_key(shard), keys.field(counter, content_id)) or 0)
+        return int(await self.redis.hget(self.counts_key(content_id), counter) or 0)
 
 
 @pytest.fixture
@@ -129,9 +141,10 @@ async def stack(migrated: Settings) -> AsyncIterator[Stack]:
     client = make_redis(migrated)
     pool = await db.create_pool(migrated)
     scripts = Scripts.load()
-    buffer = ViewBuffer(migrated, client, scripts.apply_views, Metrics())
+    store = Store(migrated, client, scripts, db.provided(pool), Metrics())
+    buffer = ViewBuffer(migrated, store, Metrics())
     try:
-        yield Stack(migrated, client, pool, scripts, buffer)
+        yield Stack(migrated, client, pool, scripts, store, buffer)
     finally:
         await client.aclose()
         await pool.close()
@@ -142,24 +155,26 @@ async def test_drift_set_by_hand_is_repaired_and_reported_exactly(stack: Stack) 
     await stack.views({"a": 5, "b": 2})
     await Flusher(stack.settings, stack.redis, stack.pool, stack.scripts, Metrics()).drain()
     await stack.views({"a": 3})  # pending: the true count of a is 8
-    shard_a = keys.shard_of("a", stack.settings.shards)
     await stack.pool.execute("INSERT INTO likes (user_id, content_id, value) VALUES ('u1', 'a', 1)")
     await stack.pool.execute("UPDATE content_counters SET likes = 1 WHERE content_id = 'a'")
-    await stack.redis.hset(keys.live_key(shard_a), keys.field("likes", "a"), 1)
-    await stack.redis.hset(keys.state_key(shard_a), keys.state_field("a", "u1"), 1)
-    # When the live values drift: views of a too high by 10, views of b too low by 2 (deleted), likes wrong
-    await stack.redis.hset(keys.live_key(shard_a), keys.field("views", "a"), 18)
-    shard_b = keys.shard_of("b", stack.settings.shards)
-    await stack.redis.hdel(keys.live_key(shard_b), keys.field("views", "b"))
-    await stack.redis.hset(keys.live_key(shard_a), keys.field("likes", "a"), -4)
-    await stack.redis.hdel(keys.state_key(shard_a), keys.state_field("a", "u1"))
+    await stack.redis.hset(stack.counts_key("a"), "likes", 1)
+    # the flushed like's state key, clean: with its idle TTL
+    await stack.redis.set(stack.like_key("a", "u1"), 1, ex=stack.settings.state_idle_ttl_s)
+    # When the live values drift: views of a too high by 10, views of b too low by 2 (set to 0: deleting
+    # the key, or its only field, would make it cold, loaded on next use, not drift), likes wrong, and
+    # the like state lost (0, where a deleted key would be cold too)
+    await stack.redis.hset(stack.counts_key("a"), "views", 18)
+    await stack.redis.hset(stack.counts_key("b"), "views", 0)
+    await stack.redis.hset(stack.counts_key("a"), "likes", -4)
+    await stack.redis.set(stack.like_key("a", "u1"), 0, keepttl=True)
     metrics = Metrics(roles=("flusher",))
-    report = await reconcile(stack.settings, stack.redis, stack.pool, metrics, stack.scripts)
+    report = await reconcile(stack.store, stack.pool, metrics)
 
     # Then exactly those fields are repaired, by exactly that drift, and the state is rebuilt
     assert report.shards == stack.settings.shards and not report.skipped_shards
     assert report.items_checked == 2
     assert (report.fields_repaired, report.drift, report.states_repaired) == (3, 10 + 2 + 5, 1)
+    assert report.keys_unpinned == 0  # a's counts stay pinned (views pending), the others have a TTL
     assert sorted((r.field, r.was, r.now) for r in report.repairs) == [
         ("likes:a", -4, 1),
         ("views:a", 18, 8),
@@ -174,7 +189,7 @@ async def test_drift_set_by_hand_is_repaired_and_reported_exactly(stack: Stack) 
         2,
         1,
     )
-    assert await stack.redis.hget(keys.state_key(shard_a), keys.state_field("a", "u1")) == "1"
+    assert await stack.redis.get(stack.like_key("a", "u1")) == "1"
     assert metrics.reconcile_runs._value.get() == 1
     assert metrics.reconcile_repaired_fields._value.get() == 3
     assert metrics.reconcile_drift._value.get() == 17
@@ -185,15 +200,22 @@ async def test_drift_set_by_hand_is_repaired_and_reported_exactly(stack: Stack) 
 
 
 async def test_a_pending_like_state_is_newer_than_postgres_and_left_alone(stack: Stack) -> None:
-    # Given Postgres says u1 likes a, but a newer removal is pending in Redis
+    # Given Postgres says u1 likes a, but a newer removal is pending in Redis (the state key 0, pinned
+    # and listed dirty, as set_reaction.lua leaves it)
     shard = keys.shard_of("a", stack.settings.shards)
     await stack.pool.execute("INSERT INTO likes (user_id, content_id, value) VALUES ('u1', 'a', 1)")
     await stack.redis.hset(keys.sdelta_key(shard), keys.state_field("a", "u1"), 0)
+    await stack.redis.set(stack.like_key("a", "u1"), 0)
+    await stack.redis.sadd(keys.dirty_key(shard), stack.like_key("a", "u1"))
     # And Redis has a like that Postgres does not, with nothing pending: stale
-    await stack.redis.hset(keys.state_key(shard), keys.state_field("a", "u2"), -1)
-    report = await reconcile(stack.settings, stack.redis, stack.pool, None, stack.scripts)
+    await stack.redis.set(stack.like_key("a", "u2"), -1)
+    report = await reconcile(stack.store, stack.pool)
     assert report.states_repaired == 1
-    assert await stack.redis.hgetall(keys.state_key(shard)) == {}
+    assert [await stack.redis.get(stack.like_key("a", u)) for u in ("u1", "u2")] == ["0", "0"]
+    # The stale key had nothing pending: it gets its idle TTL back; u1's stays pinned
+    assert report.keys_unpinned == 1
+    assert await stack.redis.ttl(stack.like_key("a", "u1")) == -1
+    assert await stack.redis.ttl(stack.like_key("a", "u2")) > 0
 
 
 async def test_views_arriving_during_reconcile_are_not_lost(stack: Stack) -> None:
@@ -206,8 +228,7 @@ async def test_views_arriving_during_reconcile_are_not_lost(stack: Stack) -> Non
         sent[item] += n
     await Flusher(stack.settings, stack.redis, stack.pool, stack.scripts, Metrics()).drain()
     for item in items[::3]:
-        shard = keys.shard_of(item, stack.settings.shards)
-        await stack.redis.hincrby(keys.live_key(shard), keys.field("views", item), 1000)
+        await stack.redis.hincrby(stack.counts_key(item), "views", 1000)
 
     # When views keep arriving while reconcile runs, and a flusher flushes concurrently
     stop = asyncio.Event()
@@ -229,7 +250,7 @@ async def test_views_arriving_during_reconcile_are_not_lost(stack: Stack) -> Non
     tasks = [asyncio.create_task(storm()), asyncio.create_task(flushing())]
     reports = []
     for _ in range(3):
-        reports.append(await reconcile(stack.settings, stack.redis, stack.pool, None, stack.scripts))
+        reports.append(await reconcile(stack.store, stack.pool))
     stop.set()
     await asyncio.gather(*tasks)
 
@@ -246,8 +267,7 @@ async def test_views_arriving_during_reconcile_are_not_lost(stack: Stack) -> Non
 async def test_the_flusher_reconciles_every_interval(stack: Stack) -> None:
     # Given drift in Redis and a flusher that reconciles every 0.2 s
     await stack.views({"a": 4})
-    shard = keys.shard_of("a", stack.settings.shards)
-    await stack.redis.hset(keys.live_key(shard), keys.field("views", "a"), 40)
+    await stack.redis.hset(stack.counts_key("a"), "views", 40)
     settings = stack.settings.replace(reconcile_interval_s=0.2, flush_interval_ms=50)
     metrics = Metrics(roles=("flusher",))
     flusher = Flusher(settings, stack.redis, stack.pool, stack.scripts, metrics)

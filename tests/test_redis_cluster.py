@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 import redis
-from service_fixtures import ApiProcess, counters_in_postgres, run_flusher_once, token, wait_until
+from service_fixtures import (
+    ApiProcess,
+    cli_reconcile,
+    counters_in_postgres,
+    run_flusher_once,
+    token,
+    wait_until,
+)
 
 from daemon.servers import RedisClusterServers
 from daemon.settings import Settings
@@ -118,3 +125,45 @@ def test_comments_and_a_user_purge_run_unchanged_on_a_redis_cluster(
     assert {c: (r["likes"], r["comments"]) for c, r in rows.items()} == {
         f"c-{i}": (1, 0 if i == 0 else 1) for i in range(30)
     }
+
+
+@pytest.mark.slow
+def test_cold_keys_a_cluster_forgot_are_loaded_back_and_reconcile_scans_every_master(
+    redis_cluster: RedisClusterServers, migrated: Settings
+) -> None:
+    # Given likes of 40 users over 20 items on a three-master cluster, flushed to Postgres
+    settings = migrated.replace(redis_url=redis_cluster.url, redis_cluster=True, shards=64, rate_limits="")
+    api = ApiProcess(settings)
+    try:
+        for u in range(40):
+            auth = {"Authorization": f"Bearer {token(f'u{u}')}"}
+            assert api.client.post(f"/api/v1/content/c-{u % 20}/like", headers=auth).status_code == 200
+        run_flusher_once(settings)
+        # When every master forgets its cold keys (as evictions would)
+        forgotten = 0
+        for node in redis_cluster.nodes:
+            with redis.Redis.from_url(node.url) as client:
+                for pattern in ("eng:{s:*}:c:*", "eng:{s:*}:lk:*"):
+                    for name in list(client.scan_iter(match=pattern, count=1000)):
+                        forgotten += client.delete(name)  # one at a time: a node holds many slots
+        assert forgotten == 20 + 40
+        # Then reads answer from Postgres, then from Redis again, with the same counts
+        for source in ("postgres", "redis"):
+            r = api.client.get("/api/v1/content/c-3/stats")
+            assert (r.headers["x-counts-source"], r.json()["likes"]) == (source, 2)
+        # and the users' next changes move on from Postgres's states, counted once
+        for u in range(40):
+            auth = {"Authorization": f"Bearer {token(f'u{u}')}"}
+            action = "like" if u % 2 else "dislike"
+            assert api.client.post(f"/api/v1/content/c-{u % 20}/{action}", headers=auth).status_code == 200
+        assert api.stop() == 0
+    finally:
+        api.kill()
+    # And reconcile finds every key the masters hold (20 items) and nothing to repair
+    out = cli_reconcile(settings)
+    assert "20 items checked, 0 fields repaired" in out, out
+    run_flusher_once(settings)
+    rows = counters_in_postgres(settings.database_url)
+    # (users i and i + 20 share item c-i and a parity: both like it again, or both switch to a dislike)
+    want = {f"c-{i}": (2, 0) if i % 2 else (0, 2) for i in range(20)}
+    assert {c: (r["likes"], r["dislikes"]) for c, r in rows.items()} == want

@@ -20,6 +20,7 @@ from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
 from daemon.servers import RedisClusterServers
 from daemon.settings import Settings
+from daemon.store import Store
 from flusher import uniques
 from lua import Scripts
 
@@ -178,12 +179,14 @@ def test_unique_viewers_today_starts_over_on_a_new_utc_day(
     }
     assert _all_time(migrated.database_url) == {"daily-1": 4}
 
-    # And the daily HLLs expire, the all-time one does not
+    # And the daily HLLs expire, and so does the all-time one once Postgres holds it
+    # (a cold key: Postgres keeps the HLL and Redis loads it again when the item is viewed)
     shard = keys.shard_of("daily-1", migrated.shards)
     with redis.Redis.from_url(migrated.redis_url) as client:
         ttl = client.ttl(keys.uv_day_key(shard, "20260302", "daily-1"))
         assert 0 < ttl <= migrated.unique_viewers_daily_ttl_s
-        assert client.ttl(keys.uv_key(shard, "daily-1")) == -1
+        ttl = client.ttl(keys.uv_key(shard, "daily-1"))
+        assert 0 < ttl <= migrated.counts_idle_ttl_s
 
 
 def test_stats_read_unique_viewers_from_postgres_when_redis_has_no_counts(
@@ -213,65 +216,75 @@ def test_stats_read_unique_viewers_from_postgres_when_redis_has_no_counts(
 
 
 @pytest.fixture
-async def client(migrated: Settings) -> AsyncIterator[aioredis.Redis]:
+async def store(migrated: Settings) -> AsyncIterator[Store]:
+    """A store over the test's Redis and Postgres (a drain of an item Redis does not hold loads it)."""
     client = make_redis(migrated)
+    pool = await db.create_pool(migrated)
     try:
-        yield client
+        yield Store(migrated, client, Scripts.load(), db.provided(pool), Metrics())
     finally:
         await client.aclose()
+        await pool.close()
+
+
+@pytest.fixture
+def client(store: Store) -> aioredis.Redis:
+    return store.redis
 
 
 async def test_a_retried_drain_changes_no_hll_and_touches_nothing_again(
-    client: aioredis.Redis, migrated: Settings
+    store: Store, client: aioredis.Redis, migrated: Settings
 ) -> None:
     # Given a drain with user ids applied once
-    scripts = Scripts.load()
     shard = keys.shard_of("retry-1", migrated.shards)
+    touched = (keys.uv_touch_key(shard), keys.uv_all_touch_key(shard))
     drain = Drain(
-        shard, "retry-test-1", {"retry-1": 3}, {}, viewers={"retry-1": ["a", "b", "c"]}, day="20260401"
+        shard, "retry-test", 1, {"retry-1": 3}, {}, viewers={"retry-1": ["a", "b", "c"]}, day="20260401"
     )
-    assert await scripts.apply_views.call_many(client, [drain.call(migrated)]) == [1]
+    assert await store.apply_drains([drain.call(migrated)], [drain.needed]) == [1]
     with redis.Redis.from_url(migrated.redis_url) as raw:  # HLL bytes, not text
         hll = raw.get(keys.uv_key(shard, "retry-1"))
     assert await client.smembers(keys.uv_touch_key(shard)) == {"20260401:retry-1"}
-    await client.delete(keys.uv_touch_key(shard))  # as if the flusher had written it
+    assert await client.smembers(keys.uv_all_touch_key(shard)) == {"retry-1"}
+    await client.delete(*touched)  # as if the flusher had written them
 
     # When the same drain is retried (its reply was lost)
-    assert await scripts.apply_views.call_many(client, [drain.call(migrated)]) == [0]
+    assert await store.apply_drains([drain.call(migrated)], [drain.needed]) == [0]
 
     # Then nothing changed: counts, HLL bytes, and no item to flush again
-    assert await client.hget(keys.live_key(shard), "views:retry-1") == "3"
+    assert await client.hget(keys.counts_key(shard, "retry-1"), "views") == "3"
     with redis.Redis.from_url(migrated.redis_url) as raw:
         assert raw.get(keys.uv_key(shard, "retry-1")) == hll
     assert await client.pfcount(keys.uv_day_key(shard, "20260401", "retry-1")) == 3
-    assert await client.exists(keys.uv_touch_key(shard)) == 0
+    assert await client.exists(*touched) == 0
 
     # And a new drain with users already counted changes no HLL, so it touches nothing either
-    again = Drain(shard, "retry-test-2", {"retry-1": 1}, {}, viewers={"retry-1": ["b"]}, day="20260401")
-    assert await scripts.apply_views.call_many(client, [again.call(migrated)]) == [1]
-    assert await client.exists(keys.uv_touch_key(shard)) == 0
+    again = Drain(shard, "retry-test", 2, {"retry-1": 1}, {}, viewers={"retry-1": ["b"]}, day="20260401")
+    assert await store.apply_drains([again.call(migrated)], [again.needed]) == [1]
+    assert await client.hget(keys.counts_key(shard, "retry-1"), "views") == "4"
+    assert await client.exists(*touched) == 0
 
 
 async def test_a_flush_interrupted_before_forgetting_its_members_is_written_again_exactly(
-    client: aioredis.Redis, migrated: Settings
+    store: Store, client: aioredis.Redis, migrated: Settings
 ) -> None:
     # Given items whose HLLs changed, captured by a flusher that died before its Postgres write
-    scripts = Scripts.load()
-    buffer = ViewBuffer(
-        migrated.replace(unique_viewers_day="2026-04-02"), client, scripts.apply_views, Metrics()
-    )
+    scripts = store.scripts
+    buffer = ViewBuffer(migrated.replace(unique_viewers_day="2026-04-02"), store, Metrics())
     for i in range(30):
         assert buffer.add(f"int-{i % 3}", 0, f"user-{i}")
     assert await buffer.drain_once()
-    captured = await uniques.capture(client, scripts.capture_uniques, migrated.shards)
+    captured = await uniques.capture(client, scripts, range(migrated.shards))
     assert sorted(uniques_members(captured)) == [f"20260402:int-{i}" for i in range(3)]
+    assert sorted(all_time_members(captured)) == [f"int-{i}" for i in range(3)]
 
     # When the flusher runs again (twice)
     pool = await db.create_pool(migrated)
     try:
-        assert await uniques.flush_uniques(client, pool, scripts.capture_uniques, migrated.shards) == 3
-        assert await uniques.flush_uniques(client, pool, scripts.capture_uniques, migrated.shards) == 0
+        assert await uniques.flush_uniques(client, pool, scripts, migrated) == (3, True)
+        assert await uniques.flush_uniques(client, pool, scripts, migrated) == (0, True)
         rows = await pool.fetch("SELECT content_id, day, unique_viewers FROM content_unique_viewers_daily")
+        all_time = await pool.fetch("SELECT content_id, unique_viewers FROM content_unique_viewers")
     finally:
         await pool.close()
 
@@ -279,21 +292,29 @@ async def test_a_flush_interrupted_before_forgetting_its_members_is_written_agai
     assert {(r["content_id"], r["day"]): r["unique_viewers"] for r in rows} == {
         (f"int-{i}", date(2026, 4, 2)): 10 for i in range(3)
     }
+    assert {r["content_id"]: r["unique_viewers"] for r in all_time} == {f"int-{i}": 10 for i in range(3)}
     for shard in range(migrated.shards):
-        assert await client.exists(keys.uv_touch_key(shard), keys.uv_batch_key(shard)) == 0
+        sets = (keys.uv_touch_key(shard), keys.uv_batch_key(shard))
+        sets += (keys.uv_all_touch_key(shard), keys.uv_all_batch_key(shard))
+        assert await client.exists(*sets) == 0
 
 
 def uniques_members(captured: uniques.Captured) -> list[str]:
-    return [m for members in captured.members.values() for m in members]
+    """The daily HLL members ("<yyyymmdd>:<content_id>") a capture took."""
+    return [m for daily, _ in captured.members.values() for m in daily]
+
+
+def all_time_members(captured: uniques.Captured) -> list[str]:
+    """The content ids of all-time HLLs a capture took."""
+    return [c for _, all_time in captured.members.values() for c in all_time]
 
 
 async def test_user_ids_beyond_the_per_item_cap_are_counted_as_dropped_not_kept(
-    client: aioredis.Redis, migrated: Settings
+    store: Store, client: aioredis.Redis, migrated: Settings
 ) -> None:
     # Given a buffer keeping at most 4 user ids per item per drain
-    scripts = Scripts.load()
     settings = migrated.replace(buffer_viewers_max_per_item=4, unique_viewers_day="2026-04-03")
-    buffer = ViewBuffer(settings, client, scripts.apply_views, Metrics())
+    buffer = ViewBuffer(settings, store, Metrics())
 
     # When 6 users view one item in single views and 6 in a batch before a drain, and one user twice
     for u in range(6):
@@ -304,8 +325,8 @@ async def test_user_ids_beyond_the_per_item_cap_are_counted_as_dropped_not_kept(
 
     # Then every view counts, the HLLs hold 4 users each, and the 4 left out are counted
     shard1, shard2 = keys.shard_of("cap-1", settings.shards), keys.shard_of("cap-2", settings.shards)
-    assert await client.hget(keys.live_key(shard1), "views:cap-1") == "7"
-    assert await client.hget(keys.live_key(shard2), "views:cap-2") == "6"
+    assert await client.hget(keys.counts_key(shard1, "cap-1"), "views") == "7"
+    assert await client.hget(keys.counts_key(shard2, "cap-2"), "views") == "6"
     assert await client.pfcount(keys.uv_key(shard1, "cap-1")) == 4
     assert await client.pfcount(keys.uv_key(shard2, "cap-2")) == 4
     assert buffer.viewers_dropped == 4

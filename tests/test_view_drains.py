@@ -20,6 +20,9 @@ from daemon.metrics import Metrics
 from daemon.reconcile import reconcile
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
+from daemon.store import Store
+from daemon.store.upgrade import journaled_calls
+from daemon.view_drains import read_drains, unpack
 from flusher.flusher import Flusher
 from flusher.writer import write_batches
 from lua import Scripts
@@ -31,6 +34,7 @@ class Stack:
     redis: aioredis.Redis
     pool: asyncpg.Pool
     scripts: Scripts
+    store: Store
     buffer: ViewBuffer
 
     def shard(self, content_id: str) -> int:
@@ -55,7 +59,7 @@ class Stack:
         return {r["content_id"]: (r["views"], r["watch_seconds"], r["completions"]) for r in rows}
 
     async def live(self, counter: str, content_id: str) -> int:
-        value = await self.redis.hget(keys.live_key(self.shard(content_id)), keys.field(counter, content_id))
+        value = await self.redis.hget(keys.counts_key(self.shard(content_id), content_id), counter)
         return int(value or 0)
 
     async def flush(self) -> None:
@@ -66,9 +70,10 @@ async def _stack(settings: Settings) -> AsyncIterator[Stack]:
     client = make_redis(settings)
     pool = await db.create_pool(settings)
     scripts = Scripts.load()
-    buffer = ViewBuffer(settings, client, scripts.apply_views, Metrics())
+    metrics = Metrics()
+    store = Store(settings, client, scripts, db.provided(pool), metrics)
     try:
-        yield Stack(settings, client, pool, scripts, buffer)
+        yield Stack(settings, client, pool, scripts, store, ViewBuffer(settings, store, metrics))
     finally:
         await client.aclose()
         await pool.close()
@@ -151,20 +156,17 @@ async def test_with_the_limit_at_zero_every_increment_goes_to_the_delta_hash(mig
 
 async def test_a_drain_journaled_by_an_earlier_version_still_applies_once(stack: Stack) -> None:
     # Given drains in the layout of a consumer journal written before the list existed: three keys
-    # (views and watch seconds only), and four keys with user ids for the unique viewers
+    # (views and watch seconds only), and four keys with user ids for the unique viewers (key layout 1:
+    # a live hash and a marker key per drain, whose names daemon.keys no longer builds)
     shard = stack.shard("old")
     ttl = stack.settings.drain_marker_ttl_s
+    live, tag = f"{keys.tag(shard)}:live", keys.tag(shard)
     plain = (
-        [keys.live_key(shard), keys.delta_key(shard), keys.drain_key(shard, "old-1")],
+        [live, keys.delta_key(shard), f"{tag}:drain:old-1"],
         [ttl, msgpack.packb({"old": 2}), msgpack.packb({"old": 7})],
     )
     viewers = (
-        [
-            keys.live_key(shard),
-            keys.delta_key(shard),
-            keys.drain_key(shard, "old-2"),
-            keys.uv_touch_key(shard),
-        ],
+        [live, keys.delta_key(shard), f"{tag}:drain:old-2", keys.uv_touch_key(shard)],
         [
             ttl,
             msgpack.packb({"old": 3}),
@@ -176,13 +178,27 @@ async def test_a_drain_journaled_by_an_earlier_version_still_applies_once(stack:
             3600,
         ],
     )
-    # When they are applied, and applied again (a retry)
-    assert await stack.scripts.apply_views.call_many(stack.redis, [plain, viewers]) == [1, 1]
-    assert await stack.scripts.apply_views.call_many(stack.redis, [plain, viewers]) == [0, 0]
 
-    # Then their increments are in the delta hash, once, and the unique viewers were counted
-    assert await stack.redis.exists(keys.vdelta_key(shard)) == 0
-    assert await stack.redis.hgetall(keys.delta_key(shard)) == {"views:old": "5", "watch_seconds:old": "7"}
+    # When they are applied, and applied again (a retry), as a consumer recovering the journal does
+    async def apply() -> list[object]:
+        calls = await journaled_calls(stack.store, [plain, viewers])
+        return await stack.store.apply_drains(calls, [{}] * len(calls))
+
+    assert await apply() == [1, 1]
+    # (the retry is recognised by the drain marks in the shard's records, not by the old marker keys)
+    assert await apply() == [0, 0]
+    assert await stack.redis.hget(keys.rec_key(shard), "d:v1:old-1") == "1"
+    assert await stack.redis.hget(keys.rec_key(shard), "d:v1:old-2") == "1"
+
+    # Then their increments are pending once, and the unique viewers were counted
+    # (converted to layout-2 drains, they are entries of the list of view drains like any other)
+    assert await stack.redis.exists(keys.delta_key(shard)) == 0
+    (pending,) = await read_drains(stack.redis, [keys.vdelta_key(shard)])
+    assert [unpack(d) for d in pending] == [
+        [("views", {"old": 2}), ("watch_seconds", {"old": 7})],
+        [("views", {"old": 3}), ("watch_seconds", {})],
+    ]
+    assert await stack.live("views", "old") == 5
     assert await stack.redis.pfcount(keys.uv_key(shard, "old")) == 3
     await stack.flush()
     assert await stack.postgres() == {"old": (5, 7, 0)}
@@ -206,10 +222,11 @@ async def test_reconcile_counts_the_pending_drains_and_a_captured_batch_not_yet_
     await stack.redis.delete(keys.lease_key(stack.shard("a")))  # as when the crashed flusher's lease expires
     await stack.drain({"a": (2, 0), "z": (4, 0)})
 
-    # When the live values drift (a too high, z deleted) and reconcile runs
-    await stack.redis.hset(keys.live_key(stack.shard("a")), keys.field("views", "a"), 100)
-    await stack.redis.hdel(keys.live_key(stack.shard("z")), keys.field("views", "z"))
-    report = await reconcile(stack.settings, stack.redis, stack.pool, None, stack.scripts)
+    # When the live values drift (a too high, z lost: 0) and reconcile runs
+    # (z's count is set to 0, not deleted: a missing key is unknown and loaded, not repaired)
+    await stack.redis.hset(keys.counts_key(stack.shard("a"), "a"), "views", 100)
+    await stack.redis.hset(keys.counts_key(stack.shard("z"), "z"), "views", 0)
+    report = await reconcile(stack.store, stack.pool)
 
     # Then both are repaired to Postgres plus what is pending, whichever state the captured batch is in
     assert sorted((r.field, r.was, r.now) for r in report.repairs) == [
@@ -221,7 +238,7 @@ async def test_reconcile_counts_the_pending_drains_and_a_captured_batch_not_yet_
     # And the next flush writes the pending views once
     await stack.flush()
     assert await stack.postgres() == {"a": (10, 0, 0), "z": (4, 0, 0)}
-    assert (await reconcile(stack.settings, stack.redis, stack.pool, None, stack.scripts)).drift == 0
+    assert (await reconcile(stack.store, stack.pool)).drift == 0
 
 
 def test_over_http_past_the_limit_postgres_gets_every_view_once(

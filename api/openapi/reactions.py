@@ -41,7 +41,9 @@ def _reaction(endpoint: reactions.ReactionEndpoint) -> Schema:
         description="The user is the token's `sub`. Repeating the current state, or removing a state the "
         "user does not hold, changes nothing and answers the same. Rate-limited as "
         f"`{endpoint.limit_action}`. While Redis is unreachable the change is written to Postgres; 503 "
-        "`unavailable` when Postgres is unreachable too.",
+        "`unavailable` when Postgres is unreachable too (or Redis no longer holds the user's state and "
+        "Postgres cannot be read). 503 `redis_memory_full`: Redis is at maxmemory with only changes not "
+        "yet in Postgres; retry after `Retry-After`.",
         tags=TAGS,
         security=AUTH_REQUIRED,
         parameters=[ref("parameters", "contentId"), ref("parameters", "Idempotency-Key")],
@@ -58,7 +60,7 @@ def _reaction(endpoint: reactions.ReactionEndpoint) -> Schema:
             404: NOT_FOUND,
             422: ("invalid_content_id", "idempotency_key_reused"),
             429: ("rate_limited",),
-            503: ("unavailable",),
+            503: ("unavailable", "redis_memory_full"),
         },
     )
 

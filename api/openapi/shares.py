@@ -52,7 +52,8 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 "Record one share of a content item",
                 description="The user is the token's `sub`. Rate-limited as `share`. With an "
                 "Idempotency-Key, a retry gets the first answer and adds no row and no count. 503 "
-                "`unavailable`: Redis or Postgres is unreachable and the share is not recorded. At most "
+                "`unavailable`: Redis or Postgres is unreachable and the share is not recorded; 503 "
+                "`redis_memory_full`: Redis is at maxmemory with only changes not yet in Postgres. At most "
                 f"{settings.body_max_bytes} bytes of body.",
                 tags=["shares"],
                 security=AUTH_REQUIRED,
@@ -78,7 +79,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                         "idempotency_key_reused",
                     ),
                     429: ("rate_limited",),
-                    503: ("unavailable",),
+                    503: ("unavailable", "redis_memory_full"),
                 },
             )
         }

@@ -39,7 +39,8 @@ def _change(action: str) -> Schema:
         "Subscribe to a creator" if action == "subscribe" else "Unsubscribe from a creator",
         description="The user is the token's `sub`. Repeating the current state changes nothing and answers "
         "the same. Rate-limited as `subscribe`. While Redis is unreachable the change is written to "
-        "Postgres; 503 `unavailable` when Postgres is unreachable too.",
+        "Postgres; 503 `unavailable` when Postgres is unreachable too. 503 `redis_memory_full`: Redis is "
+        "at maxmemory with only changes not yet in Postgres; retry after `Retry-After`.",
         tags=TAGS,
         security=AUTH_REQUIRED,
         parameters=[ref("parameters", "creatorId"), ref("parameters", "Idempotency-Key")],
@@ -56,7 +57,7 @@ def _change(action: str) -> Schema:
             404: NOT_FOUND,
             422: codes_422,
             429: ("rate_limited",),
-            503: ("unavailable",),
+            503: ("unavailable", "redis_memory_full"),
         },
     )
 

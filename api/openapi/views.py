@@ -30,7 +30,8 @@ _REPLAYED = {"Idempotent-Replayed": ref("headers", "Idempotent-Replayed")}
 _IDEMPOTENCY = (
     "With an Idempotency-Key (claimed in Redis before the view is buffered), a retry is answered "
     "again and counted once; 503 `idempotency_unavailable`: Redis is unreachable, so the key cannot "
-    "be checked."
+    "be checked; 503 `redis_memory_full`: Redis is at maxmemory with only changes not yet in Postgres, "
+    "so the key cannot be recorded."
 )
 
 
@@ -86,7 +87,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                     404: NOT_FOUND,
                     413: ("body_too_large",),
                     422: ("invalid_content_id", *JSON_BODY_422, *_PLAYBACK_422, "idempotency_key_reused"),
-                    503: ("buffer_full", "idempotency_unavailable"),
+                    503: ("buffer_full", "idempotency_unavailable", "redis_memory_full"),
                 },
             )
         },
@@ -136,7 +137,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                         *_PLAYBACK_422,
                         "idempotency_key_reused",
                     ),
-                    503: ("buffer_full", "idempotency_unavailable"),
+                    503: ("buffer_full", "idempotency_unavailable", "redis_memory_full"),
                 },
             )
         },
