@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import Any
 
 from daemon.keys import LayoutError
 from daemon.settings import Settings, SettingsError
@@ -41,14 +42,58 @@ async def _upgrade_redis(settings: Settings) -> int:
     redis = make_redis(settings)
     try:
         moved = await upgrade(redis, settings.shards, settings.counts_idle_ttl_s)
+        if moved:
+            print("Redis key layout upgraded: " + ", ".join(f"{n} {what}" for what, n in moved.items()))
+        built = await _row_filters(settings, redis, rebuild=False)
     except (RedisError, OSError) as exc:
         print(f"Redis key layout not checked: Redis unavailable ({exc}); run migrate again to check it")
         return 0
     finally:
         await redis.aclose()
-    if moved:
-        print("Redis key layout upgraded: " + ", ".join(f"{n} {what}" for what, n in moved.items()))
+    if built:
+        print(f"row filters built for {built} shards")
     return 0
+
+
+async def _row_filters(settings: Settings, redis: Any, rebuild: bool) -> int:
+    """Build the row filters that are stale (all of them with ``rebuild``): daemon/store/rows.py."""
+    from daemon import db
+    from daemon.store.rows import RowFilter
+    from lua import Scripts
+
+    rows = RowFilter(settings, redis, Scripts.load())
+    pool = await db.create_pool(settings)
+    try:
+        return await rows.build(pool) if rebuild else await rows.ensure(pool)
+    finally:
+        await pool.close()
+
+
+def cmd_row_filter(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(_row_filter_status(settings, args.rebuild))
+
+
+async def _row_filter_status(settings: Settings, rebuild: bool) -> int:
+    from daemon.redis_client import make_redis
+    from daemon.store.rows import RowFilter
+    from lua import Scripts
+
+    redis = make_redis(settings)
+    try:
+        if rebuild:
+            print(f"built {await _row_filters(settings, redis, rebuild=True)} shards")
+        status = await RowFilter(settings, redis, Scripts.load()).status()
+    finally:
+        await redis.aclose()
+    complete = sum(f.complete for f in status)
+    sizes = sorted({f.log2 for f in status})
+    fill = max((f.fill for f in status), default=0.0)
+    print(
+        f"row filters: {complete} of {len(status)} shards complete; size 2^{sizes} bits per shard"
+        f" (configured 2^{settings.row_filter_log2}); fullest {fill:.1%} set,"
+        f" so about {fill**5:.3%} of new keys are read from Postgres needlessly"
+    )
+    return 0 if complete == len(status) or settings.row_filter_log2 == 0 else 1
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -116,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         "reconcile", help="repair the counts and states Redis holds from Postgres plus pending deltas"
     ).set_defaults(func=cmd_reconcile)
 
+    row_filter = sub.add_parser(
+        "row-filter", help="show the row filters (which missing keys are new to Postgres); --rebuild them"
+    )
+    row_filter.add_argument(
+        "--rebuild", action="store_true", help="build every shard's filter again from Redis and Postgres"
+    )
+    row_filter.set_defaults(func=cmd_row_filter)
     dev = sub.add_parser("dev", help="private Redis and Postgres, migrate, api and flusher in one command")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8080)

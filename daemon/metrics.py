@@ -196,6 +196,25 @@ class Metrics:
             "Seconds since the flusher last completed a pass (how stale Postgres may be).",
             registry=r,
         )
+        # The row filter (daemon/store/rows.py), checked and built by the flusher.
+        self.row_filter_complete = Gauge(
+            "engagement_row_filter_complete_shards",
+            "Shards whose row filter is complete (a missing key it lacks is created new, not read from"
+            " Postgres).",
+            registry=r,
+        )
+        self.row_filter_fill = Gauge(
+            "engagement_row_filter_fill_ratio",
+            "Share of the bits set in the fullest shard's row filter; false positives (needless Postgres"
+            " reads) are about its 5th power.",
+            registry=r,
+        )
+        self.row_filter_builds = Counter(
+            "engagement_row_filter_builds", "Shard row filters built from Redis and Postgres.", registry=r
+        )
+        self.row_filter_build_seconds = Gauge(
+            "engagement_row_filter_build_duration_seconds", "Time of the last row filter build.", registry=r
+        )
         # Redis memory and keys by kind, sampled by the flusher (daemon/redis_memory.py).
         self.redis_memory = RedisMemoryMetrics()
         if flusher is not None:

@@ -48,7 +48,7 @@ _KIND_OF_NAME = {
     "rl": "rate_limit",
     "hist": "history",
     **dict.fromkeys(PENDING, "pending"),
-    **dict.fromkeys(("rec", "recexp", "lease"), "bookkeeping"),
+    **dict.fromkeys(("rec", "recexp", "lease", "rows"), "bookkeeping"),
 }
 EXACT_MAX_KEYS = 20_000  # a primary with at most this many keys has them all classified (SCAN)
 SAMPLE_KEYS = 500  # RANDOMKEY replies an estimate is made of

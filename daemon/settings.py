@@ -71,10 +71,12 @@ class Settings:
     # A "none" state a read loaded (a signed-in reader of an item they never liked): kept shorter, so that
     # readers cost Redis a key per item for minutes, not days.
     state_read_ttl_s: int = 600
-    # A "none" state a read loaded (a signed-in reader of an item they never liked): kept shorter, so that
-    # readers cost Redis a key per item for minutes, not days.
-    state_read_ttl_s: int = 600
     records_sweep_max: int = 1_000  # expired records (Idempotency-Key answers...) removed per shard per call
+    # The row filter (docs/redis-memory.md): a Bloom filter per shard of the keys Postgres has rows for,
+    # so that a first like or a new item costs no Postgres read. Megabytes over all shards (each shard's
+    # part rounded down to a power of two bits); 0: no filter, every missing key is read from Postgres.
+    row_filter_mb: float = 64.0
+    row_filter_check_s: float = 60.0  # the flusher checks the filters this often and builds missing ones
 
     # Per-user sliding-window rate limits: "<action>=<limit>/<window>" with units ms, s, m, h.
     rate_limits: str = (
@@ -127,6 +129,14 @@ class Settings:
     log_level: str = "INFO"
     dev_data_dir: str = ".data"
 
+    @property
+    def row_filter_log2(self) -> int:
+        """log2 of each shard's row filter size in bits; 0 when there is no filter."""
+        if self.row_filter_mb <= 0:
+            return 0
+        bits = int(self.row_filter_mb * 8 * 1024 * 1024) // self.shards
+        return max(bits.bit_length() - 1, 0)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         env = os.environ if env is None else env
@@ -150,6 +160,15 @@ class Settings:
             raise SettingsError("ENGAGEMENT_RECONCILE_INTERVAL_S must be 0 (disabled) or positive")
         if self.redis_memory_sample_s < 0:
             raise SettingsError("ENGAGEMENT_REDIS_MEMORY_SAMPLE_S must be 0 (disabled) or positive")
+        if self.row_filter_mb < 0 or self.row_filter_check_s <= 0:
+            raise SettingsError(
+                "ENGAGEMENT_ROW_FILTER_MB must be 0 (no filter) or positive,"
+                " ENGAGEMENT_ROW_FILTER_CHECK_S positive"
+            )
+        if self.row_filter_mb > 0 and not 10 <= self.row_filter_log2 <= 32:
+            raise SettingsError(
+                "ENGAGEMENT_ROW_FILTER_MB gives each shard between 2^10 bits and 2^32 bits (512 MB)"
+            )
         if self.comment_max_chars < 1:
             raise SettingsError("ENGAGEMENT_COMMENT_MAX_CHARS must be at least 1")
         if self.buffer_max_items < 1 or self.batch_max_items < 1:

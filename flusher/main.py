@@ -13,6 +13,7 @@ from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
 from daemon.redis_memory import RedisMemory
 from daemon.settings import Settings
+from daemon.store.rows import RowFilter, RowFilterKeeper
 from flusher.flusher import Flusher
 from lua import Scripts
 
@@ -44,16 +45,18 @@ async def run_flusher(
             settings.shards,
             f"{settings.reconcile_interval_s:g} s" if settings.reconcile_interval_s > 0 else "never",
         )
-        sampler = None
-        if settings.redis_memory_sample_s > 0:  # its own task: a slow INFO or SCAN never delays a flush
+        # Their own tasks: a slow INFO, SCAN or row filter build never delays a flush.
+        keeper = RowFilterKeeper(RowFilter(settings, redis, flusher.scripts), pool, metrics)
+        tasks = [asyncio.create_task(keeper.run(settings.row_filter_check_s))]
+        if settings.redis_memory_sample_s > 0:
             memory = RedisMemory(redis, metrics.redis_memory)
-            sampler = asyncio.create_task(memory.run(settings.redis_memory_sample_s))
+            tasks.append(asyncio.create_task(memory.run(settings.redis_memory_sample_s)))
         try:
             await flusher.run()
         finally:
-            if sampler is not None:
-                sampler.cancel()
-                await asyncio.gather(sampler, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         await flusher.release_leases()
         return 0
     finally:

@@ -115,6 +115,8 @@ class Scripts:
     settle_fallbacks: LuaScript
     forget_pairs: LuaScript
     read_cold: LuaScript
+    prepare_rows: LuaScript
+    merge_rows: LuaScript
 
     @classmethod
     def load(cls) -> Scripts:

@@ -13,6 +13,7 @@
 --                                     "l:<key>" -> the load token of a missing cold key (lib/cold.lua)
 --   KEYS[4]  eng:{s:N}:recexp  ZSET    record -> expiry (ms)
 --   KEYS[5]  eng:{s:N}:dirty   SET     cold keys changed since the last capture
+--   derived, same hash tag: eng:{s:N}:rows  STRING  the row filter: keys new to Postgres (lib/cold.lua)
 -- ARGV:
 --   ARGV[1]  content id
 --   ARGV[2]  idempotency record lifetime, seconds

@@ -16,6 +16,7 @@
 --            eng:{s:N}:c:<content_id>              HASH  live counts (cold: lib/cold.lua)
 --            eng:{s:N}:uv:<content_id>             HLL   user ids, all time (items with user ids)
 --            eng:{s:N}:uvd:<yyyymmdd>:<content_id> HLL   user ids of that UTC day
+--   derived, same hash tag: eng:{s:N}:rows  STRING  the row filter: keys new to Postgres (lib/cold.lua)
 -- ARGV:
 --   ARGV[1]  process id: the drain's sender (an api process, a consumer process)
 --   ARGV[2]  the drain's sequence number, counted per process and shard from 1
@@ -87,7 +88,7 @@ collect(watch)
 for _, increments in pairs(signals) do
   collect(increments)
 end
-local missing = cold.absent(names)
+local missing = cold.settle(rec_key, names)  -- items new to Postgres are created empty
 local absent_counts = {}
 for _, name in ipairs(missing) do
   absent_counts[name] = true

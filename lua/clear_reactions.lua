@@ -16,6 +16,7 @@
 --   KEYS[5]  eng:{s:N}:recexp  ZSET    record -> expiry (ms)
 --   derived, same hash tag: eng:{s:N}:c:<content_id> (HASH, counts),
 --                           eng:{s:N}:lk:<content_id>|<user_id> (STRING, the user's state)
+--   derived, same hash tag: eng:{s:N}:rows  STRING  the row filter: keys new to Postgres (lib/cold.lua)
 -- ARGV:
 --   ARGV[1]  user id
 --   ARGV[2]  the key prefix of the slot, "eng:{s:N}"

@@ -13,6 +13,7 @@
 --   KEYS[3]  eng:{s:N}:recexp  ZSET   record -> expiry (ms)
 --   KEYS[4]  eng:{s:N}:dirty   SET    cold keys changed since the last capture
 --   derived, same hash tag: eng:{s:N}:c:<content_id>  HASH  each item's live counts (comments, ...)
+--   derived, same hash tag: eng:{s:N}:rows  STRING  the row filter: keys new to Postgres (lib/cold.lua)
 -- ARGV:
 --   ARGV[1]  mode: apply | forget (forget: delete the markers, once Postgres has the flags)
 --   ARGV[2]  marker lifetime, seconds

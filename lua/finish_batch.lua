@@ -25,6 +25,8 @@
 -- Returns 1 when the batch was deleted, 0 when the shard holds another batch (nothing deleted).
 
 -- @include lease
+-- @include records
+-- @include cold
 
 local batch_id_key, lease_key, dirtybatch_key, dirty_key = KEYS[2], KEYS[3], KEYS[8], KEYS[9]
 local batch_id, owner = ARGV[1], ARGV[2]
@@ -32,9 +34,9 @@ local ttls = {c = tonumber(ARGV[3]), cr = tonumber(ARGV[3]), lk = tonumber(ARGV[
 
 local deleted = 0
 if redis.call('GET', batch_id_key) == batch_id then
-  for _, name in ipairs(redis.call('SMEMBERS', dirtybatch_key)) do
+  for _, name in ipairs(cold.not_in(dirty_key, redis.call('SMEMBERS', dirtybatch_key))) do
     local ttl_seconds = ttls[string.match(name, '^[^}]*}:(%a+):')]
-    if ttl_seconds and redis.call('SISMEMBER', dirty_key, name) == 0 then
+    if ttl_seconds then
       redis.call('EXPIRE', name, ttl_seconds)
     end
   end

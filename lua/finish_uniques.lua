@@ -33,30 +33,42 @@ local expired = 0
 
 local function flag(content_id, name, value)
   local counts_key = prefix .. ':c:' .. content_id
-  if redis.call('EXISTS', counts_key) == 1 then
-    local current = redis.call('HGET', counts_key, name)
-    if not current or current < value then
-      redis.call('HSET', counts_key, name, value)
-    end
+  local current = redis.call('HGET', counts_key, name)
+  if current and current >= value then
+    return
+  end
+  if current or redis.call('EXISTS', counts_key) == 1 then
+    redis.call('HSET', counts_key, name, value)
   else
     cold.forget_loads(KEYS[5], KEYS[6], {counts_key})
   end
 end
 
-for i = 5, 4 + n do
-  local member = ARGV[i]
-  redis.call('SREM', KEYS[1], member)
-  if redis.call('SISMEMBER', KEYS[2], member) == 0 then
-    expired = expired + redis.call('EXPIRE', prefix .. ':uvd:' .. member, day_ttl)
+-- members: the written ones of a captured set; touched: the set of those changed since; `each` is
+-- called with every member, then the ones not changed since get `ttl`.
+local function finish(members, captured_key, touched_key, kind, ttl, each)
+  for i = 1, #members, 1000 do
+    redis.call('SREM', captured_key, unpack(members, i, math.min(i + 999, #members)))
   end
-  flag(string.sub(member, 10), 'uvd', string.sub(member, 1, 8))
+  for _, member in ipairs(cold.not_in(touched_key, members)) do
+    expired = expired + redis.call('EXPIRE', prefix .. kind .. member, ttl)
+  end
+  for _, member in ipairs(members) do
+    each(member)
+  end
+end
+
+local daily, all_time = {}, {}
+for i = 5, 4 + n do
+  daily[#daily + 1] = ARGV[i]
 end
 for i = 5 + n, #ARGV do
-  local content_id = ARGV[i]
-  redis.call('SREM', KEYS[3], content_id)
-  if redis.call('SISMEMBER', KEYS[4], content_id) == 0 then
-    expired = expired + redis.call('EXPIRE', prefix .. ':uv:' .. content_id, all_ttl)
-  end
-  flag(content_id, 'uva', '1')
+  all_time[#all_time + 1] = ARGV[i]
 end
+finish(daily, KEYS[1], KEYS[2], ':uvd:', day_ttl, function(member)
+  flag(string.sub(member, 10), 'uvd', string.sub(member, 1, 8))
+end)
+finish(all_time, KEYS[3], KEYS[4], ':uv:', all_ttl, function(content_id)
+  flag(content_id, 'uva', '1')
+end)
 return expired

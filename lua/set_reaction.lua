@@ -15,6 +15,7 @@
 --                                    "l:<key>" -> the load token of a missing cold key (lib/cold.lua)
 --   KEYS[6]  eng:{s:N}:recexp   ZSET  record -> expiry (ms)
 --   KEYS[7]  eng:{s:N}:dirty    SET   cold keys changed since the last capture
+--   derived, same hash tag: eng:{s:N}:rows  STRING  the row filter: keys new to Postgres (lib/cold.lua)
 -- ARGV:
 --   ARGV[1]  content id
 --   ARGV[2]  user id

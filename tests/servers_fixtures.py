@@ -76,7 +76,8 @@ def database_url(pg_server: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture
 def settings(redis_url: str, database_url: str) -> Settings:
-    return Settings.from_env({}, redis_url=redis_url, database_url=database_url, shards=16)
+    # 16 shards; row filters of 1 MB in all (2^19 bits a shard): built in milliseconds by each flusher
+    return Settings.from_env({}, redis_url=redis_url, database_url=database_url, shards=16, row_filter_mb=1)
 
 
 @pytest.fixture(scope="session")

@@ -156,8 +156,13 @@ def start_api(migrated: Settings) -> Iterator[Callable[..., ApiProcess]]:
 
 def cli_reconcile(settings: Settings) -> str:
     """``engagementd reconcile`` as a process; its report (stdout). Fails the test on a non-zero exit."""
+    return cli(settings, "reconcile")
+
+
+def cli(settings: Settings, *args: str) -> str:
+    """``engagementd <args>`` as a process; its stdout. Fails the test on a non-zero exit."""
     out = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "reconcile"],
+        [sys.executable, "-m", "daemon.cli", *args],
         env=service_env(settings),
         cwd=ROOT,
         capture_output=True,

@@ -4,65 +4,12 @@ and records cost memory per process and shard, not per operation."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-
-import asyncpg
-import pytest
-import redis.asyncio as aioredis
+from cold_fixtures import Stack
 
 from api.buffer import ViewBuffer
 from api.drains import Drain
 from daemon import db, keys
-from daemon.metrics import Metrics
-from daemon.redis_client import make_redis
-from daemon.settings import Settings
 from daemon.store import Store, cold
-from flusher.flusher import Flusher
-from lua import Scripts
-
-
-@dataclass
-class Stack:
-    settings: Settings
-    redis: aioredis.Redis
-    pool: asyncpg.Pool
-    store: Store
-    metrics: Metrics
-
-    def flusher(self) -> Flusher:
-        return Flusher(self.settings, self.redis, self.pool, self.store.scripts, Metrics())
-
-    def buffer(self) -> ViewBuffer:
-        return ViewBuffer(self.settings, self.store, self.metrics)
-
-    def shard(self, ident: str) -> int:
-        return keys.shard_of(ident, self.settings.shards)
-
-    def loads(self, kind: str) -> float:
-        return self.metrics.cold_loads.labels(kind=kind)._value.get()
-
-    def hits(self, kind: str) -> float:
-        return self.metrics.cold_hits.labels(kind=kind)._value.get()
-
-
-@pytest.fixture
-async def stack(migrated: Settings) -> AsyncIterator[Stack]:
-    settings = migrated.replace(unique_viewers_day="2026-12-07")
-    client = make_redis(settings)
-    pool = await db.create_pool(settings)
-    metrics = Metrics()
-    try:
-        yield Stack(
-            settings,
-            client,
-            pool,
-            Store(settings, client, Scripts.load(), db.provided(pool), metrics),
-            metrics,
-        )
-    finally:
-        await client.aclose()
-        await pool.close()
 
 
 async def test_a_like_on_a_pair_redis_no_longer_holds_is_loaded_from_postgres_and_counts_once(

@@ -7,6 +7,7 @@ import pytest
 import redis
 from service_fixtures import (
     ApiProcess,
+    cli,
     cli_reconcile,
     counters_in_postgres,
     run_flusher_once,
@@ -167,3 +168,45 @@ def test_cold_keys_a_cluster_forgot_are_loaded_back_and_reconcile_scans_every_ma
     # (users i and i + 20 share item c-i and a parity: both like it again, or both switch to a dislike)
     want = {f"c-{i}": (2, 0) if i % 2 else (0, 2) for i in range(20)}
     assert {c: (r["likes"], r["dislikes"]) for c, r in rows.items()} == want
+
+
+def _cold_loads(api: ApiProcess, kind: str) -> float:
+    for line in api.client.get("/metrics").text.splitlines():
+        if line.startswith(f'engagement_cold_loads_total{{kind="{kind}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no cold loads series of {kind}")
+
+
+@pytest.mark.slow
+def test_row_filters_on_a_cluster_spare_first_likes_a_postgres_read_and_never_hide_a_row(
+    redis_cluster: RedisClusterServers, migrated: Settings
+) -> None:
+    # Given row filters built on a three-master cluster (one per shard, in the shard's slot)
+    settings = migrated.replace(redis_url=redis_cluster.url, redis_cluster=True, shards=64, rate_limits="")
+    out = cli(settings, "row-filter", "--rebuild")
+    assert "built 64 shards" in out and "64 of 64 shards complete" in out, out
+    api = ApiProcess(settings)
+    try:
+        # When 40 users like 20 items for the first time
+        for u in range(40):
+            auth = {"Authorization": f"Bearer {token(f'u{u}')}"}
+            assert api.client.post(f"/api/v1/content/c-{u % 20}/like", headers=auth).status_code == 200
+        # Then no like read Postgres
+        assert (_cold_loads(api, "like"), _cold_loads(api, "counts")) == (0, 0)
+        run_flusher_once(settings)
+        # And once every master forgets the states, each is read from Postgres, not taken as new
+        for node in redis_cluster.nodes:
+            with redis.Redis.from_url(node.url) as client:
+                for name in list(client.scan_iter(match="eng:{s:*}:lk:*", count=1000)):
+                    client.delete(name)
+        for u in range(40):
+            auth = {"Authorization": f"Bearer {token(f'u{u}')}"}
+            r = api.client.post(f"/api/v1/content/c-{u % 20}/like", headers=auth)
+            assert (r.status_code, r.json()["likes"]) == (200, 2), r.text
+        assert _cold_loads(api, "like") == 40
+        assert api.stop() == 0
+    finally:
+        api.kill()
+    run_flusher_once(settings)
+    rows = counters_in_postgres(settings.database_url)
+    assert {c: r["likes"] for c, r in rows.items()} == {f"c-{i}": 2 for i in range(20)}

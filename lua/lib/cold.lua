@@ -16,9 +16,151 @@
 -- placeholders of what it changed. A placeholder lives LOAD_SECONDS at most.
 -- A key with a change Postgres does not have yet carries no TTL: cold.pin() removes it and lists the
 -- key in the shard's dirty set for the flusher.
+--
+-- The row filter spares the Postgres read for a key Postgres has never had a row for (a first like, a
+-- new item): eng:{s:N}:rows, a Bloom filter of the shard's counts, creator counts, like states and
+-- subscriptions that Postgres may hold (docs/redis-memory.md, "The row filter"). Byte 0 of the bitmap is
+-- log2 of its size m in bits, byte 1 is 1 once it is complete (built from Postgres by
+-- daemon/store/rows.py); then m / 512 blocks of 64 bytes. A key's name hashes (SHA-1, words w0, w1,
+-- w2 big-endian) to one block (w0 mod m / 512) and five bits in it (9 bits each of w1, then of w2):
+-- one GETRANGE reads them all. Every key created in Redis (seeded or new) sets its bits first, and a row reaches Postgres
+-- only by a flush of a key Redis holds, so a complete filter without a key's bits proves Postgres has
+-- no row for it: the key is created empty, at once. The filter carries no TTL: eviction never touches it.
 
 local cold = {}
 local LOAD_SECONDS = 60
+local ROWS_HEADER = 16  -- bits before the filter's own: log2 of its size, then "complete"
+local ROWS_KINDS = {c = true, cr = true, lk = true, sb = true}
+local EMPTY = {c = {'views', '0'}, cr = {'subscribers', '0'}, lk = '0', sb = '0'}
+
+-- 'eng:{s:N}:rec' (or any key of the shard's bookkeeping) -> 'eng:{s:N}:rows'
+function cold.rows_key(shard_key)
+  return string.match(shard_key, '^(.-}:)') .. 'rows'
+end
+
+-- The kind of a cold key: 'eng:{s:3}:lk:c1|u1' -> 'lk'.
+local function kind_of(name)
+  return string.match(name, '}:(%a+):')
+end
+
+local filters = {}  -- rows key -> {blocks = number of 512-bit blocks or nil, complete = bool}, per call
+
+local function filter_of(rows_key)
+  local filter = filters[rows_key]
+  if filter == nil then
+    local header = redis.call('GETRANGE', rows_key, 0, 1)
+    local log2, complete = string.byte(header, 1, 2)
+    filter = {blocks = (log2 and log2 > 0) and 2 ^ (log2 - 9) or nil}
+    filter.complete = filter.blocks ~= nil and complete == 1
+    filters[rows_key] = filter
+  end
+  return filter
+end
+
+-- A key's place in the filter: its block (byte offset, the 64 bytes Redis holds there) and the five
+-- bit positions in it (0..511), from the SHA-1 words w0 (the block) and w1, w2 (9 bits each).
+local function probe(filter, rows_key, name)
+  local hex = redis.sha1hex(name)
+  local w0 = tonumber(string.sub(hex, 1, 8), 16)
+  local w1 = tonumber(string.sub(hex, 9, 16), 16)
+  local w2 = tonumber(string.sub(hex, 17, 24), 16)
+  local offset = ROWS_HEADER / 8 + (w0 % filter.blocks) * 64
+  local bits = {
+    w1 % 512, math.floor(w1 / 512) % 512, math.floor(w1 / 262144) % 512,
+    w2 % 512, math.floor(w2 / 512) % 512,
+  }
+  return {offset = offset, block = redis.call('GETRANGE', rows_key, offset, offset + 63), bits = bits}
+end
+
+local function is_set(block, bit)
+  local byte = string.byte(block, math.floor(bit / 8) + 1) or 0
+  return math.floor(byte / 2 ^ (7 - bit % 8)) % 2 == 1
+end
+
+-- Whether every bit of the probe is set.
+local function present(p)
+  for _, bit in ipairs(p.bits) do
+    if not is_set(p.block, bit) then
+      return false
+    end
+  end
+  return true
+end
+
+-- Set the probe's bits: one SETRANGE of its block.
+local function mark(rows_key, p)
+  if present(p) then
+    return
+  end
+  local bytes = {string.byte(p.block, 1, 64)}
+  for i = #bytes + 1, 64 do
+    bytes[i] = 0
+  end
+  for _, bit in ipairs(p.bits) do
+    if not is_set(p.block, bit) then
+      local i = math.floor(bit / 8) + 1
+      bytes[i] = bytes[i] + 2 ^ (7 - bit % 8)
+    end
+  end
+  p.block = string.char(unpack(bytes))
+  redis.call('SETRANGE', rows_key, p.offset, p.block)
+end
+
+-- The probe of `name` when a complete row filter proves that Postgres has no row for it (it lacks one
+-- of its bits), else nil.
+local function new_probe(rows_key, name)
+  local filter = filter_of(rows_key)
+  if not (filter.complete and ROWS_KINDS[kind_of(name)]) then
+    return nil
+  end
+  local p = probe(filter, rows_key, name)
+  if present(p) then
+    return nil
+  end
+  return p
+end
+
+-- Whether the row filter proves that Postgres has no row for `name` (readers: nothing is set).
+function cold.is_new(rows_key, name)
+  return new_probe(rows_key, name) ~= nil
+end
+
+-- Set the row filter's bits of keys about to exist in Redis (any filter with a size: one being built
+-- too, so that it is complete when it says so).
+function cold.remember(rows_key, names)
+  local filter = filter_of(rows_key)
+  if filter.blocks == nil then
+    return
+  end
+  for _, name in ipairs(names) do
+    if ROWS_KINDS[kind_of(name)] then
+      mark(rows_key, probe(filter, rows_key, name))
+    end
+  end
+end
+
+-- The value a new key starts from: what a seed of "Postgres has no row" would hold.
+function cold.empty(name)
+  return EMPTY[kind_of(name)]
+end
+
+-- Create the new keys `names` (their filter bits already set) empty, pinned: without a TTL and listed in the shard's dirty
+-- set (as cold.pin leaves a changed key; the call changes most keys it creates), so the next flush gives
+-- them their idle TTL.
+local function create(rows_key, names)
+  for _, name in ipairs(names) do
+    local value = EMPTY[kind_of(name)]
+    if type(value) == 'table' then
+      redis.call('HSET', name, unpack(value))
+    else
+      redis.call('SET', name, value)
+    end
+  end
+  local dirty_key = string.match(rows_key, '^(.-}:)') .. 'dirty'
+  for i = 1, #names, 1000 do
+    redis.call('SADD', dirty_key, unpack(names, i, math.min(i + 999, #names)))
+  end
+end
 
 -- Create the absent keys the seed blob names (clean: with their idle TTL), where the token still holds.
 function cold.seed(blob, rec_key, recexp_key)
@@ -31,6 +173,7 @@ function cold.seed(blob, rec_key, recexp_key)
     if records.get(rec_key, recexp_key, placeholder) == token then
       records.drop(rec_key, recexp_key, placeholder)
       if value ~= '' and redis.call('EXISTS', key) == 0 then
+        cold.remember(cold.rows_key(rec_key), {key})
         if type(value) == 'table' then
           redis.call('HSET', key, unpack(value))
         else
@@ -42,29 +185,69 @@ function cold.seed(blob, rec_key, recexp_key)
   end
 end
 
--- The absent keys among distinct `names`: one EXISTS per 1,000 names when none is absent.
+-- The absent keys among distinct `names`: one EXISTS per 100 names when none or all of them are absent,
+-- one per name otherwise.
 function cold.absent(names)
   local found = {}
-  local present = 0
-  for i = 1, #names, 1000 do
-    present = present + redis.call('EXISTS', unpack(names, i, math.min(i + 999, #names)))
-  end
-  if present == #names then
-    return found
-  end
-  for _, name in ipairs(names) do
-    if redis.call('EXISTS', name) == 0 then
-      found[#found + 1] = name
+  for i = 1, #names, 100 do
+    local last = math.min(i + 99, #names)
+    local present = redis.call('EXISTS', unpack(names, i, last))
+    if present == 0 then
+      for j = i, last do
+        found[#found + 1] = names[j]
+      end
+    elseif present < last - i + 1 then
+      for j = i, last do
+        if redis.call('EXISTS', names[j]) == 0 then
+          found[#found + 1] = names[j]
+        end
+      end
     end
   end
   return found
 end
 
--- Seed what the blob holds, then check `names`: nil when all are present, else the "unknown" answer
--- the script returns (changing nothing).
+-- The members of `names` that the set `set_key` does not hold (SMISMEMBER, 1,000 at a time).
+function cold.not_in(set_key, names)
+  local out = {}
+  for i = 1, #names, 1000 do
+    local last = math.min(i + 999, #names)
+    local member = redis.call('SMISMEMBER', set_key, unpack(names, i, last))
+    for j = i, last do
+      if member[j - i + 1] == 0 then
+        out[#out + 1] = names[j]
+      end
+    end
+  end
+  return out
+end
+
+-- The absent keys among `names` that the row filter does not prove new; those it does are created
+-- empty at once.
+function cold.settle(rec_key, names)
+  local rows_key = cold.rows_key(rec_key)
+  local unknown, new = {}, {}
+  for _, name in ipairs(cold.absent(names)) do
+    local p = new_probe(rows_key, name)
+    if p then
+      mark(rows_key, p)
+      new[#new + 1] = name
+    else
+      unknown[#unknown + 1] = name
+    end
+  end
+  if #new > 0 then
+    create(rows_key, new)
+  end
+  return unknown
+end
+
+-- Seed what the blob holds, create the keys of `names` known to be new, then check the rest: nil when
+-- all are present, else the "unknown" answer the script returns (having changed nothing but creating
+-- those keys as a seed would).
 function cold.load(blob, rec_key, recexp_key, names)
   cold.seed(blob, rec_key, recexp_key)
-  local missing = cold.absent(names)
+  local missing = cold.settle(rec_key, names)
   if #missing > 0 then
     return cold.unknown(rec_key, recexp_key, missing)
   end
@@ -95,12 +278,14 @@ function cold.forget_loads(rec_key, recexp_key, names)
   end
 end
 
--- Changed keys: no TTL until the flusher has their changes (finish_batch gives it back).
+-- Changed keys: no TTL until the flusher has their changes (finish_batch gives it back). A key the
+-- dirty set already lists has none (only finish_batch gives one back, to keys it does not list).
 function cold.pin(names, dirty_key)
-  for _, name in ipairs(names) do
+  local fresh = cold.not_in(dirty_key, names)
+  for _, name in ipairs(fresh) do
     redis.call('PERSIST', name)
   end
-  for i = 1, #names, 1000 do
-    redis.call('SADD', dirty_key, unpack(names, i, math.min(i + 999, #names)))
+  for i = 1, #fresh, 1000 do
+    redis.call('SADD', dirty_key, unpack(fresh, i, math.min(i + 999, #fresh)))
   end
 end

@@ -1,0 +1,169 @@
+"""The row filter (daemon/store/rows.py, lua/lib/cold.lua): a complete filter lets a first like, a first
+subscription or a new item's first view skip the Postgres read; a key Postgres may hold is still loaded;
+a filter Redis lost, or one of another size, is built again from Redis and Postgres without ever
+calling a key new that Postgres has."""
+
+from __future__ import annotations
+
+import hashlib
+
+from cold_fixtures import Stack
+
+from daemon import keys
+from daemon.reconcile import reconcile
+from daemon.store.rows import HEADER_BITS, offsets, rows_key
+
+
+async def _header(stack: Stack, shard: int) -> tuple[int, int]:
+    log2, complete = await stack.redis.execute_command(
+        "BITFIELD_RO", rows_key(shard), "GET", "u8", 0, "GET", "u8", 8
+    )
+    return int(log2), int(complete)
+
+
+async def _has_bits(stack: Stack, name: str) -> bool:
+    shard = int(name[name.index("{s:") + 3 : name.index("}")])
+    log2, _ = await _header(stack, shard)
+    bits = [await stack.redis.getbit(rows_key(shard), o) for o in offsets(name, log2)]
+    return all(bits)
+
+
+async def test_a_first_like_on_a_complete_filter_reads_no_postgres_and_sets_the_pair_bits(
+    stack: Stack,
+) -> None:
+    # Given complete filters (empty Postgres)
+    assert await stack.rows().ensure(stack.pool) == stack.settings.shards
+    s = stack.shard("a")
+    assert await _header(stack, s) == (stack.settings.row_filter_log2, 1)
+    like, counts = keys.like_key(s, "a", "u1"), keys.counts_key(s, "a")
+    assert not await _has_bits(stack, like)
+
+    # When u1 likes a, an item and a pair Redis never held
+    assert (await stack.store.set_reaction("a", "u1", "like", ""))[:3] == ["changed", 1, 1]
+
+    # Then no Postgres read was made, and both keys' bits are set where Python computes them
+    assert (stack.loads("like"), stack.loads("counts")) == (0, 0)
+    assert await _has_bits(stack, like) and await _has_bits(stack, counts)
+
+    # And once flushed and evicted, the pair is loaded from Postgres, never taken as new: liking again
+    # changes nothing
+    await stack.flusher().drain()
+    assert await stack.redis.delete(like, counts) == 2
+    assert (await stack.store.set_reaction("a", "u1", "like", ""))[:3] == ["unchanged", 1, 1]
+    assert (stack.loads("like"), stack.loads("counts")) == (1, 1)
+
+
+async def test_a_new_pair_left_unchanged_gets_its_idle_ttl_at_the_next_flush(stack: Stack) -> None:
+    await stack.rows().ensure(stack.pool)
+    # An unlike of a pair never liked changes nothing; the keys it created are pinned like changed ones
+    assert (await stack.store.set_reaction("b", "u2", "unlike", ""))[:3] == ["unchanged", 0, 0]
+    s = stack.shard("b")
+    like, counts = keys.like_key(s, "b", "u2"), keys.counts_key(s, "b")
+    assert await stack.redis.get(like) == "0"
+    assert (await stack.redis.ttl(like), await stack.redis.ttl(counts)) == (-1, -1)
+    assert await stack.redis.smismember(keys.dirty_key(s), [like, counts]) == [1, 1]
+    assert stack.loads("like") == 0
+    # and the next flush gives them their idle TTLs (Postgres has nothing to write for them)
+    await stack.flusher().drain()
+    assert 0 < await stack.redis.ttl(like) <= stack.settings.state_idle_ttl_s
+    assert 0 < await stack.redis.ttl(counts) <= stack.settings.counts_idle_ttl_s
+    assert await stack.pool.fetchval("SELECT count(*) FROM likes") == 0
+
+
+async def test_views_and_stats_of_a_new_item_read_no_postgres(stack: Stack) -> None:
+    await stack.rows().ensure(stack.pool)
+    buffer = stack.buffer()
+    for user in ("u1", "u2", "u1"):
+        assert buffer.add("v1", 10, user)
+    assert await buffer.drain_once()
+    assert stack.loads("counts") == 0 and stack.loads("viewers") == 0
+    (item,) = await stack.store.read_items(["v1"], "u9", "20261207")
+    assert (item.counts["views"], item.unique_viewers, item.state, item.tokens) == (3, 2, 0, {})
+    (never,) = await stack.store.read_items(["never-seen"], "u9", "20261207")
+    assert (never.counts, never.state, never.tokens) == ({"views": 0}, 0, {})
+    assert stack.loads("counts") == 0 and stack.loads("like") == 0
+    assert await stack.redis.exists(keys.counts_key(stack.shard("never-seen"), "never-seen")) == 0
+
+
+async def test_a_lost_filter_is_not_trusted_and_a_rebuild_covers_postgres_rows_and_held_keys(
+    stack: Stack,
+) -> None:
+    # Given a like flushed to Postgres, a pair only Postgres has (as a restore would leave), and a like
+    # still pending in Redis, all made while Redis has no filter (it lost it)
+    assert (await stack.store.set_reaction("a", "u1", "like", ""))[:3] == ["changed", 1, 1]
+    await stack.flusher().drain()
+    async with stack.pool.acquire() as conn:
+        await conn.execute("INSERT INTO likes (user_id, content_id, value) VALUES ('u7', 'x', 1)")
+        await conn.execute("INSERT INTO content_counters (content_id, likes) VALUES ('x', 1)")
+    assert (await stack.store.set_reaction("p", "u3", "like", ""))[:3] == ["changed", 1, 1]
+    held = keys.like_key(stack.shard("p"), "p", "u3")
+    assert stack.loads("like") == 2  # no filter: every missing key is read from Postgres
+
+    # When the filters are built, then the pending like is flushed and every key evicted
+    assert sorted(await stack.rows().stale()) == list(range(stack.settings.shards))
+    assert await stack.rows().ensure(stack.pool) == stack.settings.shards
+    assert await stack.rows().stale() == []
+    await stack.flusher().drain()
+    assert await _has_bits(stack, held)
+    await stack.redis.flushdb()  # every cold key (and the filters) gone...
+    assert await stack.rows().ensure(stack.pool) == stack.settings.shards  # ...and built back
+
+    # Then every pair Postgres has is loaded, none is taken as new
+    loads = stack.loads("like")
+    assert (await stack.store.set_reaction("a", "u1", "like", ""))[:3] == ["unchanged", 1, 1]
+    assert (await stack.store.set_reaction("x", "u7", "like", ""))[:3] == ["unchanged", 1, 1]
+    assert (await stack.store.set_reaction("p", "u3", "like", ""))[:3] == ["unchanged", 1, 1]
+    assert stack.loads("like") == loads + 3
+
+
+async def test_a_filter_of_another_size_is_rebuilt_and_no_filter_drops_them(stack: Stack) -> None:
+    assert (await stack.store.set_reaction("a", "u1", "like", ""))[:3] == ["changed", 1, 1]
+    await stack.flusher().drain()
+    await stack.rows().ensure(stack.pool)
+    s = stack.shard("a")
+    before = stack.settings.row_filter_log2
+
+    bigger = stack.settings.replace(row_filter_mb=stack.settings.row_filter_mb * 2)
+    stack.settings = bigger
+    assert await stack.rows().stale() == list(range(bigger.shards))
+    assert await stack.rows().ensure(stack.pool) == bigger.shards
+    assert await _header(stack, s) == (before + 1, 1)
+    assert await _has_bits(stack, keys.like_key(s, "a", "u1"))  # from the Postgres scan
+
+    stack.settings = bigger.replace(row_filter_mb=0)
+    assert len(await stack.rows().stale()) == bigger.shards
+    assert await stack.rows().build(stack.pool) == 0
+    assert await stack.redis.exists(rows_key(s)) == 0
+    assert await stack.rows().stale() == []
+
+
+async def test_reconcile_sets_the_bits_of_pairs_the_fallback_wrote_to_postgres(stack: Stack) -> None:
+    # Given complete filters and a like the api wrote to Postgres alone while Redis was unreachable
+    await stack.rows().ensure(stack.pool)
+    async with stack.pool.acquire() as conn:
+        await conn.execute("INSERT INTO likes (user_id, content_id, value) VALUES ('u5', 'f', 1)")
+        await conn.execute("INSERT INTO content_counters (content_id, likes) VALUES ('f', 1)")
+        await conn.execute(
+            "INSERT INTO fallback_log (kind, user_id, target_id, value) VALUES ('like', 'u5', 'f', 1)"
+        )
+    s = stack.shard("f")
+    assert not await _has_bits(stack, keys.like_key(s, "f", "u5"))
+
+    # When reconcile settles it
+    await reconcile(stack.store, stack.pool, stack.metrics, owner="test")
+
+    # Then the pair and the item are known to Postgres: the like is loaded, not taken as new
+    assert await _has_bits(stack, keys.like_key(s, "f", "u5"))
+    assert await _has_bits(stack, keys.counts_key(s, "f"))
+    assert (await stack.store.set_reaction("f", "u5", "like", ""))[:3] == ["unchanged", 1, 1]
+    assert stack.loads("like") == 1
+
+
+def test_offsets_are_five_bits_of_one_512_bit_block_past_the_header() -> None:
+    # sha1 of the name: word 0 picks the block (of 2 in 2^10 bits), words 1 and 2 give 9 bits each
+    name = "eng:{s:1}:lk:a|u"
+    digest = hashlib.sha1(name.encode()).hexdigest()
+    w0, w1, w2 = (int(digest[i : i + 8], 16) for i in (0, 8, 16))
+    base = HEADER_BITS + (w0 % 2) * 512
+    want = (w1 % 512, w1 // 512 % 512, w1 // 512**2 % 512, w2 % 512, w2 // 512 % 512)
+    assert offsets(name, 10) == tuple(base + b for b in want)
