@@ -87,7 +87,7 @@ async def _react(store: Store, model: Model, calls: list[tuple[str, str, str]]) 
         chunk = calls[start : start + ROUND]
         answers = await store.set_reactions([(item, user, action, "") for user, item, action in chunk])
         for (user, item, action), answer in zip(chunk, answers, strict=True):
-            assert not isinstance(answer, Exception), answer  # no OOM, no load failure
+            assert not isinstance(answer, Exception), repr(answer)  # no OOM, no load failure
             model.react(user, item, action, answer)
 
 

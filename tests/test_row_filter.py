@@ -167,3 +167,22 @@ def test_offsets_are_five_bits_of_one_512_bit_block_past_the_header() -> None:
     base = HEADER_BITS + (w0 % 2) * 512
     want = (w1 % 512, w1 // 512 % 512, w1 // 512**2 % 512, w2 % 512, w2 // 512 % 512)
     assert offsets(name, 10) == tuple(base + b for b in want)
+
+
+async def test_a_key_whose_five_positions_repeat_a_bit_is_remembered(stack: Stack) -> None:
+    # Given complete filters, and users whose like key on "a" hashes two of its five positions to one
+    # bit (about 1 key in 50)
+    assert await stack.rows().ensure(stack.pool) == stack.settings.shards
+    s, log2 = stack.shard("a"), stack.settings.row_filter_log2
+    users = [
+        u for u in (f"u{i}" for i in range(2000)) if len(set(offsets(keys.like_key(s, "a", u), log2))) < 5
+    ]
+    assert users
+
+    # When each likes a (the script sets the bits of a key about to exist)
+    for user in users[:5]:
+        assert (await stack.store.set_reaction("a", user, "like", ""))[:2] == ["changed", 1]
+
+    # Then the bits are set where Python computes them, none added twice into a neighbour
+    for user in users[:5]:
+        assert await _has_bits(stack, keys.like_key(s, "a", user))

@@ -97,9 +97,11 @@ local function mark(rows_key, p)
     bytes[i] = 0
   end
   for _, bit in ipairs(p.bits) do
-    if not is_set(p.block, bit) then
-      local i = math.floor(bit / 8) + 1
-      bytes[i] = bytes[i] + 2 ^ (7 - bit % 8)
+    -- tested on the bytes being built: two of the five positions may be the same bit
+    local i = math.floor(bit / 8) + 1
+    local value = 2 ^ (7 - bit % 8)
+    if math.floor(bytes[i] / value) % 2 == 0 then
+      bytes[i] = bytes[i] + value
     end
   end
   p.block = string.char(unpack(bytes))
