@@ -26,9 +26,10 @@ from api import (
     subscriptions,
     views,
 )
-from api.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
+from api.errors import handle_domain_error, handle_http_exception, handle_unexpected
 from api.hotpaths import HotPaths
 from api.services import Services
+from daemon.errors import DomainError
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def build_app(services: Services) -> HotPaths:
     app = Starlette(
         routes=ROUTES,
         exception_handlers={
-            ApiError: handle_api_error,
+            DomainError: handle_domain_error,
             HTTPException: _counted(_allow_all_methods(handle_http_exception)),
             Exception: _counted(handle_unexpected),
         },

@@ -1,6 +1,6 @@
 """Comments and replies: POST|GET /api/v1/content/{contentId}/comments, DELETE …/comments/{commentId}.
 
-The rows live in Postgres (api/comment_store.py); the count of an item's comments lives in Redis like the
+The rows live in Postgres (daemon/comment_store.py); the count of an item's comments lives in Redis like the
 other counters and reaches ``content_counters.comments`` through the flusher (daemon/comment_counts.py).
 Pagination is a keyset on (created_at, comment_id) carried in an opaque cursor, so a page boundary never
 moves when comments arrive: no duplicates, no skips. Seed 003 has no comment event type: none is emitted.
@@ -19,7 +19,6 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import comment_store
 from api.errors import ApiError, json_response
 from api.idempotency import idempotency_key
 from api.ingest import json_object
@@ -28,8 +27,8 @@ from api.pagination import MAX_ID, bad_cursor, limit_param, positive_int
 from api.reactions import check_rate
 from api.services import Services
 from api.subscriptions import unavailable
-from daemon import comment_counts
-from daemon.store.cold import ColdLoadError
+from daemon import comment_counts, comment_store
+from daemon.errors import ColdLoadError
 
 log = logging.getLogger(__name__)
 

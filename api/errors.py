@@ -1,6 +1,9 @@
 """Errors users see: a status, a stable machine-readable ``error`` code and a sentence.
 
-Nothing internal (tracebacks, SQL, Redis replies) ever reaches a response body.
+The core raises domain errors (daemon/errors.py) and knows nothing of HTTP: their statuses are mapped
+here, in one table (``STATUSES``); ``ApiError`` is the api's own, for what only HTTP can get wrong (a
+body, a header, a token). Nothing internal (tracebacks, SQL, Redis replies) ever reaches a response
+body.
 """
 
 from __future__ import annotations
@@ -14,10 +17,22 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from daemon.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Refused,
+    Unavailable,
+)
+
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class ApiError(DomainError):
+    """An error of the HTTP layer, with its status and headers."""
+
     def __init__(
         self,
         status: int,
@@ -26,15 +41,34 @@ class ApiError(Exception):
         headers: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
-        super().__init__(message)
+        super().__init__(code, message, **extra)
         self.status = status
-        self.code = code
-        self.message = message
         self.headers = dict(headers or {})
-        self.extra = extra
 
     def response(self) -> Response:
         return error_response(self.status, self.code, self.message, self.headers, **self.extra)
+
+
+# The status of each domain error (its class or the nearest base listed).
+STATUSES: dict[type[DomainError], int] = {
+    NotFound: 404,
+    Forbidden: 403,
+    Conflict: 409,
+    Invalid: 422,
+    Refused: 429,
+    Unavailable: 503,
+}
+
+
+def api_error(exc: DomainError) -> ApiError:
+    """The HTTP answer of a domain error: its status from ``STATUSES``, Retry-After when it says when."""
+    if isinstance(exc, ApiError):
+        return exc
+    status = next(STATUSES[cls] for cls in type(exc).__mro__ if cls in STATUSES)
+    headers = {} if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+    error = ApiError(status, exc.code, exc.message, headers, **exc.extra)
+    error.__cause__ = exc.__cause__
+    return error
 
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -54,9 +88,9 @@ _HTTP_CODES = {
 }
 
 
-async def handle_api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return exc.response()
+async def handle_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return api_error(exc).response()
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
@@ -73,18 +107,3 @@ def internal_error(method: str, path: str) -> Response:
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     return internal_error(request.method, request.url.path)
-
-
-def unavailable(retry_after_s: int, message: str, code: str = "unavailable") -> ApiError:
-    """503 with Retry-After: a dependency cannot serve this request now; retrying later can work."""
-    return ApiError(503, code, message, {"Retry-After": str(retry_after_s)})
-
-
-def memory_full(retry_after_s: int) -> ApiError:
-    """503 ``redis_memory_full``: Redis is at maxmemory with nothing left it may evict (only changes not
-    yet written to Postgres); the flusher is freeing memory (docs/redis-memory.md)."""
-    return unavailable(
-        retry_after_s,
-        "Redis is full of changes not yet written to Postgres; retry later.",
-        "redis_memory_full",
-    )

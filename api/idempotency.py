@@ -24,9 +24,10 @@ import re
 from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.requests import Request
 
-from api.errors import ApiError, memory_full
-from api.pipeliner import pipeliner_for
+from api.errors import ApiError
 from api.services import Services
+from daemon.errors import KeyReused, MemoryFull
+from daemon.pipeliner import pipeliner_for
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +60,6 @@ def fingerprint(*parts: bytes) -> str:
     return digest.hexdigest()
 
 
-def reused(scope: str = "") -> ApiError:
-    """422 ``idempotency_key_reused``: the key came with a different request (on this ``scope``)."""
-    where = f" on this {scope}" if scope else ""
-    return ApiError(
-        422,
-        "idempotency_key_reused",
-        f"This Idempotency-Key was already used for a different request{where}.",
-    )
-
-
 Claim = tuple[int, str, str]  # the record's shard, its name (daemon.keys.*_record), the fingerprint
 
 
@@ -84,7 +75,7 @@ async def claim(services: Services, record: Claim, answer: str) -> str | None:
         )
     except OutOfMemoryError:
         services.metrics.redis_oom_refusals.labels(what="request").inc()
-        raise memory_full(services.settings.buffer_retry_after_s) from None
+        raise MemoryFull(services.settings.buffer_retry_after_s) from None
     except (RedisError, OSError) as exc:
         log.warning("Idempotency-Key not checked: Redis unavailable (%s)", exc)
         raise ApiError(
@@ -94,7 +85,7 @@ async def claim(services: Services, record: Claim, answer: str) -> str | None:
             {"Retry-After": str(services.settings.buffer_retry_after_s)},
         ) from None
     if status == "conflict":
-        raise reused()
+        raise KeyReused()
     return None if status == "claimed" else str(stored)
 
 

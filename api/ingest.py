@@ -18,24 +18,24 @@ import orjson
 from starlette.requests import Request
 
 from api.errors import ApiError
+from daemon.ids import (
+    EVENT_TYPES,
+    ID_CHARS,
+    MEDIA_STARTED,
+    SESSION_ID_MAX_LEN,
+    Playback,
+    id_pattern,
+    lines_pattern,
+)
 from daemon.keys import PLAYBACK_COUNTERS
 from daemon.settings import Settings
 
-ID_CHARS = r"[A-Za-z0-9_.:\-]"
 ITEM_FIELDS = frozenset({"content_id", "user_id", "watch_seconds", "event_type", "session_id"})
 SINGLE_FIELDS = frozenset({"watch_seconds", "event_type", "session_id"})
-SESSION_ID_MAX_LEN = 128
-MEDIA_STARTED = "media_started"  # the default event_type: a view
-# event_type values of the view endpoints (null means media_started); the others count as signals
-EVENT_TYPES = frozenset({MEDIA_STARTED, *PLAYBACK_COUNTERS})
 _EVENT_TYPES_OR_NULL = frozenset({*EVENT_TYPES, None})
 _SECONDS_TYPES = {int, type(None)}
 _get_content_id = itemgetter("content_id")
 _JSON_WHITESPACE = b" \t\r\n"
-
-# A view or playback signal to publish: user_id, content_id, event_type, watch_seconds (None when
-# absent), session_id ("" when absent).
-Playback = tuple[str, str, str, int | None, str]
 
 
 @dataclass(slots=True)
@@ -47,15 +47,6 @@ class SingleView:
 
 
 NO_BODY = SingleView()
-
-
-def id_pattern(max_len: int) -> re.Pattern[str]:
-    return re.compile(f"{ID_CHARS}{{1,{max_len}}}")
-
-
-def _lines_pattern(max_len: int) -> re.Pattern[str]:
-    """Valid ids joined by newlines: one fullmatch checks a whole list."""
-    return re.compile(f"(?:{ID_CHARS}{{1,{max_len}}}\n)*{ID_CHARS}{{1,{max_len}}}")
 
 
 @dataclass(slots=True)
@@ -85,7 +76,7 @@ class BodyReader:
         self.settings = settings
         self.id_re = id_pattern(settings.content_id_max_len)
         self.session_re = id_pattern(SESSION_ID_MAX_LEN)
-        self._sessions_re = _lines_pattern(SESSION_ID_MAX_LEN)
+        self._sessions_re = lines_pattern(SESSION_ID_MAX_LEN)
         self._ids_re = re.compile(
             f"(?:{ID_CHARS}{{1,{settings.content_id_max_len}}}\n)*{ID_CHARS}{{1,{settings.content_id_max_len}}}"
         )

@@ -14,7 +14,8 @@ from time import perf_counter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.errors import ApiError
+from api.errors import api_error
+from daemon.errors import DomainError
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -26,8 +27,8 @@ def instrumented(route: str) -> Callable[[Handler], Handler]:
             started = perf_counter()
             try:
                 response = await handler(request)
-            except ApiError as exc:
-                response = exc.response()
+            except DomainError as exc:
+                response = api_error(exc).response()
             request.app.state.services.metrics.requests.observe(
                 route, request.method, response.status_code, perf_counter() - started
             )

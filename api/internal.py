@@ -1,5 +1,5 @@
 """``PUT /internal/v1/content/{contentId}`` (scope ``internal``): the content registry's write endpoint
-(api/registry.py holds the registry; api/engagement_events.py the events that read it)."""
+(daemon/registry.py holds the registry; daemon/engagement_events.py the events that read it)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from starlette.responses import Response
 from api.errors import ApiError, json_response
 from api.ingest import json_object
 from api.instrument import instrumented
-from api.registry import CONTENT_TYPES
+from daemon.registry import CONTENT_TYPES
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Playlists: /api/v1/users/me/playlists[/{playlistId}[/items[/{contentId}]]].
 
-Postgres only (see api/playlist_store.py for the ordering and locking). A user sees only their own
+Postgres only (see daemon/playlist_store.py for the ordering and locking). A user sees only their own
 playlists: any other playlist id answers 404, as an unknown one does. The two POSTs honour an
 Idempotency-Key with records in Postgres (daemon/pg_idempotency.py), claimed in the request's own
 transaction. Adding an item publishes ``media_added_to_playlist`` once it is committed.
@@ -16,9 +16,8 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import playlist_store as store
 from api.errors import ApiError, json_response
-from api.idempotency import idempotency_key, reused
+from api.idempotency import idempotency_key
 from api.ingest import json_object
 from api.instrument import instrumented
 from api.pagination import MAX_ID, bad_cursor, cursor_param, encode_cursor, limit_param, positive_int
@@ -26,6 +25,8 @@ from api.reactions import check_rate
 from api.services import Services
 from api.subscriptions import unavailable
 from daemon import pg_idempotency
+from daemon import playlist_store as store
+from daemon.errors import KeyReused
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ async def _idempotent_post(
             replay = await pg_idempotency.claim(conn, user_id, key, fingerprint, ttl)
             if replay is not None:
                 if not replay.same_request:
-                    raise reused()
+                    raise KeyReused()
                 return replay.answer, True
         answer = await work(conn)
         if key:

@@ -13,7 +13,8 @@ from starlette.responses import Response
 from api.errors import ApiError, json_response
 from api.instrument import instrumented
 from api.services import Services
-from daemon.purge import PurgeIncomplete, purge_user
+from daemon.errors import PurgeIncomplete
+from daemon.purge import purge_user
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ import orjson
 from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.types import Receive, Scope, Send
 
-from api import fallback
-from api.errors import ApiError, memory_full, unavailable
-from api.idempotency import REPLAYED_HEADER, checked_idempotency_key, reused
-from api.pipeliner import pipeliner_for
-from api.ratelimit import RateLimiter, refusal
+from api.errors import ApiError, api_error
+from api.idempotency import REPLAYED_HEADER, checked_idempotency_key
 from api.services import Services
-from daemon.store.cold import ColdLoadError
+from daemon import fallback
+from daemon.errors import ColdLoadError, DomainError, KeyReused, MemoryFull, Unavailable
+from daemon.pipeliner import pipeliner_for
+from daemon.ratelimit import RateLimiter, refusal
 
 # The store could not read a cold key from Postgres (Redis is up): 503, not a Postgres fallback write.
 COLD_LOAD_ERRORS = (ColdLoadError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -37,7 +37,7 @@ _ACTIONS = {
 
 
 def cold_load_failed(services: Services) -> ApiError:
-    return unavailable(services.settings.buffer_retry_after_s, "Counts are temporarily unavailable.")
+    return Unavailable("Counts are temporarily unavailable.", services.settings.buffer_retry_after_s)
 
 
 async def set_reaction(services: Services, content_id: str, user_id: str, action: str, key: str) -> dict:
@@ -47,15 +47,15 @@ async def set_reaction(services: Services, content_id: str, user_id: str, action
         )
     except OutOfMemoryError:
         services.metrics.redis_oom_refusals.labels(what="request").inc()
-        raise memory_full(services.settings.buffer_retry_after_s) from None
+        raise MemoryFull(services.settings.buffer_retry_after_s) from None
     except COLD_LOAD_ERRORS:
         raise cold_load_failed(services) from None
     except (RedisError, OSError):
-        # Redis unreachable: written straight to Postgres (api/fallback.py). A lost reply whose script
+        # Redis unreachable: written straight to Postgres (daemon/fallback.py). A lost reply whose script
         # did run is harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.
         return await fallback.set_reaction(services, content_id, user_id, action, key)
     if status == "conflict":
-        raise reused("item")
+        raise KeyReused("item")
     return {
         "status": status,
         "body": {"state": STATE_NAMES[int(state)], "likes": int(likes), "dislikes": int(dislikes)},
@@ -97,7 +97,7 @@ class ReactionEndpoint:
     """One of POST|DELETE .../like and .../dislike, as a raw ASGI endpoint (like views.SingleView).
 
     It reads the two headers it needs straight from the scope, answers with prebuilt headers and an
-    orjson body, and records its metrics inline. Errors are the same ApiError responses as everywhere.
+    orjson body, and records its metrics inline. Errors are the same responses as everywhere (api.errors).
     """
 
     def __init__(self, route: str, method: str) -> None:
@@ -125,9 +125,10 @@ class ReactionEndpoint:
                 services, self.limit_action, principal.sub, f"{content_id}|{key}" if key else None
             )
             result = await set_reaction(services, content_id, principal.sub, self.action, key)
-        except ApiError as exc:
-            await exc.response()(scope, receive, send)
-            services.metrics.requests.observe(self.route, self.method, exc.status, perf_counter() - started)
+        except DomainError as exc:
+            error = api_error(exc)
+            await error.response()(scope, receive, send)
+            services.metrics.requests.observe(self.route, self.method, error.status, perf_counter() - started)
             return
         status = result["status"]
         if status == "changed" and services.events is not None:

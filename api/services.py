@@ -7,35 +7,28 @@ import logging
 from dataclasses import dataclass, field
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from api.auth import Authenticator
-from api.buffer import ViewBuffer
-from api.engagement_events import EngagementEvents
 from api.ingest import BodyReader
-from api.ratelimit import Limit, RateLimiter, parse_limits
-from api.registry import ContentRegistry
-from daemon import db
+from daemon.core import Core
+from daemon.engagement_events import EngagementEvents
 from daemon.events import EventProducer
 from daemon.metrics import Metrics
 from daemon.metrics_share import SharedMetrics
+from daemon.ratelimit import Limit, RateLimiter, parse_limits
 from daemon.redis_client import check_config as check_redis_config
-from daemon.redis_client import make_redis
+from daemon.registry import ContentRegistry
 from daemon.settings import Settings
-from daemon.store import Store
-from lua import Scripts
+from daemon.views.buffer import ViewBuffer
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Services:
-    settings: Settings
-    metrics: Metrics
-    redis: aioredis.Redis
-    scripts: Scripts
-    store: Store
+@dataclass(kw_only=True)
+class Services(Core):
+    """What the request handlers share in one api process: the core, the buffer, auth, the producer."""
+
     buffer: ViewBuffer
     auth: Authenticator
     bodies: BodyReader
@@ -45,35 +38,26 @@ class Services:
     limits: dict[str, Limit] = field(default_factory=dict)
     limiter: RateLimiter | None = None
     shared_metrics: SharedMetrics | None = None
-    _pool: db.LazyPool | None = None
 
     @classmethod
-    def create(cls, settings: Settings) -> Services:
-        metrics = Metrics(roles=("api",))
-        redis = make_redis(settings)
-        scripts = Scripts.load()
-        lazy_pool = db.LazyPool(settings)  # created on first use: the API starts while Postgres is down
-        store = Store(settings, redis, scripts, lazy_pool, metrics)
-        buffer = ViewBuffer(settings, store, metrics)
+    def create(cls, settings: Settings, metrics: Metrics | None = None) -> Services:
+        metrics = metrics or Metrics(roles=("api",))
+        parts = Core.parts(settings, metrics)
         services = cls(
-            settings, metrics, redis, scripts, store, buffer, Authenticator(settings), BodyReader(settings)
+            **parts,
+            buffer=ViewBuffer(settings, parts["store"], metrics),
+            auth=Authenticator(settings),
+            bodies=BodyReader(settings),
         )
-        services._pool = lazy_pool
         services.producer = EventProducer(settings, metrics)
-        services.registry = ContentRegistry(settings, redis, services.pool, metrics)
+        services.registry = ContentRegistry(settings, services.redis, services.pool, metrics)
         services.events = EngagementEvents(settings, services.producer, services.registry, metrics)
         services.limits = parse_limits(settings.rate_limits)
-        services.limiter = RateLimiter(redis, scripts.rate_limit)
+        services.limiter = RateLimiter(services.redis, services.scripts.rate_limit)
         metrics.label_actions(sorted(services.limits))
         if settings.metrics_dir:
             services.shared_metrics = SharedMetrics(settings.metrics_dir, metrics.registry)
         return services
-
-    async def pool(self) -> asyncpg.Pool:
-        """The Postgres pool, created on first use so that the API starts while Postgres is down."""
-        if self._pool is None:
-            self._pool = db.LazyPool(self.settings)
-        return await self._pool()
 
     async def start(self) -> None:
         if not self.auth.configured:
@@ -109,9 +93,7 @@ class Services:
             await self.producer.close()
         if self.shared_metrics is not None:
             await self.shared_metrics.stop()
-        pipeliner = self.__dict__.get("_pipeliner")  # made on first use by api.pipeliner.pipeliner_for
+        pipeliner = self.__dict__.get("_pipeliner")  # made on first use by daemon.pipeliner.pipeliner_for
         if pipeliner is not None:
             await pipeliner.aclose()
-        await self.redis.aclose()
-        if self._pool is not None:
-            await self._pool.close()
+        await self.close()

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 STATS_ROUTE = "/api/v1/content/{contentId}/stats"
 STAT_FIELDS = ("views", "likes", "dislikes", "comments", "shares")
-# HyperLogLog estimates (standard error 0.81%), exact for small counts; see api/viewers.py.
+# HyperLogLog estimates (standard error 0.81%), exact for small counts; see daemon/views/viewers.py.
 UNIQUE_FIELDS = ("unique_viewers", "unique_viewers_today")
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 

@@ -15,13 +15,13 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import fallback
-from api.errors import ApiError, json_response, memory_full
-from api.idempotency import idempotency_key, reused
+from api.errors import ApiError, json_response
+from api.idempotency import idempotency_key
 from api.instrument import instrumented
 from api.reactions import COLD_LOAD_ERRORS, check_rate, cold_load_failed
 from api.services import Services
-from daemon import keys
+from daemon import fallback, keys
+from daemon.errors import KeyReused, MemoryFull, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ SUBSCRIPTION_STATES = {1: "subscribed", 0: "none"}
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
-def unavailable(services: Services, message: str) -> ApiError:
-    return ApiError(503, "unavailable", message, {"Retry-After": str(services.settings.buffer_retry_after_s)})
+def unavailable(services: Services, message: str) -> Unavailable:
+    return Unavailable(message, services.settings.buffer_retry_after_s)
 
 
 def creator_id(services: Services, value: str) -> str:
@@ -53,15 +53,15 @@ async def set_subscription(services: Services, creator: str, user_id: str, actio
         status, state, subscribers = await services.store.set_subscription(creator, user_id, action, key)
     except OutOfMemoryError:
         services.metrics.redis_oom_refusals.labels(what="request").inc()
-        raise memory_full(services.settings.buffer_retry_after_s) from None
+        raise MemoryFull(services.settings.buffer_retry_after_s) from None
     except COLD_LOAD_ERRORS:
         raise cold_load_failed(services) from None
     except (RedisError, OSError):
-        # Redis unreachable: written straight to Postgres (api/fallback.py). A lost reply whose script
+        # Redis unreachable: written straight to Postgres (daemon/fallback.py). A lost reply whose script
         # did run is harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.
         return await fallback.set_subscription(services, creator, user_id, action, key)
     if status == "conflict":
-        raise reused("creator")
+        raise KeyReused("creator")
     return {
         "status": status,
         "body": {

@@ -14,10 +14,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api import idempotency
-from api.errors import ApiError, json_response
+from api.errors import ApiError, api_error, json_response
 from api.ingest import MEDIA_STARTED, NO_BODY
 from api.services import Services
 from daemon import keys
+from daemon.errors import DomainError
 from daemon.keys import PLAYBACK_COUNTERS
 
 VIEW_ROUTE = "/api/v1/content/{contentId}/views"
@@ -82,9 +83,10 @@ class SingleView:
                 services.events.playback(  # type: ignore[union-attr]
                     (principal.sub, content_id, view.event_type, view.given_seconds, view.session_id)
                 )
-        except ApiError as exc:
-            await exc.response()(scope, receive, send)
-            services.metrics.requests.observe(VIEW_ROUTE, "POST", exc.status, perf_counter() - started)
+        except DomainError as exc:
+            error = api_error(exc)
+            await error.response()(scope, receive, send)
+            services.metrics.requests.observe(VIEW_ROUTE, "POST", error.status, perf_counter() - started)
             return
         await send(_ACCEPTED_START)
         await send(_EMPTY_BODY)
@@ -118,8 +120,8 @@ class BatchViews:
         request = Request(scope, receive)
         try:
             response = await self._handle(services, request)
-        except ApiError as exc:
-            response = exc.response()
+        except DomainError as exc:
+            response = api_error(exc).response()
         await response(scope, receive, send)
         services.metrics.requests.observe(BATCH_ROUTE, "POST", response.status_code, perf_counter() - started)
 

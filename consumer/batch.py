@@ -1,7 +1,7 @@
 """One consumer batch, from Kafka messages to Redis, exactly once per offset.
 
 1. Group the messages by partition; validate every message and count the views and playback signals
-   in a view buffer (api/buffer.py, the HTTP path's own), cut into per-shard drains. This touches
+   in a view buffer (daemon/views/buffer.py, the HTTP path's own), cut into per-shard drains. This touches
    nothing outside the process, so it runs while Redis still applies the batch ahead (profiled: it
    waited behind that batch's drains when it came after the store's read).
 2. Read the idempotency store (one round trip): the applied offset of each partition and the journals
@@ -24,7 +24,7 @@
 The caller then commits the offsets to Kafka. A SIGKILL anywhere: before 5, nothing counted is
 unmarked except the idempotent actions, which a replay repeats harmlessly; between 5 and 7 the
 journal is recovered by whoever reads those partitions next, and the drains' marks (the batch's id and
-a sequence per shard, api/drains.py) make the re-application count once; after 7, the replay is
+a sequence per shard, daemon/views/drains.py) make the re-application count once; after 7, the replay is
 skipped as duplicates (marks left by a kill before 8 are swept after ENGAGEMENT_DRAIN_MARKER_TTL_S).
 """
 
@@ -43,9 +43,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api.buffer import Drain, ViewBuffer
-from api.drains import mark_of
-from api.viewers import QueuedViewers
 from consumer.actions import PURGE, REGISTRY, Abandoned, Action, ActionRunner, ingest_action
 from consumer.actions import REACTION as REACTION_ACTION
 from consumer.actions import SHARE as SHARE_ACTION
@@ -53,12 +50,15 @@ from consumer.dlq import DeadLetter, DeadLetterProducer
 from consumer.messages import KINDS, REACTION, SHARE, SIGNAL, VIEW, Invalid, Validator
 from consumer.metrics import ConsumerMetrics
 from consumer.store import OffsetStore, Range, tp_field
+from daemon.errors import ColdLoadError
 from daemon.keys import PLAYBACK_COUNTERS
+from daemon.loops import Backoff
 from daemon.metrics import Metrics
 from daemon.settings import Settings, ingest_topics
 from daemon.store import Store
-from daemon.store.cold import ColdLoadError
 from daemon.store.upgrade import journaled_calls
+from daemon.views.buffer import Drain, ViewBuffer
+from daemon.views.drains import mark_of
 
 log = logging.getLogger(__name__)
 _loads = orjson.loads
@@ -69,28 +69,6 @@ Groups = dict[TopicPartition, list[Message]]  # a batch's messages per partition
 # ids of views, ids and seconds of watch time, playback signals (counter -> ids), and the views with
 # a user id as parallel lists (content ids, user ids)
 Views = tuple[list[str], list[str], list[int], dict[str, list[str]], list[str], list[str]]
-
-
-class JournaledBuffer(ViewBuffer):
-    """The api's view buffer, used for one batch: cut explicitly so the drains can be journaled
-    before they are applied with ``drain_once``.
-
-    One batch is one cut, so the api's per-cut bounds, which make the api drain early, do not apply:
-    the batch (at most ``consumer_batch_max_messages`` events) bounds the items and every item's user
-    ids, and each of those is kept (an item with more distinct viewers in one batch than
-    ``buffer_viewers_max_per_item`` still feeds them all to its HyperLogLogs)."""
-
-    def __init__(self, settings: Settings, *args: Any) -> None:
-        super().__init__(settings, *args)
-        most = max(settings.consumer_batch_max_messages, settings.buffer_max_items)
-        self._max_items = most
-        self.drains: list[Drain] = []
-        self._viewers = QueuedViewers(most)
-
-    def cut(self) -> list[Drain]:
-        self._cut()
-        self.drains = list(self._inflight)
-        return self.drains
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +162,11 @@ class BatchProcessor:
             for letter in dead:
                 self._m.dead_letters.labels(letter.topic, letter.code).inc()
         batch_id = ""
-        buffer: JournaledBuffer | None = None
+        buffer: ViewBuffer | None = None
+        drains: list[Drain] = []
         if counted_views is not None:
             batch_id = uuid.uuid4().hex
-            buffer, calls = counted_views
+            buffer, drains, calls = counted_views
             conflicts = await self._retrying(lambda: self._store.begin(batch_id, ranges, calls))
             if conflicts:
                 raise _Conflict(conflicts)
@@ -204,8 +183,8 @@ class BatchProcessor:
                     await self._retrying(lambda: self._store.finish(batch_id, ranges))
             finally:
                 self._in_flight.discard(batch_id)
-            if buffer is not None:
-                await self._forget_marks([(d.shard, d.process) for d in buffer.drains])
+            if drains:
+                await self._forget_marks([(d.shard, d.process) for d in drains])
             for topic, n in counted.items():
                 self._m.applied.labels(topic).inc(n)
             return commits
@@ -352,25 +331,33 @@ class BatchProcessor:
             None if kind == VIEW else PLAYBACK_COUNTERS[payload["event_type"]],
         )
 
-    def _count(self, views: Views) -> tuple[JournaledBuffer, list[Any]] | None:
+    def _count(self, views: Views) -> tuple[ViewBuffer, list[Drain], list[Any]] | None:
         """The batch's views counted in a view buffer and cut into drains (their calls to journal);
         None when it has none."""
         ids, watch_ids, watch_seconds, signals, viewer_ids, viewer_users = views
         if not (ids or signals):
             return None
         settings = self._settings
-        buffer = JournaledBuffer(settings, self._data, self._metrics)
+        # One batch is one cut, so the api's per-cut bounds, which make the api drain early, do not apply:
+        # the batch (at most consumer_batch_max_messages events) bounds the items and every item's user
+        # ids, and each of those is kept (an item with more distinct viewers in one batch than
+        # buffer_viewers_max_per_item still feeds them all to its HyperLogLogs).
+        most = max(settings.consumer_batch_max_messages, settings.buffer_max_items)
+        buffer = ViewBuffer(settings, self._data, self._metrics, max_items=most, viewers_per_item=most)
         viewers = (viewer_ids, viewer_users) if viewer_ids else None  # unique viewers, as over HTTP
         accepted = buffer.add_many(ids, watch_ids, watch_seconds, signals, viewers)
         assert accepted, "a fresh buffer holds any batch"
-        return buffer, [drain.call(settings) for drain in buffer.cut()]
+        drains = buffer.cut()
+        return buffer, drains, [drain.call(settings) for drain in drains]
 
-    async def _drain(self, buffer: JournaledBuffer) -> None:
+    def _new_backoff(self) -> Backoff:
         settings = self._settings
-        delay = settings.consumer_retry_base_ms / 1000
+        return Backoff(settings.consumer_retry_base_ms / 1000, settings.consumer_retry_max_ms / 1000)
+
+    async def _drain(self, buffer: ViewBuffer) -> None:
+        backoff = self._new_backoff()
         while not await buffer.drain_once():  # False: Redis unreachable; the drains stay in flight
-            await self._backoff(delay)
-            delay = min(delay * 2, settings.consumer_retry_max_ms / 1000)
+            await self._backoff(backoff.next())
 
     async def _recover(self, batch_id: str) -> None:
         """Finish a batch another consumer (or this one, before a crash) journaled."""
@@ -398,7 +385,7 @@ class BatchProcessor:
 
     async def _retrying(self, call: Callable[[], Any]) -> Any:
         """Await ``call()`` until Redis answers (it is the store: without it nothing can be applied)."""
-        delay = self._settings.consumer_retry_base_ms / 1000
+        backoff = self._new_backoff()
         while True:
             try:
                 return await call()
@@ -407,8 +394,7 @@ class BatchProcessor:
             except (OutOfMemoryError, ColdLoadError) as exc:  # the flusher frees memory meanwhile
                 self._metrics.redis_oom_refusals.labels(what="consumer").inc()
                 log.warning("Redis full of unflushed data (%s); retrying", exc)
-            await self._backoff(delay)
-            delay = min(delay * 2, self._settings.consumer_retry_max_ms / 1000)
+            await self._backoff(backoff.next())
 
     async def _backoff(self, delay: float) -> None:
         self._m.retries.labels("unavailable").inc()

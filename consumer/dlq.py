@@ -19,6 +19,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from daemon.loops import Backoff
+
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger("librdkafka.dlq")
 
@@ -77,7 +79,7 @@ class DeadLetterProducer:
         """Produce every letter and wait for Kafka's acknowledgements, retrying failed deliveries with
         backoff. False only when ``stopping()`` turned true before all were delivered."""
         pending = list(letters)
-        delay = 0.1
+        backoff = Backoff(0.1, self._retry_max_s)
         while pending:
             failed: list[DeadLetter] = []
             report = partial(_report, failed)
@@ -91,8 +93,7 @@ class DeadLetterProducer:
             if pending:
                 if stopping is not None and stopping():
                     return False
-                await asyncio.sleep(delay)  # backoff between delivery rounds
-                delay = min(delay * 2, self._retry_max_s)
+                await asyncio.sleep(backoff.next())  # backoff between delivery rounds
         return True
 
     def _produce(self, letter: DeadLetter, report: Any) -> None:

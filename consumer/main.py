@@ -8,19 +8,18 @@ import signal
 
 from prometheus_client import start_http_server
 
-from consumer.actions import ActionRunner, Deps, PurgeUser
+from consumer.actions import ActionRunner, PurgeUser
 from consumer.batch import BatchProcessor
 from consumer.dlq import DeadLetterProducer
 from consumer.loop import ConsumeLoop
 from consumer.metrics import ConsumerMetrics
 from consumer.store import OffsetStore
 from daemon import db, keys, purge
+from daemon.core import Core
 from daemon.kafka_mock import MockCluster
 from daemon.metrics import Metrics
-from daemon.redis_client import make_redis
 from daemon.settings import Settings, ingest_topics
 from daemon.store import Store
-from lua import Scripts
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +61,12 @@ async def run_consumer(
         start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
     mock = MockCluster() if settings.kafka_bootstrap == "mock" else None
     bootstrap = mock.bootstrap_servers if mock is not None else settings.kafka_bootstrap
-    redis = make_redis(settings)
-    scripts = Scripts.load()
-    pool = db.LazyPool(settings)  # the consumer starts, and applies views, while Postgres is down
-    store = Store(settings, redis, scripts, pool, metrics)
+    core = Core.create(settings, metrics)  # its pool made on first use: views apply while Postgres is down
+    store, pool = core.store, core.lazy_pool
     retry_max_s = settings.consumer_retry_max_ms / 1000
     dead_letters = DeadLetterProducer(bootstrap, settings.consumer_group, retry_max_s)
     try:
-        await keys.check_shards(redis, settings.shards)
+        await keys.check_shards(core.redis, settings.shards)
         purge = purge_user if purge_user is not None else purge_for(store, pool)
         topics = topics_for(settings, purge)
         if purge is None and settings.consumer_user_deleted_topic:
@@ -80,9 +77,8 @@ async def run_consumer(
         def stopping() -> bool:
             return loop is not None and loop.stopping
 
-        deps = Deps(settings, redis, scripts, pool, store, metrics)
-        runner = ActionRunner(deps, consumer_metrics, purge, stopping)
-        offsets = OffsetStore(redis, scripts, settings.consumer_group)
+        runner = ActionRunner(core, consumer_metrics, purge, stopping)
+        offsets = OffsetStore(core.redis, core.scripts, settings.consumer_group)
         processor = BatchProcessor(
             settings, store, metrics, consumer_metrics, offsets, runner, dead_letters, stopping
         )
@@ -100,7 +96,6 @@ async def run_consumer(
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().remove_signal_handler(sig)
         await asyncio.to_thread(dead_letters.close)
-        await redis.aclose()
-        await pool.close()
+        await core.close()
         if mock is not None:
             mock.close()

@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 
-from api.ingest import ID_CHARS
 from daemon.events import (
     MEDIA_ADDED_TO_PLAYLIST,
     MEDIA_COMPLETED,
@@ -28,6 +27,7 @@ from daemon.events import (
     MEDIA_SKIPPED,
     MEDIA_STARTED,
 )
+from daemon.ids import ID_CHARS
 from daemon.keys import PLAYBACK_COUNTERS
 
 # What each event type of engagement.ingest does (README, "Kafka consumer").

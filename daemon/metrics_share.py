@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from daemon.childproc import pid_alive
+from daemon.proc.childproc import pid_alive
 
 SNAPSHOT_INTERVAL_S = 1.0
 

@@ -36,9 +36,9 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from daemon import comment_counts, history, keys
+from daemon.errors import ColdLoadError, PurgeIncomplete
 from daemon.settings import Settings
 from daemon.store import Store
-from daemon.store.cold import ColdLoadError
 from lua import Scripts
 
 log = logging.getLogger(__name__)
@@ -68,20 +68,6 @@ class PurgeContext:
 
 
 Step = Callable[[PurgeContext], Awaitable[dict[str, int]]]
-
-
-class PurgeIncomplete(Exception):
-    """Some steps failed; what the others removed is in ``summary``, each failed step's error in
-    ``errors`` (parallel to ``failed``). Run the purge again."""
-
-    def __init__(self, summary: dict[str, Any], failed: list[str], errors: list[BaseException]) -> None:
-        reasons = "; ".join(
-            f"{name}: {type(exc).__name__}: {exc}" for name, exc in zip(failed, errors, strict=True)
-        )
-        super().__init__(f"purge of a user incomplete: steps failed ({reasons})")
-        self.summary = summary
-        self.failed = failed
-        self.errors = errors
 
 
 async def purge_user(store: Store, pool: asyncpg.Pool, user_id: str) -> dict:

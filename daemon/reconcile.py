@@ -20,7 +20,7 @@ its idle TTL back.
 A shard leased by a running flusher is waited for briefly, then skipped (reported); the next run takes
 it. Reconcile never holds more than one lease at a time.
 
-Pairs the api wrote straight to Postgres while Redis was unreachable (``fallback_log``, api/fallback.py)
+Pairs the api wrote straight to Postgres while Redis was unreachable (``fallback_log``, daemon/fallback.py)
 are settled first, under the same lease (daemon/reconcile_fallbacks.py); their keys are then checked
 like the others, and the loads of them under way (which read Postgres before the settlement) are
 refused their seeds (lua/lib/cold.lua).

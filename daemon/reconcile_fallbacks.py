@@ -1,5 +1,5 @@
 """Reconcile, part 1: the pairs the api wrote straight to Postgres while Redis was unreachable
-(``fallback_log``, api/fallback.py), settled per shard under the shard's lease (daemon/reconcile.py)."""
+(``fallback_log``, daemon/fallback.py), settled per shard under the shard's lease (daemon/reconcile.py)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import date
 
+from daemon.ratelimit import parse_limits
+
 PREFIX = "ENGAGEMENT_"
 
 
@@ -59,7 +61,7 @@ class Settings:
     # past it, a drain's increments are added to the delta hash field by field. 0: always the hash.
     view_delta_max_drains: int = 256
     shutdown_drain_timeout_s: float = 30.0  # on SIGTERM, how long the api keeps trying to drain
-    # Unique viewers (HyperLogLogs fed by views with a user id, see api/viewers.py).
+    # Unique viewers (HyperLogLogs fed by views with a user id, see daemon/views/viewers.py).
     buffer_viewers_max_per_item: int = 10_000  # distinct user ids held per item per drain
     unique_viewers_daily_ttl_s: int = 3 * 86_400  # a daily HLL expires this long after its first view
     unique_viewers_day: str = ""  # YYYY-MM-DD: pin the UTC day of daily HLLs (tests); "": the clock
@@ -203,8 +205,6 @@ class Settings:
             raise SettingsError("consumer retries: at least 1 try, a backoff not negative")
         if self.consumer_group_protocol not in ("classic", "consumer"):
             raise SettingsError("ENGAGEMENT_CONSUMER_GROUP_PROTOCOL must be classic or consumer")
-        from api.ratelimit import parse_limits  # here, not at the top: api pulls in starlette
-
         try:
             parse_limits(self.rate_limits)
         except ValueError as exc:

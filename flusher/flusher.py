@@ -1,7 +1,7 @@
 """The flusher: drains Redis deltas to Postgres exactly once (DESIGN.md decision 4).
 
 One pass: for every shard, ``capture_batch`` atomically renames the shard's delta hash to its batch
-key (and its list of applied view drains, daemon/view_drains.py, to its vbatch key) under a lease, or
+key (and its list of applied view drains, daemon/views/drains.py, to its vbatch key) under a lease, or
 returns the stranded batch an interrupted flusher left behind (it never overwrites one). All captured
 batches are written in one Postgres transaction that also inserts their ids into the ``flush_batches``
 ledger; a batch already in the ledger was committed before a crash and is only deleted.
@@ -29,7 +29,7 @@ from daemon.pg_idempotency import prune_playlist_idempotency
 from daemon.reconcile import reconcile
 from daemon.settings import Settings
 from daemon.store import Store
-from daemon.view_drains import COUNTER_INDEX, add_drains, read_drains
+from daemon.views.drains import COUNTER_INDEX, add_drains, read_drains
 from flusher.history_writer import parse_heartbeats, trim_calls
 from flusher.uniques import flush_uniques
 from flusher.writer import CapturedBatch, WriteResult, prune_ledger, write_batches

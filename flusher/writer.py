@@ -61,7 +61,7 @@ _UNSUBSCRIBE = """
 DELETE FROM creator_subscriptions s USING unnest($1::text[], $2::text[]) AS d (user_id, creator_id)
 WHERE s.user_id = d.user_id AND s.creator_id = d.creator_id
 """
-# Pairs written by the api's Postgres fallback (api/fallback.py) and not yet settled by reconcile: what
+# Pairs written by the api's Postgres fallback (daemon/fallback.py) and not yet settled by reconcile: what
 # Redis holds for them predates the fallback write, so their states are not written from Redis. SHARE
 # on fallback_log, taken first, waits for fallback transactions in flight and holds new ones back.
 _LOCK_FALLBACKS = "LOCK TABLE fallback_log IN SHARE MODE"

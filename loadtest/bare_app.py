@@ -6,7 +6,7 @@ the real one.
 one's shape (no token check, no Redis). Requests/sec against them is the ceiling that Starlette +
 granian (ASGI, uvloop, one worker) can reach on this machine; the real service is measured as a ratio
 of it. ``python -m loadtest.bare_app --port 8081`` serves it with the granian
-options of ``engagementd api`` (daemon/server.py); the CLI equivalent is::
+options of ``engagementd api`` (daemon/proc/server.py); the CLI equivalent is::
 
     granian --interface asgi --loop uvloop --workers 1 --backlog 2048 --port 8081 loadtest.bare_app:app
 """
@@ -38,7 +38,7 @@ app = Starlette(
 
 
 def serve(host: str, port: int) -> None:
-    """Serve :data:`app` with the options ``engagementd api`` gives granian (daemon/server.py)."""
+    """Serve :data:`app` with the options ``engagementd api`` gives granian (daemon/proc/server.py)."""
     from granian import Granian
     from granian.constants import Interfaces, Loops
 

@@ -2,15 +2,16 @@
 
     python -m loadtest.memory [--n 200000] [--dense 200] [--output loadtest/results/memory.json]
 
-A private ``redis-server`` (daemon/servers.py RedisServer, appendonly off, the service's
-hash-max-listpack-entries, ``maxmemory 8gb`` and ``maxmemory-policy volatile-lru`` as recommended:
-with an LRU/LFU policy Redis gives each small integer value its own object instead of a shared one)
-and a private Postgres (migrated). The keys are written through the service's own code: the store
-(``Store.set_reactions``, ``Store.set_subscription``, ``Store.apply_drains`` with ``api.drains.Drain``
-calls, as the api's view buffer sends them), loading what they miss from Postgres as in production;
-then ``flusher.flusher.Flusher.drain()`` flushes them, so every cold key carries its idle TTL (its
-flushed, evictable state). Only the registry copy is written directly, with the exact name and value
-of api/registry.py (``SET eng:{s:N}:reg:<id> "<creator_id>|<content_type>" EX <counts idle TTL>``).
+A private ``redis-server`` (daemon/proc/servers.py RedisServer, appendonly off, the service's
+hash-max-listpack-entries, ``maxmemory 8gb`` and ``maxmemory-policy volatile-lru`` as recommended: with an
+LRU/LFU policy Redis gives each small integer value its own object instead of a shared one) and a private
+Postgres (migrated). The keys are written through the service's own code: the store
+(``Store.set_reactions``, ``Store.set_subscription``, ``Store.apply_drains`` with
+``daemon.views.drains.Drain`` calls, as the api's view buffer sends them), loading what they miss from
+Postgres as in production; then ``flusher.flusher.Flusher.drain()`` flushes them, so every cold key carries
+its idle TTL (its flushed, evictable state). Only the registry copy is written directly, with the exact name
+and value of daemon/registry.py (``SET eng:{s:N}:reg:<id> "<creator_id>|<content_type>" EX <counts idle
+TTL>``).
 
 Per kind, N keys: ``used_memory`` (INFO) before and after deleting exactly those keys (one DEL per key,
 as an eviction frees them) divided by N: the bytes one key costs — its name, value, the keyspace's
@@ -116,7 +117,7 @@ class Sizing:
     # -- servers and the service's objects ------------------------------------------------------------
 
     def start(self) -> None:
-        from daemon.servers import PostgresServer, RedisServer
+        from daemon.proc.servers import PostgresServer, RedisServer
 
         self.redis_server = RedisServer(self.workdir / "redis", appendonly=False)
         self.pg = PostgresServer(self.workdir / "pg", fast=True)
@@ -325,8 +326,8 @@ class Sizing:
         self, viewers: dict[str, list[str]], views: dict[str, int], process: str, seq: dict[int, int]
     ) -> None:
         """One drain per shard (at most 1,000 items each), as the api's buffer cuts them."""
-        from api.drains import Drain
         from daemon import keys
+        from daemon.views.drains import Drain
 
         by_shard: dict[int, list[str]] = {}
         for content_id in views:
@@ -532,8 +533,8 @@ class Sizing:
         )
 
     async def rate_limits(self) -> None:
-        from api.ratelimit import Limit, RateLimiter
         from daemon import keys
+        from daemon.ratelimit import Limit, RateLimiter
 
         await self.reset()
         limiter = RateLimiter(self.redis)
@@ -544,7 +545,7 @@ class Sizing:
             await asyncio.gather(*(limiter.check(u, limit) for u in users[i : i + 500]))
         names = [keys.rate_limit_key(u, "like") for u in users]
         await self.freed(
-            "rate-limit window (1 request)", names, created=m0, written="api.ratelimit.RateLimiter"
+            "rate-limit window (1 request)", names, created=m0, written="daemon.ratelimit.RateLimiter"
         )
 
     async def fixed(self) -> None:

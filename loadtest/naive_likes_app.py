@@ -13,7 +13,7 @@ It reads the service's environment (ENGAGEMENT_REDIS_URL, ENGAGEMENT_DATABASE_UR
 ENGAGEMENT_JWT_SECRET, ENGAGEMENT_SHARDS, ENGAGEMENT_IDEMPOTENCY_TTL_S) through daemon.settings, so it
 writes the same keys in the same Redis.
 ``python -m loadtest.naive_likes_app --port 8082`` serves it with the granian options of
-``engagementd api`` (daemon/server.py). ``GET /healthz`` answers 200 once Redis answers PING.
+``engagementd api`` (daemon/proc/server.py). ``GET /healthz`` answers 200 once Redis answers PING.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ app = Starlette(
 
 
 def serve(host: str, port: int) -> None:
-    """Serve :data:`app` with the options ``engagementd api`` gives granian (daemon/server.py)."""
+    """Serve :data:`app` with the options ``engagementd api`` gives granian (daemon/proc/server.py)."""
     from granian import Granian
     from granian.constants import Interfaces, Loops
 

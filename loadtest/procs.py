@@ -170,7 +170,7 @@ def engagementd_cmd() -> list[str]:
     script = Path(sys.executable).parent / "engagementd"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "daemon.cli"]
+    return [sys.executable, "-m", "daemon.proc.cli"]
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 300) -> str:

@@ -78,10 +78,10 @@ class AppServer:
 
 
 class Backends:
-    """Private Redis and Postgres from daemon/servers.py, migrated; the environment of the service."""
+    """Private Redis and Postgres from daemon/proc/servers.py, migrated; the environment of the service."""
 
     def __init__(self, workdir: Path) -> None:
-        from daemon.servers import PostgresServer, RedisServer
+        from daemon.proc.servers import PostgresServer, RedisServer
 
         self.redis_server = RedisServer(workdir / "redis", appendonly=True)
         self.pg = PostgresServer(workdir / "pg", fast=True)

@@ -10,13 +10,13 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from api.buffer import ViewBuffer
 from daemon import db, keys
 from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
 from daemon.store import Store
 from daemon.store.rows import RowFilter
+from daemon.views.buffer import ViewBuffer
 from flusher.flusher import Flusher
 from lua import Scripts
 

@@ -93,7 +93,7 @@ class ConsumerProcess:
 
     def __init__(self, settings: Settings, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "consume", *args],
+            [sys.executable, "-m", "daemon.proc.cli", "consume", *args],
             env=service_env(settings),
             cwd=ROOT,
             start_new_session=True,

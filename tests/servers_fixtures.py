@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from daemon.servers import PostgresServer, RedisClusterServers, RedisServer
+from daemon.proc.servers import PostgresServer, RedisClusterServers, RedisServer
 from daemon.settings import Settings
 
 

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from daemon import db
-from daemon.servers import free_port
+from daemon.proc.servers import free_port
 from daemon.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,16 @@ class ApiProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "api", "--port", str(self.port), "--workers", str(workers)],
+            [
+                sys.executable,
+                "-m",
+                "daemon.proc.cli",
+                "api",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
             env=service_env(settings),
             cwd=ROOT,
             start_new_session=True,
@@ -93,7 +102,7 @@ class ApiProcess:
 
 def run_flusher_once(settings: Settings, timeout_s: float = 120.0) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "flusher", "--once"],
+        [sys.executable, "-m", "daemon.proc.cli", "flusher", "--once"],
         env=service_env(settings),
         cwd=ROOT,
         capture_output=True,
@@ -162,7 +171,7 @@ def cli_reconcile(settings: Settings) -> str:
 def cli(settings: Settings, *args: str) -> str:
     """``engagementd <args>`` as a process; its stdout. Fails the test on a non-zero exit."""
     out = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
+        [sys.executable, "-m", "daemon.proc.cli", *args],
         env=service_env(settings),
         cwd=ROOT,
         capture_output=True,

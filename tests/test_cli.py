@@ -14,13 +14,13 @@ import pytest
 from consumer_helpers import INGEST, envelope, produce
 from service_fixtures import ROOT, service_env, wait_until
 
-from daemon.servers import free_port
+from daemon.proc.servers import free_port
 from daemon.settings import Settings
 
 
 def _cli(settings: Settings, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
+        [sys.executable, "-m", "daemon.proc.cli", *args],
         env=service_env(settings),
         cwd=ROOT,
         capture_output=True,
@@ -41,7 +41,11 @@ def test_migrate_creates_the_schema_once_and_is_idempotent(settings: Settings) -
 def test_a_bad_setting_exits_2_with_its_name(settings: Settings) -> None:
     env = {**service_env(settings), "ENGAGEMENT_SHARDS": "many"}
     out = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "migrate"], env=env, cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "daemon.proc.cli", "migrate"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 2
     assert "ENGAGEMENT_SHARDS" in out.stderr
@@ -60,7 +64,7 @@ def test_the_flusher_serves_its_metrics_and_stops_on_sigterm(migrated: Settings)
         [
             sys.executable,
             "-m",
-            "daemon.cli",
+            "daemon.proc.cli",
             "flusher",
             "--metrics-port",
             str(port),
@@ -96,7 +100,7 @@ def test_dev_mode_runs_everything_and_one_interrupt_stops_it_all() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ENGAGEMENT_DEV_DATA_DIR": str(data / "data")}
     env.pop("ENGAGEMENT_JWT_SECRET", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "dev", "--port", str(port)],
+        [sys.executable, "-m", "daemon.proc.cli", "dev", "--port", str(port)],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -138,7 +142,7 @@ def test_dev_mode_with_kafka_mock_consumes_engagement_ingest() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ENGAGEMENT_DEV_DATA_DIR": str(data / "data")}
     env["ENGAGEMENT_KAFKA_BOOTSTRAP"] = "mock"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "dev", "--port", str(port)],
+        [sys.executable, "-m", "daemon.proc.cli", "dev", "--port", str(port)],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from cold_fixtures import Stack
 
-from api.buffer import ViewBuffer
-from api.drains import Drain
 from daemon import db, keys
 from daemon.store import Store, cold
+from daemon.views.buffer import ViewBuffer
+from daemon.views.drains import Drain
 
 
 async def test_a_like_on_a_pair_redis_no_longer_holds_is_loaded_from_postgres_and_counts_once(

@@ -16,8 +16,8 @@ from service_fixtures import (
 
 from daemon import comment_counts, db, keys
 from daemon.metrics import Metrics
+from daemon.proc.servers import RedisServer
 from daemon.redis_client import make_redis
-from daemon.servers import RedisServer
 from daemon.settings import Settings
 from daemon.store import Store
 from lua import Scripts

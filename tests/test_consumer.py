@@ -32,7 +32,7 @@ from consumer.main import run_consumer
 from consumer.store import OffsetStore
 from daemon import keys
 from daemon.kafka_mock import MockCluster
-from daemon.servers import PostgresServer, free_port
+from daemon.proc.servers import PostgresServer, free_port
 from daemon.settings import Settings
 
 

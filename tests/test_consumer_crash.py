@@ -26,7 +26,7 @@ from service_fixtures import counters_in_postgres, run_flusher_once, wait_until
 
 from daemon import keys
 from daemon.kafka_mock import MockCluster
-from daemon.servers import free_port
+from daemon.proc.servers import free_port
 from daemon.settings import Settings
 
 EVENTS = 40_000

@@ -10,8 +10,8 @@ import redis
 import redis.asyncio as aioredis
 from service_fixtures import API_TIMESTAMP, ApiProcess, token
 
-from api.registry import UNKNOWN, ContentRegistry
 from daemon import keys
+from daemon.registry import UNKNOWN, ContentRegistry
 from daemon.settings import Settings
 
 ROUTE = "/internal/v1/content/{}"

@@ -21,15 +21,15 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.buffer import ViewBuffer
-from api.engagement_events import EngagementEvents
-from api.registry import ContentRegistry
 from consumer.metrics import ConsumerMetrics
-from daemon.cli import build_parser
+from daemon.engagement_events import EngagementEvents
 from daemon.events import USER_ENGAGEMENT_EVENTS, EventProducer, _event_metrics
 from daemon.metrics import Metrics
+from daemon.proc.cli import build_parser
 from daemon.redis_client import SAFE_POLICIES
+from daemon.registry import ContentRegistry
 from daemon.settings import PREFIX, Settings
+from daemon.views.buffer import ViewBuffer
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

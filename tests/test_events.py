@@ -15,7 +15,6 @@ import orjson
 import pytest
 from kafka_fixtures import consume
 
-from daemon.childproc import free_port
 from daemon.events import (
     EVENT_TYPES,
     SUBSCRIPTION_CHANGED,
@@ -26,6 +25,7 @@ from daemon.events import (
 )
 from daemon.kafka_mock import MockCluster
 from daemon.metrics import Metrics
+from daemon.proc.childproc import free_port
 from daemon.settings import Settings
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -17,15 +17,15 @@ import pytest
 import redis
 from service_fixtures import ROOT, ApiProcess, run_flusher_once, service_env, token
 
-from api.buffer import ViewBuffer
-from api.fallback import reaction_target
 from daemon import db, keys
+from daemon.fallback import reaction_target
 from daemon.metrics import Metrics
+from daemon.proc.servers import RedisServer
 from daemon.redis_client import make_redis
-from daemon.servers import RedisServer
 from daemon.settings import Settings
 from daemon.store import Store
 from daemon.store.rows import RowFilter
+from daemon.views.buffer import ViewBuffer
 from lua import Scripts
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -134,7 +134,7 @@ def test_far_more_states_than_fit_end_exact_after_eviction_and_late_changes(
     settings = migrated.replace(redis_url=small_redis.url, reconcile_interval_s=0, flush_interval_ms=100)
     asyncio.run(_build_row_filters(settings))  # as `engagementd migrate` does, before any write
     flusher = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "flusher"], env=service_env(settings), cwd=ROOT
+        [sys.executable, "-m", "daemon.proc.cli", "flusher"], env=service_env(settings), cwd=ROOT
     )
     model = Model()
     rng = random.Random(SEED)

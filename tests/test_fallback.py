@@ -1,4 +1,4 @@
-"""Redis unavailable: likes, dislikes and subscriptions written straight to Postgres (api/fallback.py),
+"""Redis unavailable: likes, dislikes and subscriptions written straight to Postgres (daemon/fallback.py),
 counted, idempotent; then ``engagementd reconcile`` and the flusher converge to exactly the states the
 users asked for, without resurrecting state that was still pending in Redis when it stopped."""
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 from service_fixtures import ApiProcess, cli_reconcile, fetch, run_flusher_once, token
 
-from daemon.servers import RedisServer
+from daemon.proc.servers import RedisServer
 from daemon.settings import Settings
 
 ITEMS = [f"fb-{i}" for i in range(4)]

@@ -38,12 +38,12 @@ from service_fixtures import (
     wait_until,
 )
 
-from api.buffer import ViewBuffer
 from daemon import db, keys
 from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
 from daemon.store import Store
+from daemon.views.buffer import ViewBuffer
 from flusher.flusher import Flusher
 from flusher.writer import write_batches
 from lua import Scripts
@@ -316,7 +316,7 @@ class FlusherProcess:
 
     def __init__(self, settings: Settings) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "flusher"],
+            [sys.executable, "-m", "daemon.proc.cli", "flusher"],
             env=service_env(settings),
             cwd=ROOT,
             stderr=subprocess.PIPE,

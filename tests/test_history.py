@@ -14,7 +14,7 @@ import redis
 from service_fixtures import ApiProcess, run_flusher_once, token, wait_until
 
 from daemon import keys
-from daemon.servers import RedisServer, free_port
+from daemon.proc.servers import RedisServer, free_port
 from daemon.settings import Settings
 
 

@@ -24,8 +24,8 @@ from test_flusher_crash import FlusherProcess, poll
 
 from daemon import db, history, keys
 from daemon.metrics import Metrics
+from daemon.proc.servers import RedisClusterServers
 from daemon.redis_client import make_redis
-from daemon.servers import RedisClusterServers
 from daemon.settings import Settings
 from flusher.flusher import Flusher
 from flusher.writer import write_batches

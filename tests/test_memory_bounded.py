@@ -56,7 +56,7 @@ def test_keys_and_memory_stay_flat_under_a_steady_view_load(migrated: Settings) 
     settings = migrated.replace(buffer_flush_interval_ms=20, flush_interval_ms=100)
     api = ApiProcess(settings)
     flusher = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "flusher"], env=service_env(settings), cwd=ROOT
+        [sys.executable, "-m", "daemon.proc.cli", "flusher"], env=service_env(settings), cwd=ROOT
     )
     sent = 0
     stop = threading.Event()

@@ -12,7 +12,7 @@ import pytest
 import redis
 from service_fixtures import ApiProcess, counters_in_postgres, run_flusher_once, token, wait_until
 
-from daemon.servers import RedisServer
+from daemon.proc.servers import RedisServer
 from daemon.settings import Settings
 
 JUNK = "junk:{x}:"  # keys without a TTL that the test writes to fill Redis (never evictable)

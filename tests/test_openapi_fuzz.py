@@ -103,7 +103,7 @@ def test_no_request_gets_a_server_error_and_every_answer_conforms(fuzzed_api, tm
     assert REACHED - answered(har, range(200, 300)) == set(), "operations the fuzzer never got a 2xx from"
 
 
-# One operation per rate-limited action (api/ratelimit.py actions) that a run reaches with no id to create.
+# One operation per rate-limited action (daemon/ratelimit.py actions) that a run reaches with no id to create.
 LIMITED = {
     ("POST", "/api/v1/content/{contentId}/like"),
     ("POST", "/api/v1/content/{contentId}/comments"),

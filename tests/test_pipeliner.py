@@ -1,4 +1,4 @@
-"""Auto-pipelining (api/pipeliner.py) on a real Redis: concurrent calls share round trips, each caller
+"""Auto-pipelining (daemon/pipeliner.py) on a real Redis: concurrent calls share round trips, each caller
 gets its own reply or error, a failed connection fails exactly the calls waiting on it, the queue is
 bounded, and on Redis Cluster every call is routed by slot."""
 
@@ -15,9 +15,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api.pipeliner import PipelineFullError, Pipeliner
-from api.ratelimit import Limit, RateLimiter
-from daemon.servers import RedisClusterServers
+from daemon.pipeliner import PipelineFullError, Pipeliner
+from daemon.proc.servers import RedisClusterServers
+from daemon.ratelimit import Limit, RateLimiter
 from lua import LuaScript
 
 

@@ -16,7 +16,7 @@ from service_fixtures import API_TIMESTAMP, ApiProcess, token
 
 from daemon.events import USER_ENGAGEMENT_EVENTS
 from daemon.kafka_mock import MockCluster
-from daemon.servers import free_port
+from daemon.proc.servers import free_port
 from daemon.settings import Settings
 
 URL = "/api/v1/users/me/playlists"

@@ -12,12 +12,12 @@ import pytest
 import redis
 from service_fixtures import ApiProcess, cli_reconcile, fetch, run_flusher_once, token
 
-from consumer.actions import is_unavailable
 from daemon import db, keys
+from daemon.errors import PurgeIncomplete, is_unavailable
 from daemon.metrics import Metrics
-from daemon.purge import PurgeIncomplete, purge_user
+from daemon.proc.servers import RedisServer
+from daemon.purge import purge_user
 from daemon.redis_client import make_redis
-from daemon.servers import RedisServer
 from daemon.settings import Settings
 from daemon.store import Store
 from lua import Scripts

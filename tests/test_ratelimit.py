@@ -11,8 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from api.ratelimit import Limit, RateLimiter, parse_limits, rate_limit_key, refusal
-from daemon.servers import RedisClusterServers
+from api.errors import api_error
+from daemon.proc.servers import RedisClusterServers
+from daemon.ratelimit import Limit, RateLimiter, parse_limits, rate_limit_key, refusal
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ async def test_a_refused_request_is_told_to_retry_within_the_window(
     assert await redis_client.zcard(rate_limit_key("user-1", "share")) == 2
 
     # And the API answers 429 rate_limited with Retry-After in whole seconds
-    error = refusal(decision)
+    error = api_error(refusal(decision))
     response = error.response()
     assert response.status_code == 429
     assert response.headers["Retry-After"] == str(decision.retry_after_s)

@@ -15,13 +15,13 @@ import redis
 import redis.asyncio as aioredis
 from service_fixtures import ApiProcess, cli_reconcile, run_flusher_once, token, wait_until
 
-from api.buffer import ViewBuffer
 from daemon import db, keys
 from daemon.metrics import Metrics
 from daemon.reconcile import reconcile
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
 from daemon.store import Store
+from daemon.views.buffer import ViewBuffer
 from flusher.flusher import Flusher
 from lua import Scripts
 

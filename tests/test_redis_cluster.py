@@ -15,7 +15,7 @@ from service_fixtures import (
     wait_until,
 )
 
-from daemon.servers import RedisClusterServers
+from daemon.proc.servers import RedisClusterServers
 from daemon.settings import Settings
 
 

@@ -8,8 +8,8 @@ import asyncio
 import redis
 
 from daemon.keys import HASH_MAX_LISTPACK_ENTRIES
+from daemon.proc.servers import RedisServer
 from daemon.redis_client import check_config, make_redis
-from daemon.servers import RedisServer
 from daemon.settings import Settings
 
 

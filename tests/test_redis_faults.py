@@ -22,7 +22,7 @@ from service_fixtures import (
     wait_until,
 )
 
-from daemon.servers import RedisServer
+from daemon.proc.servers import RedisServer
 from daemon.settings import Settings
 
 BATCH = "/api/v1/views/batch"
@@ -88,7 +88,7 @@ def test_views_are_exact_after_script_flushes_between_calls(
     api = start_api(settings)
     ledger = Ledger(api)
     flusher = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "flusher"],
+        [sys.executable, "-m", "daemon.proc.cli", "flusher"],
         env=service_env(settings),
         cwd=ROOT,
         start_new_session=True,

@@ -22,9 +22,9 @@ from service_fixtures import ROOT, service_env, wait_until
 
 from daemon import keys
 from daemon.metrics import Metrics
+from daemon.proc.servers import RedisClusterServers, RedisServer, free_port
 from daemon.redis_client import make_redis
 from daemon.redis_memory import KINDS, RedisMemory, key_kind, scale
-from daemon.servers import RedisClusterServers, RedisServer, free_port
 from daemon.settings import Settings
 
 # What each kind's keys look like: name -> (kind, TTL in s or None).
@@ -285,7 +285,7 @@ def test_the_flusher_exports_redis_memory_on_its_metrics_port(migrated: Settings
         client.set(keys.like_key(1, "a", "u2"), 1, ex=3600)
     port = free_port()
     env = {**service_env(migrated), "ENGAGEMENT_REDIS_MEMORY_SAMPLE_S": "0.2"}
-    command = [sys.executable, "-m", "daemon.cli", "flusher", "--metrics-port", str(port)]
+    command = [sys.executable, "-m", "daemon.proc.cli", "flusher", "--metrics-port", str(port)]
     proc = subprocess.Popen([*command, "--metrics-host", "127.0.0.1"], env=env, cwd=ROOT)
     try:
 

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 import redis
 
-from daemon.servers import PostgresServer, RedisServer, ServerError, free_port
+from daemon.proc.servers import PostgresServer, RedisServer, ServerError, free_port
 
 
 def test_free_port_is_bindable() -> None:

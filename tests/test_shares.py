@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 from service_fixtures import ApiProcess, counters_in_postgres, run_flusher_once, token
 
-from daemon.servers import free_port
+from daemon.proc.servers import free_port
 from daemon.settings import Settings
 
 

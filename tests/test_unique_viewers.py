@@ -13,14 +13,14 @@ import redis
 import redis.asyncio as aioredis
 from service_fixtures import ApiProcess, run_flusher_once, token, wait_until
 
-from api.buffer import ViewBuffer
-from api.drains import Drain
 from daemon import db, keys
 from daemon.metrics import Metrics
+from daemon.proc.servers import RedisClusterServers
 from daemon.redis_client import make_redis
-from daemon.servers import RedisClusterServers
 from daemon.settings import Settings
 from daemon.store import Store
+from daemon.views.buffer import ViewBuffer
+from daemon.views.drains import Drain
 from flusher import uniques
 from lua import Scripts
 

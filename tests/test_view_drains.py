@@ -14,7 +14,6 @@ import redis
 import redis.asyncio as aioredis
 from service_fixtures import ApiProcess, fetch, run_flusher_once, token, wait_until
 
-from api.buffer import ViewBuffer
 from daemon import db, keys
 from daemon.metrics import Metrics
 from daemon.reconcile import reconcile
@@ -22,7 +21,8 @@ from daemon.redis_client import make_redis
 from daemon.settings import Settings
 from daemon.store import Store
 from daemon.store.upgrade import journaled_calls
-from daemon.view_drains import read_drains, unpack
+from daemon.views.buffer import ViewBuffer
+from daemon.views.drains import read_drains, unpack
 from flusher.flusher import Flusher
 from flusher.writer import write_batches
 from lua import Scripts

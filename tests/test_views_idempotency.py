@@ -9,7 +9,7 @@ from collections.abc import Callable
 import msgpack
 from service_fixtures import ApiProcess, counters_in_postgres, run_flusher_once, token
 
-from daemon.servers import RedisServer
+from daemon.proc.servers import RedisServer
 from daemon.settings import Settings
 
 BATCH = "/api/v1/views/batch"

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.ingest import EVENT_TYPES, ID_CHARS, SESSION_ID_MAX_LEN
 from api.pagination import MAX_ID, PAGE_DEFAULT, PAGE_MAX
 from api.playlists import ITEMS_PAGE_DEFAULT, ITEMS_PAGE_MAX
 from api.purge import USER_ID_MAX_LEN as PURGE_USER_ID_MAX_LEN
+from daemon.ids import EVENT_TYPES, ID_CHARS, SESSION_ID_MAX_LEN
 from daemon.settings import Settings
 
 Schema = dict[str, Any]

@@ -2,7 +2,7 @@
 builds its KEYS and ARGV in one place and loads missing cold keys from Postgres (daemon/store/cold.py).
 
 Callers pass what the operation is about (an item, a user, an action); they never see a key. ``client``
-is the Redis client or, on the api's hot paths, its auto-pipeliner (api/pipeliner.py).
+is the Redis client or, on the api's hot paths, its auto-pipeliner (daemon/pipeliner.py).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import asyncpg
 import msgpack
 
 from daemon import keys
+from daemon.errors import ColdLoadError
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 from lua import ArgT, KeyT, LuaScript
@@ -58,11 +59,6 @@ SELECT d.content_id, d.day, d.hll FROM content_unique_viewers_daily d
 JOIN unnest($1::text[], $2::text[]) AS i (content_id, day)
   ON d.content_id = i.content_id AND d.day = i.day::date
 """
-
-
-class ColdLoadError(RuntimeError):
-    """A script still found cold keys missing after ``ATTEMPTS`` loads (they were evicted again at
-    once each time: Redis is evicting as fast as we load)."""
 
 
 @dataclass(frozen=True, slots=True)

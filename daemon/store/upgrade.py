@@ -19,9 +19,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from api.drains import drain_keys
 from daemon import keys
 from daemon.store import Store
+from daemon.views.drains import drain_keys
 
 log = logging.getLogger(__name__)
 

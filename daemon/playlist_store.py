@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from api.errors import ApiError
+from daemon.errors import Conflict, Invalid, NotFound
 from daemon.timefmt import utc_timestamp
 
 _USER_LOCK_SPACE = 0x706C  # first key of pg_advisory_xact_lock(int, int): "pl"
@@ -69,8 +69,8 @@ RETURNING content_id, position, added_at
 """
 
 
-def not_found() -> ApiError:
-    return ApiError(404, "playlist_not_found", "No such playlist of yours.")
+def not_found() -> NotFound:
+    return NotFound("playlist_not_found", "No such playlist of yours.")
 
 
 def playlist_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -97,7 +97,7 @@ async def create(
 ) -> dict[str, Any]:
     await conn.execute(_LOCK_USER, _USER_LOCK_SPACE, user_id)
     if await conn.fetchval(_COUNT_PLAYLISTS, user_id) >= max_playlists:
-        raise ApiError(409, "too_many_playlists", f"A user may have at most {max_playlists} playlists.")
+        raise Conflict("too_many_playlists", f"A user may have at most {max_playlists} playlists.")
     return playlist_json(await conn.fetchrow(_INSERT_PLAYLIST, user_id, name, description))
 
 
@@ -161,13 +161,13 @@ async def add_item(
     count = await _lock(conn, user_id, playlist_id)
     existing = await conn.fetchval(_ITEM_POSITION, playlist_id, content_id)
     if existing is not None:
-        raise ApiError(409, "item_exists", "This item is already in the playlist.", position=existing)
+        raise Conflict("item_exists", "This item is already in the playlist.", position=existing)
     if count >= max_items:
-        raise ApiError(409, "too_many_items", f"A playlist may hold at most {max_items} items.")
+        raise Conflict("too_many_items", f"A playlist may hold at most {max_items} items.")
     if position is None:
         position = count
     elif position > count:
-        raise ApiError(422, "invalid_position", f"position must be from 0 to {count} (the item count).")
+        raise Invalid("invalid_position", f"position must be from 0 to {count} (the item count).")
     if position < count:
         await conn.execute(_OPEN_GAP, playlist_id, position)
     item = await conn.fetchrow(_INSERT_ITEM, playlist_id, content_id, position)
@@ -179,7 +179,7 @@ async def remove_item(conn: asyncpg.Connection, user_id: str, playlist_id: int, 
     await _lock(conn, user_id, playlist_id)
     position = await conn.fetchval(_DELETE_ITEM, playlist_id, content_id)
     if position is None:
-        raise ApiError(404, "item_not_found", "This item is not in the playlist.")
+        raise NotFound("item_not_found", "This item is not in the playlist.")
     await conn.execute(_CLOSE_GAP, playlist_id, position)
     await conn.execute(_TOUCH, playlist_id)
 
@@ -190,9 +190,9 @@ async def move_item(
     count = await _lock(conn, user_id, playlist_id)
     current = await conn.fetchval(_ITEM_POSITION, playlist_id, content_id)
     if current is None:
-        raise ApiError(404, "item_not_found", "This item is not in the playlist.")
+        raise NotFound("item_not_found", "This item is not in the playlist.")
     if position >= count:
-        raise ApiError(422, "invalid_position", f"position must be from 0 to {count - 1}.")
+        raise Invalid("invalid_position", f"position must be from 0 to {count - 1}.")
     if position > current:
         await conn.execute(_SHIFT_UP, playlist_id, current, position)
     elif position < current:

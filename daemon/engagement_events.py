@@ -3,7 +3,7 @@
 
 Request handlers only append a small tuple to a bounded list (views: no envelope, no lookup on the
 request path); a background task takes the list every ``buffer_flush_interval_ms``, looks the items up
-in the content registry in bulk (api/registry.py: one pipelined HMGET per shard for what the cache
+in the content registry in bulk (daemon/registry.py: one pipelined HMGET per shard for what the cache
 misses), and hands the enveloped events to the ``EventProducer``. An item the registry does not know
 gives ``creator_id`` and ``content_type`` "". Events that do not fit in the list are counted in
 ``engagement_events_pending_dropped_total``.
@@ -20,8 +20,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from api.ingest import Playback
-from api.registry import UNKNOWN, ContentRegistry
 from daemon.events import (
     MEDIA_ADDED_TO_PLAYLIST,
     MEDIA_DISLIKED,
@@ -33,7 +31,9 @@ from daemon.events import (
     USER_ENGAGEMENT_EVENTS,
     EventProducer,
 )
+from daemon.ids import Playback
 from daemon.metrics import Metrics
+from daemon.registry import UNKNOWN, ContentRegistry
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from api.errors import ApiError
-from api.idempotency import reused
+from daemon.errors import Conflict, Forbidden, Invalid, KeyReused, NotFound
 from daemon.timefmt import utc_timestamp
 
 COLUMNS = (
@@ -126,26 +125,24 @@ async def post(
         except _KeyTaken:
             continue  # rolled back: the first request's record answers
         return Posted("created", public(row))
-    raise ApiError(
-        409, "idempotency_key_busy", "This Idempotency-Key is being used by another request; retry."
-    )
+    raise Conflict("idempotency_key_busy", "This Idempotency-Key is being used by another request; retry.")
 
 
 async def _thread_of(conn: asyncpg.Connection, content_id: str, parent_id: int) -> int:
     """The top-level comment a reply to ``parent_id`` attaches to (the parent itself, or its thread's)."""
     parent = await conn.fetchrow(_PARENT, parent_id)
     if parent is None:
-        raise ApiError(404, "parent_comment_not_found", "parent_comment_id names no comment.")
+        raise NotFound("parent_comment_not_found", "parent_comment_id names no comment.")
     if parent["content_id"] != content_id:
-        raise ApiError(422, "parent_comment_other_content", "parent_comment_id is a comment on another item.")
+        raise Invalid("parent_comment_other_content", "parent_comment_id is a comment on another item.")
     if parent["soft_delete_flag"]:
-        raise ApiError(409, "parent_comment_deleted", "The comment replied to has been deleted.")
+        raise Conflict("parent_comment_deleted", "The comment replied to has been deleted.")
     return parent["parent_comment_id"] or parent_id
 
 
 async def _replay(conn: asyncpg.Connection, stored: asyncpg.Record, fp: str) -> Posted:
     if stored["fingerprint"] != fp:
-        raise reused("item")
+        raise KeyReused("item")
     row = dict(await conn.fetchrow(_ONE, stored["comment_id"]))
     row.update(reply_count=0, soft_delete_flag=False)  # the first answer, as it was
     return Posted("replayed", public(row))
@@ -157,10 +154,10 @@ async def delete(conn: asyncpg.Connection, content_id: str, comment_id: int, use
     async with conn.transaction():
         row = await conn.fetchrow(_FOR_DELETE, comment_id)
         if row is None or row["content_id"] != content_id:
-            raise ApiError(404, "comment_not_found", "No such comment on this item.")
+            raise NotFound("comment_not_found", "No such comment on this item.")
         if row["user_id"] != user_id and await conn.fetchval(_CREATOR, content_id) != user_id:
-            raise ApiError(
-                403, "delete_not_allowed", "Only the comment's author or the item's creator may delete it."
+            raise Forbidden(
+                "delete_not_allowed", "Only the comment's author or the item's creator may delete it."
             )
         if row["soft_delete_flag"]:
             return False

@@ -1,14 +1,14 @@
 """The local aggregation buffer: views are counted in process and drained to Redis in batches.
 
-A single view costs a dict update; a bulk batch costs one list extend (its ids are counted in C,
-with ``Counter``, only when the buffer is cut). Every ``buffer_flush_interval_ms`` (or sooner, once
-``buffer_flush_items`` entries wait) the buffer is cut: the queues are swapped for empty ones without
-an await in between, so nothing that arrives during a drain can be lost, and the cut is grouped by
-shard into drains, each named by this buffer's id and a sequence number per shard, its increments
-packed as msgpack. A drain is one ``apply_views`` call per shard, all pipelined in one round trip; the
-script keeps one mark per sender and shard (api/drains.py), so a drain whose reply was lost is retried
-as is and never counts twice. An item whose counts Redis no longer holds is loaded from Postgres by the
-store (daemon/store/cold.py) before its drain applies.
+A single view costs a dict update; a bulk batch costs one list extend (its ids are counted in C, with
+``Counter``, only when the buffer is cut). Every ``buffer_flush_interval_ms`` (or sooner, once
+``buffer_flush_items`` entries wait) the buffer is cut: the queues are swapped for empty ones without an
+await in between, so nothing that arrives during a drain can be lost, and the cut is grouped by shard into
+drains, each named by this buffer's id and a sequence number per shard, its increments packed as msgpack. A
+drain is one ``apply_views`` call per shard, all pipelined in one round trip; the script keeps one mark per
+sender and shard (daemon/views/drains.py), so a drain whose reply was lost is retried as is and never counts
+twice. An item whose counts Redis no longer holds is loaded from Postgres by the store
+(daemon/store/cold.py) before its drain applies.
 
 While Redis fails (or refuses writes at maxmemory, or the Postgres read of a cold item fails), the
 drains stay in flight and are retried with exponential backoff; new views keep
@@ -30,19 +30,35 @@ from collections import Counter
 import asyncpg
 from redis.exceptions import OutOfMemoryError, RedisError
 
-from api.drains import Drain, Signals, group_by_shard, split
-from api.viewers import QueuedViewers
 from daemon import keys
+from daemon.errors import ColdLoadError
+from daemon.loops import Backoff, Loop
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 from daemon.store import Store
-from daemon.store.cold import ColdLoadError
+from daemon.views.drains import Drain, Signals, group_by_shard, split
+from daemon.views.viewers import QueuedViewers
 
 log = logging.getLogger(__name__)
 
 
-class ViewBuffer:
-    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+class ViewBuffer(Loop):
+    """See the module docstring. ``max_items`` (default ``buffer_max_items``) bounds the distinct items
+    queued and in flight; ``viewers_per_item`` (default ``buffer_viewers_max_per_item``) the user ids
+    kept per item and cut."""
+
+    name = "view-buffer-drain"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        metrics: Metrics,
+        *,
+        max_items: int | None = None,
+        viewers_per_item: int | None = None,
+    ) -> None:
+        super().__init__()
         self._settings = settings
         self._store = store
         self._metrics = metrics
@@ -57,19 +73,16 @@ class ViewBuffer:
         self._signals: Signals = {}
         self._bulk_signals: dict[str, list[str]] = {}
         self._queued_signals = 0  # entries of both (an upper bound of distinct signal entries)
-        # User ids of views, for the unique viewers HLLs (see api/viewers.py).
-        self._viewers = QueuedViewers(settings.buffer_viewers_max_per_item)
+        # User ids of views, for the unique viewers HLLs (see daemon/views/viewers.py).
+        self._viewers = QueuedViewers(viewers_per_item or settings.buffer_viewers_max_per_item)
         self._inflight: list[Drain] = []
         self._inflight_items = 0
         self._inflight_ids: set[str] | None = None  # built on demand, near the bound only
-        self._max_items = settings.buffer_max_items
+        self._max_items = max_items or settings.buffer_max_items
         self._flush_items = settings.buffer_flush_items
-        self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._closing = False
         self._layout_checked = False
-        self._task: asyncio.Task[None] | None = None
-        self.process = uuid.uuid4().hex[:16]  # names this buffer's drains (api/drains.py)
+        self.process = uuid.uuid4().hex[:16]  # names this buffer's drains (daemon/views/drains.py)
         self._seqs: dict[int, int] = {}  # shard -> sequence of the last drain cut for it
         self.accepted = 0  # view events accepted (monotonic)
         self.refused = 0  # view events refused because the buffer was full or closing
@@ -83,22 +96,22 @@ class ViewBuffer:
         views = self._views
         n = views.get(content_id)
         if n is None:
-            if self._closing or (self._full(1) and not self._room_for([content_id])):
+            if self.stopping or (self._full(1) and not self._room_for([content_id])):
                 self.refused += 1
                 return False
             views = self._views  # _room_for may have compacted the queues
             views[content_id] = views.get(content_id, 0) + 1
             if len(views) >= self._flush_items:
-                self._wake.set()
+                self.wake()
         else:
-            if self._closing:
+            if self.stopping:
                 self.refused += 1
                 return False
             views[content_id] = n + 1
         if watch_seconds:
             self._watch[content_id] = self._watch.get(content_id, 0) + watch_seconds
         if user_id is not None and self._viewers.add(content_id, user_id):
-            self._wake.set()
+            self.wake()
         self.accepted += 1
         return True
 
@@ -106,7 +119,7 @@ class ViewBuffer:
         """Count one playback signal (``counter`` in completions, skips, replays), not a view."""
         counts = self._signals.get(counter)
         n = None if counts is None else counts.get(content_id)
-        if self._closing or (n is None and self._full(1) and not self._room_for([content_id])):
+        if self.stopping or (n is None and self._full(1) and not self._room_for([content_id])):
             self.refused += 1
             return False
         counts = self._signals.setdefault(counter, {})  # _room_for may have compacted the queues
@@ -133,7 +146,7 @@ class ViewBuffer:
         events = len(ids)
         if signals:
             events += sum(map(len, signals.values()))
-        if self._closing or (self._full(events) and not self._room_for(ids)):
+        if self.stopping or (self._full(events) and not self._room_for(ids)):
             self.refused += events
             return False
         self._bulk_ids += ids
@@ -146,9 +159,9 @@ class ViewBuffer:
                 self._queued_signals += len(signal_ids)
         self.accepted += events
         if len(self._bulk_ids) + self._queued_signals >= self._flush_items:
-            self._wake.set()
+            self.wake()
         if viewers is not None and self._viewers.add_many(*viewers):
-            self._wake.set()
+            self.wake()
         return True
 
     def _full(self, adding: int) -> bool:
@@ -193,27 +206,19 @@ class ViewBuffer:
 
     @property
     def closing(self) -> bool:
-        return self._closing
+        return self.stopping
 
     # -- draining -----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="view-buffer-drain")
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         interval = self._settings.buffer_flush_interval_ms / 1000
-        ceiling = max(interval, self._settings.buffer_retry_max_ms / 1000)
+        backoff = Backoff(interval, self._settings.buffer_retry_max_ms / 1000)
         delay = interval
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            if self._closing:
+        while not self.stopping:
+            await self.pause(delay)
+            if self.stopping:
                 break
-            delay = interval if await self.drain_once() else min(delay * 2, ceiling)
+            delay = backoff.reset() if await self.drain_once() else backoff.next()
 
     async def drain_once(self) -> bool:
         """Apply what is in flight, then cut and apply what is queued. True when all of it landed."""
@@ -257,6 +262,12 @@ class ViewBuffer:
             self._views, self._watch, self._signals = self._take_queued()
             self._queued_signals = sum(map(len, self._signals.values()))
         self._viewers.compact()
+
+    def cut(self) -> list[Drain]:
+        """Cut what is queued into drains now (they stay in flight until ``drain_once`` applies them);
+        returns every drain in flight. The consumer journals them before applying."""
+        self._cut()
+        return list(self._inflight)
 
     def _cut(self) -> None:
         if not (self._views or self._bulk_ids or self._queued_signals or self._viewers):
@@ -329,18 +340,16 @@ class ViewBuffer:
 
     async def close(self, timeout_s: float) -> int:
         """Refuse new views, drain with a deadline; returns the views that could not be drained."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        self.stop()
+        await self.join()
         deadline = time.monotonic() + timeout_s
-        delay = min(self._settings.buffer_flush_interval_ms, self._settings.buffer_retry_max_ms) / 1000
+        base = min(self._settings.buffer_flush_interval_ms, self._settings.buffer_retry_max_ms) / 1000
+        backoff = Backoff(base, self._settings.buffer_retry_max_ms / 1000)
         while not await self.drain_once():
+            delay = backoff.next()
             if time.monotonic() + delay > deadline:
                 break
             await asyncio.sleep(delay)  # backoff between retries, not a wait for a condition
-            delay = min(delay * 2, self._settings.buffer_retry_max_ms / 1000)
         lost = self.pending_views()
         signals = self.pending_signals()
         if lost or signals:

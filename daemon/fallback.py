@@ -26,13 +26,11 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import orjson
 
-from api.errors import ApiError
-from api.idempotency import reused
-from api.services import Services
+from daemon.core import Core
+from daemon.errors import PG_ERRORS, KeyReused, Unavailable
 
 log = logging.getLogger(__name__)
 
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _STATE_NAMES = {1: "liked", -1: "disliked", 0: "none"}
 _SUBSCRIPTION_STATES = {1: "subscribed", 0: "none"}
 _LOCK_TAGS = {"like": "like", "subscription": "sub"}  # the advisory lock's namespace per kind
@@ -76,23 +74,20 @@ def reaction_target(current: int, action: str) -> int:
     return current
 
 
-def _unavailable(services: Services) -> ApiError:
-    return ApiError(
-        503,
-        "unavailable",
-        "Likes and subscriptions are temporarily unavailable.",
-        {"Retry-After": str(services.settings.buffer_retry_after_s)},
+def _unavailable(core: Core) -> Unavailable:
+    return Unavailable(
+        "Likes and subscriptions are temporarily unavailable.", core.settings.buffer_retry_after_s
     )
 
 
-async def _replayed(conn: asyncpg.Connection, services: Services, user: str, target: str, key: str):  # type: ignore[no-untyped-def]
+async def _replayed(conn: asyncpg.Connection, core: Core, user: str, target: str, key: str):  # type: ignore[no-untyped-def]
     if not key:
         return None
-    return await conn.fetchrow(_FIND_KEY, user, target, key, float(services.settings.idempotency_ttl_s))
+    return await conn.fetchrow(_FIND_KEY, user, target, key, float(core.settings.idempotency_ttl_s))
 
 
 async def _write(
-    services: Services,
+    core: Core,
     pair: tuple[str, str, str],
     key: str,
     fingerprint: str,
@@ -103,14 +98,14 @@ async def _write(
     writes the record and the counter and returns (new state, whether it changed, answer body)."""
     kind, user_id, target_id = pair
     try:
-        pool = await services.pool()
+        pool = await core.pool()
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(_LOCK_LOG)
             await conn.execute(_LOCK_PAIR, _LOCK_TAGS[kind], user_id, target_id)
-            stored = await _replayed(conn, services, user_id, target_id, key)
+            stored = await _replayed(conn, core, user_id, target_id, key)
             if stored is not None:
                 if stored["fingerprint"] != fingerprint:
-                    raise reused(_KEY_SCOPES[kind])
+                    raise KeyReused(_KEY_SCOPES[kind])
                 result = {"status": "replayed", "body": orjson.loads(stored["answer"])}
             else:
                 target, changed, body = await change(conn)
@@ -119,14 +114,14 @@ async def _write(
                     answer = orjson.dumps(body).decode()
                     await conn.execute(_SAVE_KEY, user_id, target_id, key, fingerprint, answer)
                 result = {"status": "changed" if changed else "unchanged", "body": body}
-    except _PG_ERRORS as exc:
+    except PG_ERRORS as exc:
         log.warning("%s refused: Redis and Postgres both unavailable (%s)", kind, exc)
-        raise _unavailable(services) from None
-    services.metrics.fallback_writes.labels(kind=kind).inc()
+        raise _unavailable(core) from None
+    core.metrics.fallback_writes.labels(kind=kind).inc()
     return result
 
 
-async def set_reaction(services: Services, content_id: str, user_id: str, action: str, key: str) -> dict:
+async def set_reaction(core: Core, content_id: str, user_id: str, action: str, key: str) -> dict:
     """``api.reactions.set_reaction``'s answer, written to Postgres (see the module docstring)."""
 
     async def change(conn: asyncpg.Connection) -> tuple[int, bool, dict]:
@@ -154,10 +149,10 @@ async def set_reaction(services: Services, content_id: str, user_id: str, action
         body = {"state": _STATE_NAMES[target], "likes": int(likes), "dislikes": int(dislikes)}
         return target, target != current, body
 
-    return await _write(services, ("like", user_id, content_id), key, f"like:{action}", change)
+    return await _write(core, ("like", user_id, content_id), key, f"like:{action}", change)
 
 
-async def set_subscription(services: Services, creator: str, user_id: str, action: str, key: str) -> dict:
+async def set_subscription(core: Core, creator: str, user_id: str, action: str, key: str) -> dict:
     """``api.subscriptions.set_subscription``'s answer, written to Postgres (see the module docstring)."""
 
     async def change(conn: asyncpg.Connection) -> tuple[int, bool, dict]:
@@ -183,4 +178,4 @@ async def set_subscription(services: Services, creator: str, user_id: str, actio
         body = {"creator_id": creator, "state": _SUBSCRIPTION_STATES[target], "subscribers": int(subscribers)}
         return target, target != current, body
 
-    return await _write(services, ("subscription", user_id, creator), key, f"subscription:{action}", change)
+    return await _write(core, ("subscription", user_id, creator), key, f"subscription:{action}", change)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from zlib import crc32
 
-from api.drains import Viewers
+from daemon.views.drains import Viewers
 
 
 class QueuedViewers:

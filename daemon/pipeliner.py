@@ -46,7 +46,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from api.redis_channel import Channel, direct_settings, pack, resolve
+from daemon.redis_channel import Channel, direct_settings, pack, resolve
 
 
 class PipelineFullError(RedisConnectionError):

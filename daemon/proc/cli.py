@@ -97,7 +97,7 @@ async def _row_filter_status(settings: Settings, rebuild: bool) -> int:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.server import serve_api
+    from daemon.proc.server import serve_api
 
     serve_api(args.host, args.port, args.workers, settings)
     return 0
@@ -126,7 +126,7 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.dev import run_dev
+    from daemon.proc.dev import run_dev
 
     return run_dev(settings, host=args.host, port=args.port)
 

@@ -1,5 +1,5 @@
 """The pipeliner's own Redis connection: RESP packing, a protocol whose replies hiredis parses as bytes
-arrive, handed to the waiting futures in order (see api/pipeliner.py)."""
+arrive, handed to the waiting futures in order (see daemon/pipeliner.py)."""
 
 from __future__ import annotations
 

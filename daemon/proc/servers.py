@@ -24,7 +24,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from daemon.childproc import (
+from daemon.keys import HASH_MAX_LISTPACK_ENTRIES
+from daemon.proc.childproc import (
     ChildServer,
     MissingBinaryError,
     ServerError,
@@ -33,7 +34,6 @@ from daemon.childproc import (
     poll_until,
     port_in_use,
 )
-from daemon.keys import HASH_MAX_LISTPACK_ENTRIES
 
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 

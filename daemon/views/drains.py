@@ -5,18 +5,29 @@ A cut of the view buffer is grouped by shard here, split into calls of at most
 A drain is named by its sender (``process``: an api buffer, a consumer batch) and a sequence number
 counted per sender and shard from 1: ``apply_views.lua`` keeps one mark per sender and shard, so a
 retried drain counts once without a key per drain (docs/redis-memory.md).
+
+The other half of the format is here too: ``apply_views.lua`` keeps each applied drain's increments as
+one entry of the shard's ``vdelta`` list (views, watch seconds and playback signals: three msgpack maps,
+concatenated) instead of adding them to the ``delta`` hash item by item; ``capture_batch.lua`` renames
+the list to ``vbatch`` with the hash. The entries are binary, so they are read with a command whose reply
+is not decoded (``read_drains``), and summed into a flush batch's rows in Python (``add_drains``).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 from zlib import crc32
 
 import msgpack
+from redis.client import NEVER_DECODE
 
 from daemon import keys
 from daemon.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Upper bound of items in one script call, so that one call never blocks Redis for long.
 MAX_ITEMS_PER_CALL = 1000
@@ -145,3 +156,44 @@ def split(views: dict[str, int], watch: dict[str, int], signals: Signals, viewer
             )
         )
     return out
+
+
+# -- applied drains, as the flusher and reconcile read them -----------------------------------------
+
+COUNTER_INDEX = {name: i for i, name in enumerate(keys.COUNTERS)}
+
+
+async def read_drains(redis: Any, list_keys: Sequence[str]) -> list[list[bytes]]:
+    """The drains held by each list of ``list_keys`` (vdelta or vbatch keys), in one pipelined round
+    trip."""
+    if not list_keys:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for key in list_keys:
+        pipe.execute_command("LRANGE", key, 0, -1, **{NEVER_DECODE: []})
+    return list(await pipe.execute())
+
+
+def unpack(drain: bytes) -> list[tuple[str, dict[str, int]]]:
+    """(counter, {content_id: increment}) of one drain: views, watch seconds, then its playback
+    signals."""
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(drain)
+    views, watch, signals = unpacker  # exactly three maps: anything else is a bug, raised
+    return [("views", views), ("watch_seconds", watch), *signals.items()]
+
+
+def add_drains(rows: dict[str, list[int]], drains: Iterable[bytes]) -> None:
+    """Add the increments of captured drains to ``rows`` ({content_id: [views, likes, ...]})."""
+    width = len(keys.COUNTERS)
+    for drain in drains:
+        for counter, increments in unpack(drain):
+            index = COUNTER_INDEX.get(counter)
+            if index is None:
+                log.error("unknown counter %r in a view drain kept out of Postgres", counter)
+                continue
+            for content_id, n in increments.items():
+                row = rows.get(content_id)
+                if row is None:
+                    row = rows[content_id] = [0] * width
+                row[index] += n

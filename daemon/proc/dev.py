@@ -24,7 +24,7 @@ import jwt
 
 from daemon import db
 from daemon.kafka_mock import MockCluster
-from daemon.servers import PostgresServer, RedisServer, free_port
+from daemon.proc.servers import PostgresServer, RedisServer, free_port
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def _dev_secret(data_dir: Path, settings: Settings) -> str:
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Own session: a Ctrl-C reaches only this supervisor, which stops the children in order.
-    return subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], env=env, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "daemon.proc.cli", *args], env=env, start_new_session=True)
 
 
 def run_dev(settings: Settings, host: str, port: int) -> int:

@@ -1,7 +1,7 @@
 """Per-user sliding-window rate limits (seed 001: 100 likes a minute by default, configurable per action).
 
 One ``rate_limit.lua`` call per request, on the key ``eng:{u:<user_id>}:rl:<action>``: the user hash tag
-keeps each call in one slot (DESIGN.md decision 1), so it runs unchanged on Redis Cluster.
+keeps each call in one slot (docs/design.md, decision 1), so it runs unchanged on Redis Cluster.
 
 Redis being unreachable is the caller's decision: ``RateLimiter.check`` raises redis-py's errors
 unchanged. Failing open (serve the request, count the failure in a metric) is the recommended choice for
@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from api.errors import ApiError
+from daemon.errors import Refused
 from daemon.keys import rate_limit_key
 from lua import LuaScript
 
@@ -72,17 +72,15 @@ class RateLimiter:
         return Decision(limit, bool(allowed), int(remaining), retry_after_ms, retry_after_s)
 
 
-def refusal(decision: Decision) -> ApiError:
-    """The 429 for a refused decision, with ``Retry-After`` in whole seconds."""
+def refusal(decision: Decision) -> Refused:
+    """The refusal of a refused decision (429), with ``Retry-After`` in whole seconds."""
     limit = decision.limit
-    return ApiError(
-        429,
+    return Refused(
         "rate_limited",
         f"Too many {limit.action} requests: at most {limit.limit} per {_duration(limit.window_ms)}. "
         f"Retry in {decision.retry_after_s} s.",
-        {"Retry-After": str(decision.retry_after_s)},
-        action=limit.action,
         retry_after_s=decision.retry_after_s,
+        action=limit.action,
     )
 
 
