@@ -63,11 +63,8 @@ async def put_entry(request: Request) -> Response:
         await services.bodies.read(request, services.settings.body_max_bytes)
     )
     await check_rate(services, "history", principal.sub, None)
-    settings = services.settings
     try:
-        entry = await history.record(
-            services.redis, services.scripts, settings.shards, principal.sub, content_id, progress, position
-        )
+        entry = await history.record(services.store, principal.sub, content_id, progress, position)
     except _REDIS_ERRORS as exc:
         log.warning("heartbeat written to Postgres: Redis unavailable (%s)", exc)
         try:
@@ -150,9 +147,7 @@ async def clear(request: Request) -> Response:
     await check_rate(services, "history", principal.sub, None)
     try:
         pool = await services.pool()
-        await history.purge_history(
-            services.redis, pool, services.scripts, services.settings.shards, principal.sub
-        )
+        await history.purge_history(services.store, pool, principal.sub)
     except (*_REDIS_ERRORS, *_PG_ERRORS) as exc:
         log.warning("history clear refused: %s", exc)
         raise unavailable(services, "Watch history cannot be cleared right now; retry.") from None

@@ -19,7 +19,7 @@ from api.services import Services
 from daemon import fallback
 from daemon.errors import ColdLoadError, DomainError, KeyReused, MemoryFull, Unavailable
 from daemon.pipeliner import pipeliner_for
-from daemon.ratelimit import RateLimiter, refusal
+from daemon.ratelimit import refusal
 
 # The store could not read a cold key from Postgres (Redis is up): 503, not a Postgres fallback write.
 COLD_LOAD_ERRORS = (ColdLoadError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -69,25 +69,14 @@ async def check_rate(services: Services, action: str, user_id: str, request_id: 
     if limit is None or services.limiter is None:
         return
     try:
-        decision = await _pipelined_limiter(services).check(user_id, limit, request_id=request_id)
+        # through the process's pipeliner: concurrent requests' checks share round trips
+        decision = await services.limiter.check(user_id, limit, request_id, pipeliner_for(services))
     except (RedisError, OSError):
         services.metrics.rate_limit_errors.labels(action=action).inc()
         return
     if not decision.allowed:
         services.metrics.rate_limited.labels(action=action).inc()
         raise refusal(decision)
-
-
-def _pipelined_limiter(services: Services) -> RateLimiter:
-    """``services.limiter``'s script, called through the process's pipeliner: the rate-limit checks
-    of concurrent requests share round trips (each request still awaits its own decision first)."""
-    limiter: RateLimiter | None = services.__dict__.get("_pipelined_limiter")
-    pipeliner = pipeliner_for(services)
-    if limiter is None or limiter.redis is not pipeliner:
-        assert services.limiter is not None
-        limiter = RateLimiter(pipeliner, services.limiter.script)
-        services.__dict__["_pipelined_limiter"] = limiter
-    return limiter
 
 
 _JSON_TYPE = (b"content-type", b"application/json")

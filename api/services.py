@@ -53,7 +53,7 @@ class Services(Core):
         services.registry = ContentRegistry(settings, services.redis, services.pool, metrics)
         services.events = EngagementEvents(settings, services.producer, services.registry, metrics)
         services.limits = parse_limits(settings.rate_limits)
-        services.limiter = RateLimiter(services.redis, services.scripts.rate_limit)
+        services.limiter = RateLimiter(services.store)
         metrics.label_actions(sorted(services.limits))
         if settings.metrics_dir:
             services.shared_metrics = SharedMetrics(settings.metrics_dir, metrics.registry)

@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from consumer.actions import Abandoned
 from consumer.batch import BatchProcessor, Prepared
 from consumer.metrics import ConsumerMetrics
+from daemon.loops import Loop
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,12 @@ def consumer_config(settings: Settings, bootstrap_servers: str) -> dict[str, Any
     }
 
 
-class ConsumeLoop:
+class ConsumeLoop(Loop):
+    """Poll, prepare and complete batches until stopped (``stop()``: finish the batches in hand, commit,
+    leave the group: SIGTERM), or with ``once`` until caught up."""
+
+    name = "consume"
+
     def __init__(
         self,
         settings: Settings,
@@ -55,33 +61,28 @@ class ConsumeLoop:
         topics: list[str],
         processor: BatchProcessor,
         metrics: ConsumerMetrics,
+        once: bool = False,
     ) -> None:
+        super().__init__()
+        self._once = once
         self._settings = settings
         self._topics = topics
         self._processor = processor
         self._m = metrics
         self._consumer = Consumer(consumer_config(settings, bootstrap_servers))
-        self._stopping = False
         self._lag_at = 0.0
         self._lag_labels: set[tuple[str, str]] = set()
         self.batches = 0
 
-    def stop(self) -> None:
-        """Finish the batch in hand, commit, leave the group (SIGTERM)."""
-        self._stopping = True
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    async def run(self, once: bool = False) -> None:
+    async def run(self) -> None:
+        once = self._once
         consumer = self._consumer
         consumer.subscribe(self._topics)
         size = self._settings.consumer_batch_max_messages
         timeout_s = self._settings.consumer_batch_timeout_ms / 1000
         in_flight: deque[asyncio.Task[None]] = deque()  # batches being applied or finished, in order
         try:
-            while not self._stopping:
+            while not self.stopping:
                 msgs = await asyncio.to_thread(consumer.consume, size, timeout_s)
                 good = [m for m in msgs if m.error() is None] if msgs else msgs
                 if len(good) != len(msgs):

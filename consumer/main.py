@@ -78,19 +78,19 @@ async def run_consumer(
             return loop is not None and loop.stopping
 
         runner = ActionRunner(core, consumer_metrics, purge, stopping)
-        offsets = OffsetStore(core.redis, core.scripts, settings.consumer_group)
+        offsets = OffsetStore(core.store, settings.consumer_group)
         processor = BatchProcessor(
             settings, store, metrics, consumer_metrics, offsets, runner, dead_letters, stopping
         )
         await asyncio.to_thread(dead_letters.touch_topics, topics)
-        loop = ConsumeLoop(settings, bootstrap, topics, processor, consumer_metrics)
+        loop = ConsumeLoop(settings, bootstrap, topics, processor, consumer_metrics, once)
         event_loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             event_loop.add_signal_handler(sig, loop.stop)
         log.info("consuming %s as group %s from %s", ", ".join(topics), settings.consumer_group, bootstrap)
         if ready is not None:
             ready.set()
-        await loop.run(once=once)
+        await loop.run()
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -29,9 +29,8 @@ from typing import Any
 import msgpack
 
 from daemon import keys
-from lua import Scripts
-
-Range = tuple[str, int, int]  # "<topic>:<partition>", first offset, last offset
+from daemon.store import Store
+from daemon.store.offsets import Range
 
 
 def tp_field(topic: str, partition: int) -> str:
@@ -39,9 +38,12 @@ def tp_field(topic: str, partition: int) -> str:
 
 
 class OffsetStore:
-    def __init__(self, redis: Any, scripts: Scripts, group: str) -> None:
-        self._redis = redis
-        self._scripts = scripts
+    """One consumer group's offsets, on the store (its scripts: daemon/store/offsets.py)."""
+
+    def __init__(self, store: Store, group: str) -> None:
+        self._store = store
+        self._redis = store.redis
+        self.group = group
         self.offsets_key = keys.consumer_offsets_key(group)
         self.claims_key = keys.consumer_claims_key(group)
         self.journal_key = keys.consumer_journal_key(group)
@@ -61,21 +63,12 @@ class OffsetStore:
     async def begin(self, batch_id: str, ranges: list[Range], calls: list[Any]) -> list[str]:
         """Reserve ``ranges`` and journal the drain ``calls``; returns the fields that conflict
         (already applied or reserved), in which case nothing was written."""
-        packed_ranges = _pack(ranges)
-        entry = _pack([ranges, calls])
-        args: list[Any] = [batch_id, entry, packed_ranges]
-        for field, first, last in ranges:
-            args += (field, first, last)
-        store_keys = [self.offsets_key, self.claims_key, self.journal_key, self.ranges_key]
-        return list(await self._scripts.begin_consumed(self._redis, store_keys, args))
+        return await self._store.begin_consumed(
+            self.group, batch_id, ranges, _pack([ranges, calls]), _pack(ranges)
+        )
 
     async def finish(self, batch_id: str, ranges: list[Range]) -> None:
-        args: list[Any] = [batch_id]
-        for field, _, last in ranges:
-            args += (field, last)
-        await self._scripts.finish_consumed(
-            self._redis, [self.offsets_key, self.journal_key, self.ranges_key], args
-        )
+        await self._store.finish_consumed(self.group, batch_id, ranges)
 
     async def journal(self, batch_id: str) -> tuple[list[Range], list[Any]] | None:
         """A journaled batch: its ranges and drain calls ([keys, args] each); None once finished."""

@@ -12,7 +12,6 @@ gives ``creator_id`` and ``content_type`` "". Events that do not fit in the list
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterator
 
@@ -32,6 +31,7 @@ from daemon.events import (
     EventProducer,
 )
 from daemon.ids import Playback
+from daemon.loops import Loop
 from daemon.metrics import Metrics
 from daemon.registry import UNKNOWN, ContentRegistry
 from daemon.settings import Settings
@@ -42,12 +42,15 @@ _REACTION_EVENTS = {"liked": MEDIA_LIKED, "disliked": MEDIA_DISLIKED}
 _EMIT_SLICE = 2000  # events emitted between two yields to the event loop
 
 
-class EngagementEvents:
-    """Bounded list of events to publish, drained in bulk by a background task."""
+class EngagementEvents(Loop):
+    """Bounded list of events to publish, drained in bulk by a background loop."""
+
+    name = "engagement-events"
 
     def __init__(
         self, settings: Settings, producer: EventProducer, registry: ContentRegistry, metrics: Metrics
     ) -> None:
+        super().__init__()
         self.enabled = producer.enabled
         self._settings = settings
         self._producer = producer
@@ -55,8 +58,6 @@ class EngagementEvents:
         self._pending: list[Playback] = []
         self._max = settings.events_pending_max
         self._interval_s = settings.buffer_flush_interval_ms / 1000
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self.dropped = 0  # events that did not fit in the list, or were lost at shutdown
         self.published = 0  # events handed to the producer
         metrics.registry.register(_EventsCollector(self))
@@ -111,12 +112,14 @@ class EngagementEvents:
     # -- background -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.enabled and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="engagement-events")
+        if self.enabled:
+            super().start()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
+    async def run(self) -> None:
+        while not self.stopping:
+            await self.pause(self._interval_s)
+            if self.stopping:
+                break
             try:
                 await self.publish_once()
             except (RedisError, OSError) as exc:
@@ -168,11 +171,7 @@ class EngagementEvents:
 
     async def close(self) -> None:
         """Stop the task and publish what is left (before the producer closes)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.cancel()
         if not self.enabled:
             return
         try:

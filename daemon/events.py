@@ -13,7 +13,6 @@ callbacks run inside ``poll(0)``, which the background task and ``close`` call o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from daemon.kafka_mock import MockCluster
+from daemon.loops import Every
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 
@@ -157,7 +157,7 @@ class EventProducer:
         self._outstanding: dict[str, int] = {}  # per topic: in librdkafka, delivery report not yet served
         self._closing = False
         self._final = False
-        self._task: asyncio.Task[None] | None = None
+        self._poller = Every("event-producer", self._poll_interval_s, self._poll)
         self._drops_unlogged: dict[str, int] = {}
         self._drop_logged_at = 0.0
         # topic -> bound counter child: labels() costs ~2 us, a cached child's inc() ~0.3 us
@@ -197,7 +197,7 @@ class EventProducer:
             log.warning("ENGAGEMENT_KAFKA_BOOTSTRAP is not set: engagement events are disabled")
             return
         log.info("producing engagement events to %s", self.bootstrap_servers)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-producer")
+        self._poller.start()
 
     def emit(self, topic: str, key: str, payload: dict[str, Any]) -> None:
         """Envelope ``payload`` and queue it for ``topic`` keyed on ``key``. Never blocks or raises."""
@@ -318,13 +318,11 @@ class EventProducer:
         self._m.retry_depth.set(len(retry))
         self._m.in_flight.set(sum(self._outstanding.values()))
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                self._pump()
-            except Exception:
-                log.exception("event producer background pass failed")
-            await asyncio.sleep(self._poll_interval_s)
+    async def _poll(self) -> None:
+        try:
+            self._pump()
+        except Exception:
+            log.exception("event producer background pass failed")
 
     @property
     def pending(self) -> int:
@@ -338,11 +336,7 @@ class EventProducer:
         if timeout_s is None:
             timeout_s = self.settings.kafka_flush_timeout_s
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._poller.cancel()
         deadline = time.monotonic() + timeout_s
         while True:  # poll on the loop (poll(0) never blocks) so callbacks stay on this thread
             self._pump()

@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 
 from daemon import keys
+from daemon.store import Store
 from daemon.timefmt import utc_timestamp
-from lua import Scripts
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 POSITION_MAX = 2**31 - 1  # position_seconds is a Postgres integer
@@ -121,16 +121,9 @@ def _row_entry(content_id: str, row: asyncpg.Record) -> Entry:
 # -- writes ------------------------------------------------------------------------------------------
 
 
-async def record(
-    redis: Any, scripts: Scripts, shards: int, user_id: str, content_id: str, progress: float, position: int
-) -> Entry:
+async def record(store: Store, user_id: str, content_id: str, progress: float, position: int) -> Entry:
     """One heartbeat through Redis (raises redis-py's errors: the caller decides on the fallback)."""
-    shard = keys.shard_of(user_id, shards)
-    value = await scripts.record_history(
-        redis,
-        [keys.history_key(shard, user_id), keys.hdelta_key(shard)],
-        [content_id, user_id, progress_value(progress, position)],
-    )
+    value = await store.record_history(user_id, content_id, progress_value(progress, position))
     return parse_value(content_id, value)
 
 
@@ -145,22 +138,17 @@ async def record_in_postgres(
     return _row_entry(content_id, row)
 
 
-async def purge_history(redis: Any, pool: asyncpg.Pool, scripts: Scripts, shards: int, user_id: str) -> int:
+async def purge_history(store: Store, pool: asyncpg.Pool, user_id: str) -> int:
     """Forget a user's whole watch history, in Redis and Postgres; returns the Postgres rows deleted.
 
     Idempotent and safe to re-run after a crash at any point: one Postgres transaction, opened first,
     around the Redis call. Raises redis-py's or asyncpg's errors: Redis must be reachable, or
     heartbeats still pending there would come back after the next flush.
     """
-    shard = keys.shard_of(user_id, shards)
     async with pool.acquire() as conn, conn.transaction():
         # Postgres first: when it is unreachable nothing is cleared, not only the Redis half.
         await conn.execute(_LOCK_CLEARS)
-        cleared_us, _ = await scripts.clear_history(
-            redis,
-            [keys.history_key(shard, user_id), keys.hdelta_key(shard), keys.hbatch_key(shard)],
-            [user_id],
-        )
+        cleared_us, _ = await store.clear_history(user_id)
         await conn.execute(_CLEAR, user_id, from_us(int(cleared_us)))
         status = await conn.execute(_DELETE_ROWS, user_id)
     return int(status.split()[-1])

@@ -223,7 +223,7 @@ async def purge_rows(ctx: PurgeContext) -> dict[str, int]:
 async def purge_history(ctx: PurgeContext) -> dict[str, int]:
     """Watch history in Redis (the user's entries and heartbeats not yet flushed) and Postgres, as a
     clear does (daemon/history.py): a heartbeat captured before the purge is not written after it."""
-    rows = await history.purge_history(ctx.redis, ctx.pool, ctx.scripts, ctx.settings.shards, ctx.user_id)
+    rows = await history.purge_history(ctx.store, ctx.pool, ctx.user_id)
     return {"watch_history": rows}
 
 

@@ -17,11 +17,13 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.errors import Refused
 from daemon.keys import rate_limit_key
-from lua import LuaScript
+
+if TYPE_CHECKING:
+    from daemon.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,31 +43,33 @@ class Decision:
 
 
 class RateLimiter:
-    def __init__(self, redis: Any, script: LuaScript | None = None) -> None:
-        self.redis = redis
-        self.script = script if script is not None else LuaScript.load("rate_limit")
+    """Checks limits on the store's ``rate_limit`` script (daemon/store/limits.py)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
         # Request ids only need to be unique within one user's window: a per-process random prefix and
         # a counter are, and cost less than a uuid per request.
         self._prefix = os.urandom(6).hex()
         self._counter = itertools.count()
 
-    async def check(self, user_id: str, limit: Limit, request_id: str | None = None) -> Decision:
+    async def check(
+        self, user_id: str, limit: Limit, request_id: str | None = None, client: Any = None
+    ) -> Decision:
         """Admit and record one request of ``user_id`` for ``limit.action``, or refuse it.
 
         ``request_id`` (e.g. the request's Idempotency-Key) makes a retry of an admitted request be
         admitted again without taking a second place in the window; by default every call is new.
 
         Raises redis-py's errors (ConnectionError, TimeoutError, ...) unchanged: whether to fail open
-        or closed is the caller's choice (see the module docstring).
+        or closed is the caller's choice (see the module docstring). ``client``: the Redis client (by
+        default) or the process's auto-pipeliner.
         """
         if request_id is None:
             request_id = f"{self._prefix}:{next(self._counter)}"
         else:
             request_id = f"k:{request_id}"  # never equal to a generated id
-        allowed, remaining, retry_after_ms = await self.script(
-            self.redis,
-            [rate_limit_key(user_id, limit.action)],
-            [limit.window_ms, limit.limit, request_id],
+        allowed, remaining, retry_after_ms = await self.store.rate_limit(
+            user_id, limit.action, limit.window_ms, limit.limit, request_id, client
         )
         retry_after_ms = int(retry_after_ms)
         retry_after_s = 0 if allowed else max(1, math.ceil(retry_after_ms / 1000))

@@ -180,9 +180,8 @@ async def held_keys(redis: Any, shards: int) -> dict[int, Held]:
 
 
 async def _take_lease(store: Store, owner: str, shard: int) -> None:
-    lease = [keys.lease_key(shard)]
     for _ in range(_LEASE_ATTEMPTS):
-        if await store.scripts.take_lease(store.redis, lease, [owner, store.settings.flush_lease_ms]):
+        if await store.take_lease(shard, owner):
             return
         await asyncio.sleep(_LEASE_WAIT_S)  # the flusher holding it finishes its pass: poll briefly
     raise LeaseBusy(shard)
@@ -211,7 +210,7 @@ async def _reconcile_shard(
                 report.shards += 1
                 return
         finally:
-            await store.scripts.release_lease(store.redis, [keys.lease_key(shard)], [owner])
+            await store.release_lease(shard, owner)
     raise LeaseBusy(shard)
 
 
@@ -256,65 +255,33 @@ async def _postgres_values(
 async def _reconcile_leased(
     store: Store, pool: asyncpg.Pool, owner: str, shard: int, held: Held, report: Report, settled: bool
 ) -> bool:
-    settings = store.settings
-    batch_id = await store.redis.get(keys.batch_id_key(shard))
+    batch = await reconcile_fallbacks.batch_state(store, pool, shard)
     async with pool.acquire() as conn:
-        batch_pending = False
-        if batch_id:
-            committed = await conn.fetchval("SELECT 1 FROM flush_batches WHERE batch_id = $1", batch_id)
-            batch_pending = committed is None
         counts, states = await _postgres_values(conn, store.loader, shard, held)
-    script_keys = [
-        keys.delta_key(shard),
-        keys.batch_key(shard),
-        keys.batch_id_key(shard),
-        keys.lease_key(shard),
-        keys.sdelta_key(shard),
-        keys.sbatch_key(shard),
-        keys.subdelta_key(shard),
-        keys.subbatch_key(shard),
-        keys.vdelta_key(shard),
-        keys.vbatch_key(shard),
-        keys.dirty_key(shard),
-        keys.dirtybatch_key(shard),
-        keys.rec_key(shard),
-        keys.recexp_key(shard),
-    ]
     found = Report()
     for chunk_counts, chunk_states in _chunks(counts, states):
-        args: list[str | int] = [
-            owner,
-            batch_id or "",
-            "1" if batch_pending else "0",
-            "1" if settled else "0",
-            settings.counts_idle_ttl_s,
-            settings.state_idle_ttl_s,
-            len(chunk_counts),
-        ]
-        for key, ident, values in chunk_counts:
-            args += (key, ident, len(values))
-            for counter, value in values:
-                args += (counter, value)
-        args.append(len(chunk_states))
-        for entry in chunk_states:
-            args.extend(entry)
-        result = await store.scripts.reconcile_live(store.redis, script_keys, args)
+        result = await store.reconcile_live(shard, owner, batch, settled, chunk_counts, chunk_states)
         if result[0] != "ok":
             # The lease expired (or the batch changed): what was already set is right for the state it saw;
             # the whole shard is done again under a new lease.
             log.info("shard %d changed during reconcile; retrying", shard)
             return False
-        found.fields_repaired += int(result[1])
-        found.drift += int(result[2])
-        found.states_repaired += int(result[3])
-        found.subscriptions_repaired += int(result[4])
-        found.keys_unpinned += int(result[5])
-        changes = result[6:]
-        for i in range(0, len(changes), 3):
-            found.repairs.append(Repair(changes[i], int(changes[i + 1]), int(changes[i + 2])))
+        _add_found(found, result)
     report.items_checked += len(held.items) + len(held.creators)
     report.add(found)
     return True
+
+
+def _add_found(found: Report, result: list[Any]) -> None:
+    """Add one ``reconcile_live`` answer's figures and repairs to ``found``."""
+    found.fields_repaired += int(result[1])
+    found.drift += int(result[2])
+    found.states_repaired += int(result[3])
+    found.subscriptions_repaired += int(result[4])
+    found.keys_unpinned += int(result[5])
+    changes = result[6:]
+    for i in range(0, len(changes), 3):
+        found.repairs.append(Repair(changes[i], int(changes[i + 1]), int(changes[i + 2])))
 
 
 def _chunks(counts: Sequence[Any], states: Sequence[Any]) -> Iterable[tuple[Sequence[Any], Sequence[Any]]]:

@@ -16,6 +16,17 @@ from daemon.store import Store
 
 log = logging.getLogger(__name__)
 
+
+async def batch_state(store: Store, pool: asyncpg.Pool, shard: int) -> tuple[str, bool]:
+    """(the shard's captured batch id or "", whether that batch is not yet in the flush ledger)."""
+    batch_id = await store.pending_batch(shard)
+    if not batch_id:
+        return "", False
+    committed = await pool.fetchval("SELECT 1 FROM flush_batches WHERE batch_id = $1", batch_id)
+    return batch_id, committed is None
+
+
+_LIKES = "SELECT user_id, content_id, value FROM likes WHERE content_id = ANY($1)"
 _FALLBACKS = "SELECT id, kind, user_id, target_id FROM fallback_log WHERE NOT reconciled ORDER BY id"
 _PRUNE_FALLBACK_KEYS = "DELETE FROM fallback_idempotency WHERE created_at < now() - make_interval(secs => $1)"
 _SET_CONTENT_COUNTS = """
@@ -54,44 +65,15 @@ async def settle_fallbacks(
        and mark the rows reconciled. The normal pass then sets the counts and the pairs' states Redis
        holds (and moves the shard's gen on, so that no cold load read before this commit seeds).
     """
-    settings, redis = store.settings, store.redis
     like_pairs = {keys.state_field(r["target_id"], r["user_id"]) for r in rows if r["kind"] == "like"}
     sub_pairs = {keys.state_field(r["target_id"], r["user_id"]) for r in rows if r["kind"] == "subscription"}
     items = sorted({r["target_id"] for r in rows if r["kind"] == "like"})
     creators = sorted({r["target_id"] for r in rows if r["kind"] == "subscription"})
-    batch_id = await redis.get(keys.batch_id_key(shard))
-    batch_pending = False
-    if batch_id:
-        async with pool.acquire() as conn:
-            batch_pending = (
-                await conn.fetchval("SELECT 1 FROM flush_batches WHERE batch_id = $1", batch_id) is None
-            )
+    batch = await batch_state(store, pool, shard)
     fields = [keys.field(c, i) for i in items for c in ("likes", "dislikes")]
     fields += [keys.field("subscribers", c) for c in creators]
-    result = await store.scripts.settle_fallbacks(
-        redis,
-        [
-            keys.lease_key(shard),
-            keys.batch_id_key(shard),
-            keys.delta_key(shard),
-            keys.batch_key(shard),
-            keys.sdelta_key(shard),
-            keys.sbatch_key(shard),
-            keys.subdelta_key(shard),
-            keys.subbatch_key(shard),
-        ],
-        [
-            owner,
-            settings.flush_lease_ms,
-            batch_id or "",
-            "1" if batch_pending else "0",
-            len(like_pairs),
-            *sorted(like_pairs),
-            len(sub_pairs),
-            *sorted(sub_pairs),
-            len(fields),
-            *fields,
-        ],
+    result = await store.settle_fallbacks(
+        shard, owner, batch, (sorted(like_pairs), sorted(sub_pairs)), fields
     )
     if result[0] != "ok":
         return False
@@ -100,31 +82,8 @@ async def settle_fallbacks(
 
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("LOCK TABLE fallback_log IN SHARE MODE")
-        likes = {
-            keys.state_field(r["content_id"], r["user_id"]): int(r["value"])
-            for r in await conn.fetch(
-                "SELECT user_id, content_id, value FROM likes WHERE content_id = ANY($1)", items
-            )
-        }
-        likes.update((name, int(value)) for name, value in pending_likes)  # batch first, then delta
-        subs = {
-            keys.state_field(r["creator_id"], r["user_id"]): 1
-            for r in await conn.fetch(
-                "SELECT user_id, creator_id FROM creator_subscriptions WHERE creator_id = ANY($1)", creators
-            )
-        }
-        subs.update((name, int(value)) for name, value in pending_subs)
-        like_counts = {i: [0, 0] for i in items}
-        for name, value in likes.items():
-            counts = like_counts.get(name.split("|", 1)[0])
-            if counts is not None and value:
-                counts[0 if value == 1 else 1] += 1
-        sub_counts = dict.fromkeys(creators, 0)
-        for name, value in subs.items():
-            creator = name.split("|", 1)[0]
-            if creator in sub_counts and value:
-                sub_counts[creator] += 1
         if items:
+            like_counts = await _like_counts(conn, items, pending_likes)
             await conn.execute(
                 _SET_CONTENT_COUNTS,
                 items,
@@ -132,6 +91,7 @@ async def settle_fallbacks(
                 [like_counts[i][1] - pending.get(keys.field("dislikes", i), 0) for i in items],
             )
         if creators:
+            sub_counts = await _subscriber_counts(conn, creators, pending_subs)
             await conn.execute(
                 _SET_CREATOR_COUNTS,
                 creators,
@@ -141,6 +101,44 @@ async def settle_fallbacks(
             "UPDATE fallback_log SET reconciled = true WHERE id = ANY($1)", [r["id"] for r in rows]
         )
     return True
+
+
+async def _like_counts(
+    conn: asyncpg.Connection, items: list[str], pending: list[tuple[str, str]]
+) -> dict[str, list[int]]:
+    """[likes, dislikes] of each item: Postgres's like rows, overridden by the pending states."""
+    likes = {
+        keys.state_field(r["content_id"], r["user_id"]): int(r["value"])
+        for r in await conn.fetch(
+            "SELECT user_id, content_id, value FROM likes WHERE content_id = ANY($1)", items
+        )
+    }
+    likes.update((name, int(value)) for name, value in pending)  # batch first, then delta
+    counts = {i: [0, 0] for i in items}
+    for name, value in likes.items():
+        item = counts.get(name.split("|", 1)[0])
+        if item is not None and value:
+            item[0 if value == 1 else 1] += 1
+    return counts
+
+
+async def _subscriber_counts(
+    conn: asyncpg.Connection, creators: list[str], pending: list[tuple[str, str]]
+) -> dict[str, int]:
+    """The subscribers of each creator: Postgres's rows, overridden by the pending subscriptions."""
+    subs = {
+        keys.state_field(r["creator_id"], r["user_id"]): 1
+        for r in await conn.fetch(
+            "SELECT user_id, creator_id FROM creator_subscriptions WHERE creator_id = ANY($1)", creators
+        )
+    }
+    subs.update((name, int(value)) for name, value in pending)
+    counts = dict.fromkeys(creators, 0)
+    for name, value in subs.items():
+        creator = name.split("|", 1)[0]
+        if creator in counts and int(value):
+            counts[creator] += 1
+    return counts
 
 
 def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:

@@ -14,7 +14,6 @@ at most ``exact_max_keys`` (SCAN), otherwise an estimate, DBSIZE times each kind
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -151,7 +150,8 @@ class RedisMemoryMetrics(Collector):
 
 
 class RedisMemory:
-    """Samples Redis into a RedisMemoryMetrics; ``run()`` does it every ``interval_s``."""
+    """Samples Redis into a RedisMemoryMetrics (the flusher calls ``sample`` every
+    ``ENGAGEMENT_REDIS_MEMORY_SAMPLE_S``, a ``daemon.loops.Every``)."""
 
     def __init__(
         self,
@@ -166,12 +166,6 @@ class RedisMemory:
         self._sample_keys = sample_keys
         self._failing = False
         self._unsafe_policies: set[str] = set()  # warned about while they last
-
-    async def run(self, interval_s: float) -> None:
-        """Sample now, then every ``interval_s`` until cancelled."""
-        while True:
-            await self.sample()
-            await asyncio.sleep(interval_s)
 
     async def sample(self) -> None:
         """Take one sample; on a Redis error keep the last one (logged once per outage)."""

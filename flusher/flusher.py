@@ -1,4 +1,4 @@
-"""The flusher: drains Redis deltas to Postgres exactly once (DESIGN.md decision 4).
+"""The flusher: drains Redis deltas to Postgres exactly once (docs/design.md, decision 4).
 
 One pass: for every shard, ``capture_batch`` atomically renames the shard's delta hash to its batch
 key (and its list of applied view drains, daemon/views/drains.py, to its vbatch key) under a lease, or
@@ -13,23 +13,23 @@ changed (flusher/uniques.py: absolute values, so they need no ledger).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Sequence
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from daemon import db, keys
+from daemon.errors import PG_ERRORS, REDIS_ERRORS, is_unavailable
 from daemon.history import prune_clears
+from daemon.loops import Backoff, Loop
 from daemon.metrics import Metrics
 from daemon.pg_idempotency import prune_playlist_idempotency
 from daemon.reconcile import reconcile
 from daemon.settings import Settings
 from daemon.store import Store
-from daemon.views.drains import COUNTER_INDEX, add_drains, read_drains
+from daemon.views.drains import COUNTER_INDEX, add_drains
 from flusher.history_writer import parse_heartbeats, trim_calls
 from flusher.uniques import flush_uniques
 from flusher.writer import CapturedBatch, WriteResult, prune_ledger, write_batches
@@ -40,10 +40,13 @@ log = logging.getLogger(__name__)
 _PRUNE_EVERY_S = 3600.0
 
 
-class Flusher:
+class Flusher(Loop):
+    name = "flusher"
+
     def __init__(
         self, settings: Settings, redis: object, pool: asyncpg.Pool, scripts: Scripts, metrics: Metrics
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.redis = redis
         self.pool = pool
@@ -51,44 +54,14 @@ class Flusher:
         self.metrics = metrics
         self.store = Store(settings, redis, scripts, db.provided(pool), metrics)
         self.owner = f"flusher-{uuid.uuid4().hex[:12]}"
-        self._stopping = asyncio.Event()
         self._last_prune = 0.0
         self._last_reconcile = time.monotonic()  # the first run one interval after start
 
     # -- one pass ---------------------------------------------------------------------------------
 
     async def capture(self) -> list[CapturedBatch]:
-        calls = []
-        for shard in range(self.settings.shards):
-            calls.append(
-                (
-                    [
-                        keys.delta_key(shard),
-                        keys.batch_key(shard),
-                        keys.batch_id_key(shard),
-                        keys.lease_key(shard),
-                        keys.sdelta_key(shard),
-                        keys.sbatch_key(shard),
-                        keys.subdelta_key(shard),
-                        keys.subbatch_key(shard),
-                        keys.hdelta_key(shard),
-                        keys.hbatch_key(shard),
-                        keys.vdelta_key(shard),
-                        keys.vbatch_key(shard),
-                        keys.dirty_key(shard),
-                        keys.dirtybatch_key(shard),
-                    ],
-                    [self.owner, self.settings.flush_lease_ms, f"{shard}-{uuid.uuid4().hex}"],
-                )
-            )
-        results = await self.scripts.capture_batch.call_many(self.redis, calls)
-        batches = []
-        with_drains = []
-        for shard, result in enumerate(results):
-            if isinstance(result, Exception):
-                raise result
-            if not result:  # None: leased by another flusher; []: nothing to flush
-                continue
+        batches, with_drains = [], []
+        for shard, result in await self.store.capture_batches(self.owner):
             batch_id, flat, states, subscriptions, heartbeats, drains = result
             rows, creators = _parse_rows(flat)
             subs = _parse_states(subscriptions)
@@ -99,7 +72,7 @@ class Flusher:
             )
             if int(drains):
                 with_drains.append(batches[-1])
-        captured = await read_drains(self.redis, [keys.vbatch_key(b.shard) for b in with_drains])
+        captured = await self.store.batch_drains([b.shard for b in with_drains])
         for batch, drains in zip(with_drains, captured, strict=True):
             add_drains(batch.rows, drains)
         return batches
@@ -107,34 +80,10 @@ class Flusher:
     async def trim_history(self, batches: Sequence[CapturedBatch]) -> None:
         """After the commit: drop from each user's ``hist`` hash the entries Postgres now has (those
         not replaced by a newer heartbeat meanwhile). Before ``finish``, so a crash only repeats it."""
-        calls = trim_calls(((b.shard, b.history) for b in batches), keys.history_key)
-        if not calls:
-            return
-        for result in await self.scripts.trim_history.call_many(self.redis, calls):
-            if isinstance(result, Exception):
-                raise result
+        await self.store.trim_history(trim_calls((b.shard, b.history) for b in batches))
 
     async def finish(self, batches: Sequence[CapturedBatch]) -> None:
-        calls = [
-            (
-                [
-                    keys.batch_key(b.shard),
-                    keys.batch_id_key(b.shard),
-                    keys.lease_key(b.shard),
-                    keys.sbatch_key(b.shard),
-                    keys.subbatch_key(b.shard),
-                    keys.hbatch_key(b.shard),
-                    keys.vbatch_key(b.shard),
-                    keys.dirtybatch_key(b.shard),
-                    keys.dirty_key(b.shard),
-                ],
-                [b.batch_id, self.owner, self.settings.counts_idle_ttl_s, self.settings.state_idle_ttl_s],
-            )
-            for b in batches
-        ]
-        for result in await self.scripts.finish_batch.call_many(self.redis, calls):
-            if isinstance(result, Exception):
-                raise result
+        await self.store.finish_batches([(b.shard, b.batch_id) for b in batches], self.owner)
 
     async def flush_once(self) -> WriteResult | None:
         """Capture, write and finish one pass (counters, then unique viewers). None when there was no
@@ -166,7 +115,7 @@ class Flusher:
     async def flush_unique_viewers(self) -> bool:
         """The current counts of the unique viewers HLLs that changed (flusher/uniques.py); True when
         none is left for another pass."""
-        rows, done = await flush_uniques(self.redis, self.pool, self.scripts, self.settings)
+        rows, done = await flush_uniques(self.store, self.pool)
         self.metrics.flushed_unique_rows.inc(rows)
         return done
 
@@ -188,33 +137,31 @@ class Flusher:
     # -- the loop ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Pass after pass until stopped. A pass that fails is retried with backoff: an unreachable
+        server is a warning; any other error (a script bug, a constraint) is logged with its traceback
+        every time, since no batch can be skipped without losing it."""
         interval = self.settings.flush_interval_ms / 1000
-        delay = interval
+        backoff = Backoff(interval, 30.0)
         next_at = time.monotonic()
-        while not self._stopping.is_set():
+        while not self.stopping:
             try:
                 await self.flush_once()
                 await self._maybe_prune()
                 await self._maybe_reconcile()
-                delay = interval
-            except (RedisError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                delay = backoff.reset()
+                next_at = max(next_at + interval, time.monotonic())
+            except (*REDIS_ERRORS, *PG_ERRORS) as exc:
                 self.metrics.flush_errors.inc()
-                log.warning("flush pass failed (%s); retrying in %.1fs", exc, delay)
-                delay = min(delay * 2, 30.0)
-            next_at = (
-                max(next_at + interval, time.monotonic()) if delay == interval else time.monotonic() + delay
-            )
-            try:
-                await asyncio.wait_for(self._stopping.wait(), max(0.0, next_at - time.monotonic()))
-            except TimeoutError:
-                pass
-
-    def stop(self) -> None:
-        self._stopping.set()
+                delay = backoff.next()
+                if is_unavailable(exc):
+                    log.warning("flush pass failed (%s); retrying in %.1fs", exc, delay)
+                else:
+                    log.exception("flush pass failed; retrying in %.1fs", delay)
+                next_at = time.monotonic() + delay
+            await self.pause(next_at - time.monotonic())
 
     async def release_leases(self) -> None:
-        calls = [([keys.lease_key(s)], [self.owner]) for s in range(self.settings.shards)]
-        await self.scripts.release_lease.call_many(self.redis, calls)
+        await self.store.release_leases(self.owner)
 
     async def _maybe_reconcile(self) -> None:
         """Every ENGAGEMENT_RECONCILE_INTERVAL_S (0: never), between passes: under this flusher's own

@@ -8,7 +8,7 @@ resumed after a crash, or written after a Postgres-fallback heartbeat, never mov
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -85,12 +85,12 @@ async def write_history(conn: asyncpg.Connection, batches: Iterable[dict[tuple[s
 
 
 def trim_calls(
-    batches: Iterable[tuple[int, dict[tuple[str, str], Heartbeat]]], history_key: Callable[[int, str], str]
-) -> list[tuple[list[str], list[str]]]:
-    """The ``trim_history`` calls after a commit: one per user, with the (content_id, value) pairs
-    written. ``history_key(shard, user_id)`` names the user's hash."""
+    batches: Iterable[tuple[int, dict[tuple[str, str], Heartbeat]]],
+) -> list[tuple[int, str, list[str]]]:
+    """The ``trim_history`` calls after a commit: one per (shard, user), with the (content_id, value)
+    pairs written."""
     by_user: dict[tuple[int, str], list[str]] = {}
     for shard, heartbeats in batches:
         for (user, content), beat in heartbeats.items():
             by_user.setdefault((shard, user), []).extend((content, beat.value))
-    return [([history_key(shard, user)], args) for (shard, user), args in by_user.items()]
+    return [(shard, user, pairs) for (shard, user), pairs in by_user.items()]

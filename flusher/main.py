@@ -9,6 +9,7 @@ import signal
 from prometheus_client import start_http_server
 
 from daemon import db, keys
+from daemon.loops import Every
 from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
 from daemon.redis_memory import RedisMemory
@@ -47,16 +48,17 @@ async def run_flusher(
         )
         # Their own tasks: a slow INFO, SCAN or row filter build never delays a flush.
         keeper = RowFilterKeeper(RowFilter(settings, redis, flusher.scripts), pool, metrics)
-        tasks = [asyncio.create_task(keeper.run(settings.row_filter_check_s))]
+        helpers = [Every("row-filter", settings.row_filter_check_s, keeper.step)]
         if settings.redis_memory_sample_s > 0:
             memory = RedisMemory(redis, metrics.redis_memory)
-            tasks.append(asyncio.create_task(memory.run(settings.redis_memory_sample_s)))
+            helpers.append(Every("redis-memory", settings.redis_memory_sample_s, memory.sample))
+        for helper in helpers:
+            helper.start()
         try:
             await flusher.run()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for helper in helpers:
+                await helper.cancel()
         await flusher.release_leases()
         return 0
     finally:

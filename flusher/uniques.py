@@ -18,15 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
 
 import asyncpg
 
 from daemon import keys
-from daemon.settings import Settings
-from lua import Scripts
+from daemon.store import Store
 
-UNIQUES_PER_CALL = 200  # members of each touch set per shard per call: a dense HLL is ~14 KB
 SHARDS_PER_ROUND = 16  # shards captured, written and finished together: bounds one pipeline's bytes
 ROUNDS_PER_PASS = 50  # per group of shards and flusher pass: the counters' flush never waits for long
 
@@ -59,19 +56,9 @@ class Captured:
     more: bool = False  # some shard has members left
 
 
-async def capture(redis: Any, scripts: Scripts, shards: Sequence[int]) -> Captured:
-    calls = [
-        (
-            [keys.uv_touch_key(s), keys.uv_batch_key(s), keys.uv_all_touch_key(s), keys.uv_all_batch_key(s)],
-            [keys.tag(s), UNIQUES_PER_CALL],
-        )
-        for s in shards
-    ]
+async def capture(store: Store, shards: Sequence[int]) -> Captured:
     captured = Captured()
-    results = await scripts.capture_uniques.call_many(redis, calls, raw=True)
-    for shard, result in zip(shards, results, strict=True):
-        if isinstance(result, Exception):
-            raise result
+    for shard, result in zip(shards, await store.capture_uniques(shards), strict=True):
         captured.more = captured.more or bool(result[0])
         daily_n = int(result[1])
         entries = [(result[i].decode(), int(result[i + 1]), result[i + 2]) for i in range(2, len(result), 3)]
@@ -108,49 +95,21 @@ async def write(conn: asyncpg.Connection, captured: Captured) -> int:
     return len(daily)
 
 
-async def finish(redis: Any, scripts: Scripts, settings: Settings, captured: Captured) -> None:
-    """Forget the written members and give their HLLs their TTL back (after the commit, never before)."""
-    calls = []
-    for shard, (daily, all_time) in captured.members.items():
-        call_keys = [
-            keys.uv_batch_key(shard),
-            keys.uv_touch_key(shard),
-            keys.uv_all_batch_key(shard),
-            keys.uv_all_touch_key(shard),
-            keys.rec_key(shard),
-            keys.recexp_key(shard),
-        ]
-        args = [
-            keys.tag(shard),
-            settings.counts_idle_ttl_s,
-            settings.unique_viewers_daily_ttl_s,
-            len(daily),
-            *daily,
-            *all_time,
-        ]
-        calls.append((call_keys, args))
-    for result in await scripts.finish_uniques.call_many(redis, calls):
-        if isinstance(result, Exception):
-            raise result
-
-
-async def flush_uniques(
-    redis: Any, pool: asyncpg.Pool, scripts: Scripts, settings: Settings
-) -> tuple[int, bool]:
+async def flush_uniques(store: Store, pool: asyncpg.Pool) -> tuple[int, bool]:
     """Write the pending unique viewers HLLs; returns the daily rows written and whether every touch set
     was emptied. Shards go by groups of
     SHARDS_PER_ROUND, each group until its touch sets are empty (or ROUNDS_PER_PASS rounds: the rest
     waits for the next pass), so that one round trip carries at most SHARDS_PER_ROUND x 2 x
     UNIQUES_PER_CALL HLLs."""
-    rows, done = 0, True
+    rows, done, settings = 0, True, store.settings
     for start in range(0, settings.shards, SHARDS_PER_ROUND):
         group = list(range(start, min(start + SHARDS_PER_ROUND, settings.shards)))
         for _ in range(ROUNDS_PER_PASS):
-            captured = await capture(redis, scripts, group)
+            captured = await capture(store, group)
             if captured.members:
                 async with pool.acquire() as conn:
                     rows += await write(conn, captured)
-                await finish(redis, scripts, settings, captured)
+                await store.finish_uniques(captured.members)  # after the commit, never before
             if not captured.more:
                 break
         else:

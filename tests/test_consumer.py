@@ -26,7 +26,7 @@ from consumer_helpers import (
 from kafka_fixtures import consume
 from service_fixtures import counters_in_postgres, run_flusher_once, wait_until
 
-from consumer.batch import JournaledBuffer
+from consumer.batch import BatchProcessor
 from consumer.loop import ConsumeLoop
 from consumer.main import run_consumer
 from consumer.store import OffsetStore
@@ -128,7 +128,7 @@ def test_a_batch_interrupted_at_any_step_counts_once_after_restart(
     # When the process dies after journaling the drains, after applying them, or after marking the
     # offsets applied but before committing them to Kafka
     target = {
-        "journaled": (JournaledBuffer, "drain_once"),
+        "journaled": (BatchProcessor, "_drain"),
         "applied": (OffsetStore, "finish"),
         "marked": (ConsumeLoop, "_commit"),
     }[crash_point]

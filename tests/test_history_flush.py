@@ -27,6 +27,7 @@ from daemon.metrics import Metrics
 from daemon.proc.servers import RedisClusterServers
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
+from daemon.store import Store
 from flusher.flusher import Flusher
 from flusher.writer import write_batches
 from lua import Scripts
@@ -44,8 +45,12 @@ class Stack:
     def flusher(self) -> Flusher:
         return Flusher(self.settings, self.redis, self.pool, self.scripts, Metrics())
 
+    @property
+    def store(self) -> Store:
+        return Store(self.settings, self.redis, self.scripts, db.provided(self.pool), Metrics())
+
     async def beat(self, user: str, item: str, pct: float, pos: int) -> history.Entry:
-        return await history.record(self.redis, self.scripts, self.settings.shards, user, item, pct, pos)
+        return await history.record(self.store, user, item, pct, pos)
 
     async def rows(self) -> dict[tuple[str, str], tuple[float, int]]:
         found = await self.pool.fetch(
@@ -131,9 +136,7 @@ async def test_a_clear_after_a_capture_is_not_undone_by_that_flush(stack: Stack)
     batches = await flusher.capture()
 
     # When u1 clears the history, then the flusher writes and finishes what it had read
-    assert (
-        await history.purge_history(stack.redis, stack.pool, stack.scripts, stack.settings.shards, "u1") == 0
-    )
+    assert await history.purge_history(stack.store, stack.pool, "u1") == 0
     async with stack.pool.acquire() as conn:
         written = await write_batches(conn, batches)
     await flusher.trim_history(batches)
@@ -160,9 +163,7 @@ async def test_a_clear_waits_for_a_flush_in_flight_and_then_deletes_what_it_wrot
     await write_batches(conn, batches)  # a savepoint inside the outer transaction
 
     # When u1 clears the history meanwhile
-    clear = asyncio.create_task(
-        history.purge_history(stack.redis, stack.pool, stack.scripts, stack.settings.shards, "u1")
-    )
+    clear = asyncio.create_task(history.purge_history(stack.store, stack.pool, "u1"))
 
     # Then the clear waits for the flush's lock on watch_history_clears
     async def clear_is_waiting() -> bool:
@@ -192,9 +193,7 @@ async def test_history_scripts_reload_after_script_flush(stack: Stack) -> None:
     await stack.redis.script_flush()
     await stack.flusher().drain()
     await stack.redis.script_flush()
-    assert (
-        await history.purge_history(stack.redis, stack.pool, stack.scripts, stack.settings.shards, "u1") == 1
-    )
+    assert await history.purge_history(stack.store, stack.pool, "u1") == 1
 
 
 async def test_a_heartbeat_stamp_never_goes_back_for_an_entry(stack: Stack) -> None:

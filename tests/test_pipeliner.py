@@ -14,11 +14,11 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from store_helpers import limiter_on
 
 from daemon.pipeliner import PipelineFullError, Pipeliner
 from daemon.proc.servers import RedisClusterServers
-from daemon.ratelimit import Limit, RateLimiter
-from lua import LuaScript
+from daemon.ratelimit import Limit
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ async def test_scripts_run_through_it_unchanged_and_reload_after_a_script_flush(
 ) -> None:
     # Given a limiter whose script calls go through the pipeliner (as the like endpoints do)
     pipeliner = _made(pipeliners, Pipeliner(redis_client, max_batch=512))
-    limiter = RateLimiter(pipeliner, LuaScript.load("rate_limit"))
+    limiter = limiter_on(pipeliner)
     like = Limit("like", 100, 60_000)
     await redis_client.script_flush()  # whatever earlier tests loaded
 
@@ -235,7 +235,7 @@ async def test_it_routes_every_call_by_slot_on_a_redis_cluster(redis_cluster: Re
     try:
         await client.initialize()
         pipeliner = Pipeliner(client)  # redis-py cluster pipelines: nothing of its own to close
-        limiter = RateLimiter(pipeliner, LuaScript.load("rate_limit"))
+        limiter = limiter_on(pipeliner)
         like = Limit("like", 5, 60_000)
         users = [f"user-{i}" for i in range(30)]
         first = await asyncio.gather(*(limiter.check(u, like) for u in users for _ in range(7)))

@@ -10,6 +10,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from store_helpers import limiter_on
 
 from api.errors import api_error
 from daemon.proc.servers import RedisClusterServers
@@ -26,7 +27,7 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 def limiter(redis_client: aioredis.Redis) -> RateLimiter:
-    return RateLimiter(redis_client)
+    return limiter_on(redis_client)
 
 
 async def test_exactly_the_limit_of_concurrent_requests_is_admitted(limiter: RateLimiter) -> None:
@@ -222,7 +223,7 @@ async def test_the_limiter_runs_unchanged_on_a_redis_cluster(redis_cluster: Redi
         # Connect before the storm: redis-py's async cluster client, first used by 200 concurrent
         # commands, races its own connection setup ('NoneType' object has no attribute 'writelines').
         await client.initialize()
-        limiter = RateLimiter(client)
+        limiter = limiter_on(client)
         like = Limit("like", 5, 60_000)
 
         # When 30 users each send 10 likes at once, and the scripts are flushed midway

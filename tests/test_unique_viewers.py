@@ -269,20 +269,19 @@ async def test_a_flush_interrupted_before_forgetting_its_members_is_written_agai
     store: Store, client: aioredis.Redis, migrated: Settings
 ) -> None:
     # Given items whose HLLs changed, captured by a flusher that died before its Postgres write
-    scripts = store.scripts
     buffer = ViewBuffer(migrated.replace(unique_viewers_day="2026-04-02"), store, Metrics())
     for i in range(30):
         assert buffer.add(f"int-{i % 3}", 0, f"user-{i}")
     assert await buffer.drain_once()
-    captured = await uniques.capture(client, scripts, range(migrated.shards))
+    captured = await uniques.capture(store, range(migrated.shards))
     assert sorted(uniques_members(captured)) == [f"20260402:int-{i}" for i in range(3)]
     assert sorted(all_time_members(captured)) == [f"int-{i}" for i in range(3)]
 
     # When the flusher runs again (twice)
     pool = await db.create_pool(migrated)
     try:
-        assert await uniques.flush_uniques(client, pool, scripts, migrated) == (3, True)
-        assert await uniques.flush_uniques(client, pool, scripts, migrated) == (0, True)
+        assert await uniques.flush_uniques(store, pool) == (3, True)
+        assert await uniques.flush_uniques(store, pool) == (0, True)
         rows = await pool.fetch("SELECT content_id, day, unique_viewers FROM content_unique_viewers_daily")
         all_time = await pool.fetch("SELECT content_id, unique_viewers FROM content_unique_viewers")
     finally:

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from redis.exceptions import RedisError
 
 from daemon import keys
+from daemon.errors import PG_ERRORS, REDIS_ERRORS
 from daemon.settings import Settings
 from lua import Scripts
 
@@ -211,8 +211,8 @@ class RowFilter:
 
 
 class RowFilterKeeper:
-    """The flusher's task: every ``ENGAGEMENT_ROW_FILTER_CHECK_S``, build the stale filters and export
-    their state."""
+    """The flusher's step, every ``ENGAGEMENT_ROW_FILTER_CHECK_S`` (a ``daemon.loops.Every``): build the
+    stale filters and export their state."""
 
     def __init__(self, rows: RowFilter, pool: asyncpg.Pool, metrics: Any) -> None:
         self.rows = rows
@@ -230,13 +230,12 @@ class RowFilterKeeper:
         self.metrics.row_filter_complete.set(sum(f.complete for f in status))
         self.metrics.row_filter_fill.set(max((f.fill for f in status), default=0.0))
 
-    async def run(self, every_s: float) -> None:
-        while True:
-            try:
-                await self.check()
-                self._failing = False
-            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                if not self._failing:
-                    log.warning("row filter check failed (%s); retrying every %gs", exc, every_s)
-                self._failing = True
-            await asyncio.sleep(every_s)
+    async def step(self) -> None:
+        """``check``, its failure logged once per outage."""
+        try:
+            await self.check()
+            self._failing = False
+        except (*REDIS_ERRORS, *PG_ERRORS) as exc:
+            if not self._failing:
+                log.warning("row filter check failed (%s); retrying", exc)
+            self._failing = True

@@ -1,0 +1,100 @@
+"""Reads of counts and cold keys: ``read_counts`` for the stats endpoint, ``read_cold`` and ``seed_cold``
+for a reader that loads what Redis lacks from Postgres itself."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from daemon import keys
+from daemon.store import cold
+from daemon.store.base import StoreBase, checked
+
+
+@dataclass(frozen=True, slots=True)
+class ItemCounts:
+    """What Redis holds about one item for GET .../stats: None where a key is missing (read Postgres)."""
+
+    tokens: dict[str, str]  # load tokens of the missing counts and state keys (for ``Store.seed``)
+    counts: dict[str, int] | None  # COUNTERS, and the flags "uva" / "uvd" when set
+    unique_viewers: int | None
+    unique_viewers_today: int | None
+    state: int | None  # the viewer's like state, when asked for
+
+
+class ReadStore(StoreBase):
+    # -- reads ----------------------------------------------------------------------------------------
+
+    async def read_items(self, content_ids: Sequence[str], user_id: str | None, day: str) -> list[ItemCounts]:
+        """What Redis holds for each item (``read_counts.lua``, pipelined); missing keys as None."""
+        calls = []
+        for content_id in content_ids:
+            s = self._shard(content_id)
+            script_keys = [
+                keys.counts_key(s, content_id),
+                keys.uv_key(s, content_id),
+                keys.uv_day_key(s, day, content_id),
+                keys.rec_key(s),
+                keys.recexp_key(s),
+            ]
+            if user_id is not None:
+                script_keys.append(keys.like_key(s, content_id, user_id))
+            calls.append((script_keys, []))
+        out = []
+        for (script_keys, _), result in zip(
+            calls, await self.scripts.read_counts.call_many(self.redis, calls), strict=True
+        ):
+            flat, all_time, today, state, counts_token, state_token = checked(result)
+            counts = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)} if flat else None
+            tokens = {}
+            if counts_token:
+                tokens[script_keys[0]] = counts_token
+            if state_token:
+                tokens[script_keys[5]] = state_token
+            out.append(
+                ItemCounts(
+                    tokens,
+                    counts,
+                    None if int(all_time) < 0 else int(all_time),
+                    None if int(today) < 0 else int(today),
+                    None if state == "" else int(state),
+                )
+            )
+        return out
+
+    async def read(self, names: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Cold keys of one shard (hashes as dicts, strings as str): (the present ones' values, the
+        missing ones' load tokens, for ``seed``)."""
+        shard = int(names[0][names[0].index("{s:") + 3 : names[0].index("}")])
+        kinds = ["h" if cold.parse(n)[0] in ("c", "cr") else "s" for n in names]
+        result = await self.scripts.read_cold(
+            self.redis, [keys.rec_key(shard), keys.recexp_key(shard), *names], kinds
+        )
+        values: dict[str, Any] = {}
+        tokens: dict[str, str] = {}
+        for i, name in enumerate(names):
+            found, value = result[2 * i], result[2 * i + 1]
+            if int(found):
+                values[name] = dict(zip(value[::2], value[1::2], strict=True)) if kinds[i] == "h" else value
+            else:
+                tokens[name] = value
+        return values, tokens
+
+    async def seed(
+        self, tokens: dict[str, str], values: dict[str, Any], ttls: dict[str, int] | None = None
+    ) -> None:
+        """Create missing cold keys from values a reader got from Postgres, with the load tokens the
+        read left (``ItemCounts.tokens``). Best effort: a refused seed (another load seeded the key
+        meanwhile, or Redis at maxmemory) only means the next read loads again."""
+        by_shard: dict[int, dict[str, Any]] = defaultdict(dict)
+        for name, value in values.items():
+            if name in tokens:
+                by_shard[int(name[name.index("{s:") + 3 : name.index("}")])][name] = value
+        calls = [
+            ([keys.rec_key(s), keys.recexp_key(s)], [self.loader.pack(tokens, group, ttls)])
+            for s, group in by_shard.items()
+        ]
+        if calls:
+            await self.scripts.seed_cold.call_many(self.redis, calls)
