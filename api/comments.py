@@ -28,7 +28,7 @@ from api.reactions import check_rate
 from api.services import Services
 from api.subscriptions import unavailable
 from daemon import comment_counts, comment_store
-from daemon.errors import ColdLoadError
+from daemon.errors import PG_ERRORS, ColdLoadError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ COMMENTS_ROUTE = "/api/v1/content/{contentId}/comments"
 COMMENT_ROUTE = "/api/v1/content/{contentId}/comments/{commentId}"
 
 _FIELDS = frozenset({"body", "parent_comment_id"})
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CURSOR = re.compile(r"([0-9]{1,20})\.([0-9]{1,19})\.([0-9]{1,10})")
 
@@ -104,7 +103,7 @@ def decode_cursor(cursor: str, content_id: str, parent_id: int | None) -> tuple[
 async def _pool(services: Services) -> asyncpg.Pool:
     try:
         return await services.pool()
-    except _PG_ERRORS as exc:
+    except PG_ERRORS as exc:
         log.warning("comments unavailable: Postgres unreachable (%s)", exc)
         raise unavailable(services, "Comments are temporarily unavailable.") from None
 
@@ -117,7 +116,7 @@ async def _settle(services: Services, pool: asyncpg.Pool, comment_id: int) -> No
     except (RedisError, ColdLoadError) as exc:
         services.metrics.fallback_writes.labels(kind="comment").inc()
         log.warning("comment %d: count change left for reconcile, Redis unavailable (%s)", comment_id, exc)
-    except _PG_ERRORS as exc:
+    except PG_ERRORS as exc:
         log.warning("comment %d: count change left for reconcile (%s)", comment_id, exc)
 
 
@@ -138,7 +137,7 @@ async def post_comment(request: Request) -> Response:
             posted = await comment_store.post(
                 conn, content_id, principal.sub, text, parent_id, key, services.settings.idempotency_ttl_s
             )
-    except _PG_ERRORS as exc:
+    except PG_ERRORS as exc:
         log.warning("comment refused: Postgres unavailable (%s)", exc)
         raise unavailable(services, "Comments are temporarily unavailable.") from None
     if posted.status == "created":
@@ -166,7 +165,7 @@ async def list_comments(request: Request) -> Response:
                     404, "parent_comment_not_found", "parent_comment_id names no comment on this item."
                 )
             rows = await comment_store.page(conn, content_id, parent_id, after, limit + 1)
-    except _PG_ERRORS as exc:
+    except PG_ERRORS as exc:
         log.warning("comments unavailable: Postgres unreachable (%s)", exc)
         raise unavailable(services, "Comments are temporarily unavailable.") from None
     more = len(rows) > limit
@@ -188,7 +187,7 @@ async def delete_comment(request: Request) -> Response:
     try:
         async with pool.acquire() as conn:
             deleted = await comment_store.delete(conn, content_id, comment_id, principal.sub)
-    except _PG_ERRORS as exc:
+    except PG_ERRORS as exc:
         log.warning("comment deletion refused: Postgres unavailable (%s)", exc)
         raise unavailable(services, "Comments are temporarily unavailable.") from None
     if deleted:

@@ -41,7 +41,8 @@ class ApiError(DomainError):
         headers: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
-        super().__init__(code, message, **extra)
+        super().__init__(code, message)
+        self.extra = extra  # every field goes to the body (retry_after_s included)
         self.status = status
         self.headers = dict(headers or {})
 

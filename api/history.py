@@ -12,8 +12,6 @@ import logging
 import math
 from datetime import UTC, datetime
 
-import asyncpg
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,6 +23,7 @@ from api.reactions import check_rate
 from api.services import Services
 from api.subscriptions import unavailable
 from daemon import history
+from daemon.errors import PG_ERRORS, REDIS_ERRORS
 from daemon.history import POSITION_MAX, Entry
 
 log = logging.getLogger(__name__)
@@ -33,8 +32,6 @@ HISTORY_ROUTE = "/api/v1/users/me/history"
 ENTRY_ROUTE = "/api/v1/users/me/history/{contentId}"
 
 _FIELDS = frozenset({"progress_pct", "position_seconds"})
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-_REDIS_ERRORS = (RedisError, OSError)
 _CURSOR_TS_MAX = history.to_us(datetime.max.replace(tzinfo=UTC))
 
 
@@ -65,12 +62,12 @@ async def put_entry(request: Request) -> Response:
     await check_rate(services, "history", principal.sub, None)
     try:
         entry = await history.record(services.store, principal.sub, content_id, progress, position)
-    except _REDIS_ERRORS as exc:
+    except REDIS_ERRORS as exc:
         log.warning("heartbeat written to Postgres: Redis unavailable (%s)", exc)
         try:
             pool = await services.pool()
             entry = await history.record_in_postgres(pool, principal.sub, content_id, progress, position)
-        except _PG_ERRORS as pg_exc:
+        except PG_ERRORS as pg_exc:
             log.warning("heartbeat refused: Postgres unavailable too (%s)", pg_exc)
             raise unavailable(services, "Watch history is temporarily unavailable.") from None
         services.metrics.fallback_writes.labels(kind="history").inc()
@@ -88,12 +85,12 @@ async def get_entry(request: Request) -> Response:
         entry = (
             await history.pending(services.redis, services.settings.shards, principal.sub, content_id)
         ).get(content_id)
-    except _REDIS_ERRORS as exc:
+    except REDIS_ERRORS as exc:
         log.warning("resume position from Postgres only: Redis unavailable (%s)", exc)
     if entry is None:
         try:
             entry = await history.stored(await services.pool(), principal.sub, content_id)
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             log.warning("resume position unavailable: Postgres unreachable (%s)", exc)
             raise unavailable(services, "Watch history is temporarily unavailable.") from None
     if entry is None:
@@ -111,11 +108,11 @@ async def list_entries(request: Request) -> Response:
     unflushed: dict[str, Entry] = {}
     try:
         unflushed = await history.pending(services.redis, services.settings.shards, principal.sub)
-    except _REDIS_ERRORS as exc:
+    except REDIS_ERRORS as exc:
         log.warning("history from Postgres only: Redis unavailable (%s)", exc)
     try:
         entries, last = await history.page(await services.pool(), principal.sub, unflushed, limit, after)
-    except _PG_ERRORS as exc:
+    except PG_ERRORS as exc:
         log.warning("history unavailable: Postgres unreachable (%s)", exc)
         raise unavailable(services, "Watch history is temporarily unavailable.") from None
     next_cursor = None if last is None else encode_cursor([last.ts_us, last.content_id])
@@ -148,7 +145,7 @@ async def clear(request: Request) -> Response:
     try:
         pool = await services.pool()
         await history.purge_history(services.store, pool, principal.sub)
-    except (*_REDIS_ERRORS, *_PG_ERRORS) as exc:
+    except (*REDIS_ERRORS, *PG_ERRORS) as exc:
         log.warning("history clear refused: %s", exc)
         raise unavailable(services, "Watch history cannot be cleared right now; retry.") from None
     return Response(status_code=204)

@@ -20,7 +20,6 @@ from starlette.requests import Request
 from api.errors import ApiError
 from daemon.ids import (
     EVENT_TYPES,
-    ID_CHARS,
     MEDIA_STARTED,
     SESSION_ID_MAX_LEN,
     Playback,
@@ -77,9 +76,7 @@ class BodyReader:
         self.id_re = id_pattern(settings.content_id_max_len)
         self.session_re = id_pattern(SESSION_ID_MAX_LEN)
         self._sessions_re = lines_pattern(SESSION_ID_MAX_LEN)
-        self._ids_re = re.compile(
-            f"(?:{ID_CHARS}{{1,{settings.content_id_max_len}}}\n)*{ID_CHARS}{{1,{settings.content_id_max_len}}}"
-        )
+        self._ids_re = lines_pattern(settings.content_id_max_len)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -196,8 +193,7 @@ class BodyReader:
         # itemgetter raises TypeError for anything but a mapping (msgpack and JSON give no others)
         # and KeyError for an item without content_id.
         ids = list(map(_get_content_id, items))
-        joined = "\n".join(ids)
-        if joined.count("\n") != n - 1 or not self._ids_re.fullmatch(joined):
+        if not _all_match(self._ids_re, ids):
             raise _Slow
         keys = sum(map(len, items))
         if keys == n:  # content_id only: the common case
@@ -205,48 +201,9 @@ class BodyReader:
         # (map over dict.get / contains with repeat() runs in C; methodcaller is 4x slower)
         with_user = sum(map(contains, items, repeat("user_id", n)))
         with_seconds = sum(map(contains, items, repeat("watch_seconds", n)))
-        extra = keys - n - with_user - with_seconds
-        types: list[Any] = []
-        sessions: list[Any] = []
-        if extra:  # event_type / session_id (or an unknown field): counted only when present
-            with_type = sum(map(contains, items, repeat("event_type", n)))
-            with_session = sum(map(contains, items, repeat("session_id", n)))
-            if extra != with_type + with_session:  # some item has an unknown field
-                raise _Slow
-            if with_type:
-                types = list(map(dict.get, items, repeat("event_type", n)))
-                if not set(types) <= _EVENT_TYPES_OR_NULL:  # (an unhashable value: TypeError)
-                    raise _Slow
-            if with_session:
-                sessions = list(map(dict.get, items, repeat("session_id", n)))
-                given_sessions = [s for s in sessions if s is not None]
-                if set(map(type, given_sessions)) - {str}:
-                    raise _Slow
-                joined = "\n".join(given_sessions)
-                if given_sessions and (
-                    joined.count("\n") != len(given_sessions) - 1 or not self._sessions_re.fullmatch(joined)
-                ):
-                    raise _Slow
-        users: list[Any] = []
-        given_users: list[Any] = []
-        if with_user:
-            users = list(map(dict.get, items, repeat("user_id", n)))  # None when absent
-            given_users = list(filter(None, users))  # a falsy user_id ("", null, 0) is invalid: _Slow
-            if len(given_users) != with_user or set(map(type, given_users)) != {str}:
-                raise _Slow
-            joined = "\n".join(given_users)
-            if joined.count("\n") != with_user - 1 or not self._ids_re.fullmatch(joined):
-                raise _Slow
-        watch_ids: list[str] = []
-        given: list[int] = []
-        if with_seconds:
-            seconds = list(map(dict.get, items, repeat("watch_seconds", n), repeat(0, n)))  # absent: 0
-            if not set(map(type, seconds)) <= _SECONDS_TYPES:
-                raise _Slow
-            given = list(filter(None, seconds))
-            if given and (min(given) < 0 or max(given) > self.settings.watch_seconds_max):
-                raise _Slow
-            watch_ids = list(compress(ids, seconds))
+        types, sessions = self._types_and_sessions(items, n, keys - n - with_user - with_seconds)
+        users, given_users = self._users(items, n, with_user)
+        watch_ids, given = self._seconds(items, n, ids, with_seconds)
         batch = Batch(ids, watch_ids, given)
         if with_user and not types:
             batch.viewer_ids, batch.viewer_users = list(compress(ids, users)), given_users
@@ -258,6 +215,56 @@ class BodyReader:
         if playback and with_user:
             batch.playback = _playback(items, n, ids, types, sessions)
         return batch
+
+    def _types_and_sessions(self, items: list[Any], n: int, extra: int) -> tuple[list[Any], list[Any]]:
+        """Each item's event_type and session_id (None where absent; [] when no item has one), when
+        ``extra`` fields besides content_id, user_id and watch_seconds are exactly those."""
+        types: list[Any] = []
+        sessions: list[Any] = []
+        if not extra:
+            return types, sessions
+        with_type = sum(map(contains, items, repeat("event_type", n)))
+        with_session = sum(map(contains, items, repeat("session_id", n)))
+        if extra != with_type + with_session:  # some item has an unknown field
+            raise _Slow
+        if with_type:
+            types = list(map(dict.get, items, repeat("event_type", n)))
+            if not set(types) <= _EVENT_TYPES_OR_NULL:  # (an unhashable value: TypeError)
+                raise _Slow
+        if with_session:
+            sessions = list(map(dict.get, items, repeat("session_id", n)))
+            given_sessions = [s for s in sessions if s is not None]
+            if set(map(type, given_sessions)) - {str}:
+                raise _Slow
+            if given_sessions and not _all_match(self._sessions_re, given_sessions):
+                raise _Slow
+        return types, sessions
+
+    def _users(self, items: list[Any], n: int, with_user: int) -> tuple[list[Any], list[str]]:
+        """Each item's user_id (None where absent), and the given ones; ([], []) when none is."""
+        if not with_user:
+            return [], []
+        users = list(map(dict.get, items, repeat("user_id", n)))
+        given_users = list(filter(None, users))  # a falsy user_id ("", null, 0) is invalid: _Slow
+        if len(given_users) != with_user or set(map(type, given_users)) != {str}:
+            raise _Slow
+        if not _all_match(self._ids_re, given_users):
+            raise _Slow
+        return users, given_users
+
+    def _seconds(
+        self, items: list[Any], n: int, ids: list[str], with_seconds: int
+    ) -> tuple[list[str], list[int]]:
+        """The ids and watch seconds of the items that give some (an absent or 0 value gives none)."""
+        if not with_seconds:
+            return [], []
+        seconds = list(map(dict.get, items, repeat("watch_seconds", n), repeat(0, n)))  # absent: 0
+        if not set(map(type, seconds)) <= _SECONDS_TYPES:
+            raise _Slow
+        given = list(filter(None, seconds))
+        if given and (min(given) < 0 or max(given) > self.settings.watch_seconds_max):
+            raise _Slow
+        return list(compress(ids, seconds)), given
 
     def _slow(self, items: list[Any]) -> None:
         for index, item in enumerate(items):
@@ -290,6 +297,13 @@ class BodyReader:
                     f"{where}: watch_seconds must be an integer from 0 to {self.settings.watch_seconds_max}.",
                 )
         raise ApiError(422, "invalid_body", "The batch could not be validated.")
+
+
+def _all_match(pattern: re.Pattern[str], values: list[str]) -> bool:
+    """Whether every value is one match of ``pattern`` (one fullmatch over the values joined by
+    newlines, which no valid value contains)."""
+    joined = "\n".join(values)
+    return joined.count("\n") == len(values) - 1 and pattern.fullmatch(joined) is not None
 
 
 def _split_signals(ids: list[str], types: list[str | None]) -> tuple[list[str], dict[str, list[str]]]:

@@ -26,7 +26,7 @@ from api.services import Services
 from api.subscriptions import unavailable
 from daemon import pg_idempotency
 from daemon import playlist_store as store
-from daemon.errors import KeyReused
+from daemon.errors import PG_ERRORS, KeyReused
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ BODY_MAX_BYTES = 16 * 1024
 ITEMS_PAGE_DEFAULT, ITEMS_PAGE_MAX = 100, 500
 POSITION_MAX = 2**31 - 1  # playlist_items.position is a Postgres integer
 
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _CREATE_FIELDS = frozenset({"name", "description"})
 _ADD_FIELDS = frozenset({"content_id", "position"})
 _MOVE_FIELDS = frozenset({"position"})
@@ -93,7 +92,7 @@ async def _in_transaction(services: Services, work: Callable[[asyncpg.Connection
         pool = await services.pool()
         async with pool.acquire() as conn, conn.transaction():
             return await work(conn)
-    except _PG_ERRORS as exc:
+    except PG_ERRORS as exc:
         log.warning("playlist request failed: Postgres unavailable (%s)", exc)
         raise unavailable(services, "Playlists are temporarily unavailable.") from None
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import logging
 import re
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ApiError, json_response
 from api.instrument import instrumented
 from api.services import Services
-from daemon.errors import PurgeIncomplete
+from daemon.errors import PG_ERRORS, PurgeIncomplete
 from daemon.purge import purge_user
 
 log = logging.getLogger(__name__)
@@ -22,7 +21,6 @@ PURGE_ROUTE = "/internal/v1/users/{userId}"
 USER_ID_MAX_LEN = 256
 # A token's sub: any text but control characters (and lone surrogates, which no store can encode).
 _USER_ID = re.compile(f"[^\x00-\x1f\x7f\ud800-\udfff]{{1,{USER_ID_MAX_LEN}}}")
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 @instrumented(PURGE_ROUTE)
@@ -39,7 +37,7 @@ async def purge(request: Request) -> Response:
     retry = {"Retry-After": str(services.settings.buffer_retry_after_s)}
     try:
         pool = await services.pool()
-    except _PG_ERRORS as exc:
+    except PG_ERRORS as exc:
         log.warning("purge refused: Postgres unavailable (%s)", exc)
         raise ApiError(503, "unavailable", "The purge could not run; retry.", retry) from None
     try:

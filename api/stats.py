@@ -13,7 +13,6 @@ import logging
 import time
 from typing import Any
 
-import asyncpg
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,6 +22,7 @@ from api.instrument import instrumented
 from api.reactions import STATE_NAMES
 from api.services import Services
 from daemon import keys
+from daemon.errors import PG_ERRORS
 from daemon.store import ItemCounts
 from daemon.store.cold import counts_seed
 
@@ -32,7 +32,6 @@ STATS_ROUTE = "/api/v1/content/{contentId}/stats"
 STAT_FIELDS = ("views", "likes", "dislikes", "comments", "shares")
 # HyperLogLog estimates (standard error 0.81%), exact for small counts; see daemon/views/viewers.py.
 UNIQUE_FIELDS = ("unique_viewers", "unique_viewers_today")
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 _FROM_POSTGRES = f"""
 SELECT {", ".join(f"c.{name}" for name in keys.COUNTERS)},
@@ -144,7 +143,7 @@ async def _from_postgres(services: Services, content_id: str, day: str, user: st
     try:
         pool = await services.pool()
         return await pool.fetchrow(_FROM_POSTGRES, content_id, keys.day_date(day), user)
-    except _PG_ERRORS as exc:
+    except PG_ERRORS as exc:
         log.warning("stats unavailable: Postgres unreachable too (%s)", exc)
         retry = {"Retry-After": str(services.settings.buffer_retry_after_s)}
         raise ApiError(503, "unavailable", "Counts are temporarily unavailable.", retry) from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
 from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,7 +20,7 @@ from api.instrument import instrumented
 from api.reactions import COLD_LOAD_ERRORS, check_rate, cold_load_failed
 from api.services import Services
 from daemon import fallback, keys
-from daemon.errors import KeyReused, MemoryFull, Unavailable
+from daemon.errors import PG_ERRORS, KeyReused, MemoryFull, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,6 @@ SUBSCRIBE_ROUTE = "/api/v1/creators/{creatorId}/subscribe"
 CREATOR_ROUTE = "/api/v1/creators/{creatorId}"
 
 SUBSCRIPTION_STATES = {1: "subscribed", 0: "none"}
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 def unavailable(services: Services, message: str) -> Unavailable:
@@ -169,7 +167,7 @@ async def _from_postgres(services: Services, creator: str, user_id: str | None) 
                     user_id,
                     creator,
                 )
-    except _PG_ERRORS as exc:
+    except PG_ERRORS as exc:
         log.warning("creator counts unavailable: Postgres unreachable too (%s)", exc)
         raise unavailable(services, "Counts are temporarily unavailable.") from None
     return int(subscribers or 0), int(viewer)

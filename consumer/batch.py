@@ -37,38 +37,26 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from confluent_kafka import Message
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from consumer.actions import PURGE, REGISTRY, Abandoned, Action, ActionRunner, ingest_action
-from consumer.actions import REACTION as REACTION_ACTION
-from consumer.actions import SHARE as SHARE_ACTION
-from consumer.dlq import DeadLetter, DeadLetterProducer
-from consumer.messages import KINDS, REACTION, SHARE, SIGNAL, VIEW, Invalid, Validator
+from consumer.actions import Abandoned, ActionRunner
+from consumer.dlq import DeadLetterProducer
 from consumer.metrics import ConsumerMetrics
+from consumer.parse import BatchParser, Groups, TopicPartition, Views
 from consumer.store import OffsetStore, Range, tp_field
 from daemon.errors import ColdLoadError
-from daemon.keys import PLAYBACK_COUNTERS
 from daemon.loops import Backoff
 from daemon.metrics import Metrics
-from daemon.settings import Settings, ingest_topics
+from daemon.settings import Settings
 from daemon.store import Store
 from daemon.store.upgrade import journaled_calls
 from daemon.views.buffer import Drain, ViewBuffer
 from daemon.views.drains import mark_of
 
 log = logging.getLogger(__name__)
-_loads = orjson.loads
-_KINDS = KINDS
-
-TopicPartition = tuple[str, int]
-Groups = dict[TopicPartition, list[Message]]  # a batch's messages per partition, in offset order
-# ids of views, ids and seconds of watch time, playback signals (counter -> ids), and the views with
-# a user id as parallel lists (content ids, user ids)
-Views = tuple[list[str], list[str], list[int], dict[str, list[str]], list[str], list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +95,7 @@ class BatchProcessor:
         self._runner = runner
         self._dlq = dead_letters
         self._stopping = stopping
-        self._validator = Validator(settings.content_id_max_len, settings.watch_seconds_max)
-        self._id_ok = self._validator.id_re.fullmatch
-        self._watch_max = settings.watch_seconds_max
-        self._ingest = frozenset(ingest_topics(settings))
-        self._published = settings.consumer_published_topic
-        self._user_deleted = settings.consumer_user_deleted_topic
+        self._parser = BatchParser(settings)
         self._in_flight: set[str] = set()  # this process's journaled batches still being applied
 
     async def process(self, msgs: list[Message]) -> dict[TopicPartition, int]:
@@ -147,13 +130,13 @@ class BatchProcessor:
     async def _attempt(self, groups: Groups) -> Prepared:
         # Step 1 takes every message: only a batch that met duplicates in step 2 is validated and
         # counted again, without them.
-        parsed = self._parse(groups)
-        counted_views = self._count(parsed[0])
+        parsed = self._parser.parse(groups)
+        counted_views = self._count(parsed.views)
         fresh, ranges, skipped = await self._fresh(groups)
         if skipped:
-            parsed = self._parse(fresh)
-            counted_views = self._count(parsed[0])
-        _, actions, dead, counted = parsed
+            parsed = self._parser.parse(fresh)
+            counted_views = self._count(parsed.views)
+        actions, dead, counted = parsed.actions, parsed.dead, parsed.counted
         if actions:
             dead += await self._runner.run(actions)
         if dead:
@@ -215,121 +198,6 @@ class BatchProcessor:
                 fresh[tp] = group
                 ranges.append((fields[tp], group[0].offset(), group[-1].offset()))
         return fresh, ranges, skipped
-
-    def _parse(self, fresh: Groups) -> tuple[Views, list[Action], list[DeadLetter], dict[str, int]]:
-        """The batch's view counts, its actions, its dead letters, and per topic the messages counted
-        through the buffer (views, signals) or deliberately ignored."""
-        ids: list[str] = []
-        watch_ids: list[str] = []
-        watch_seconds: list[int] = []
-        signals: dict[str, list[str]] = {}
-        # the views that carry a user, as parallel lists (content ids, user ids), as the HTTP batch
-        # path collects them for unique viewers
-        viewer_ids: list[str] = []
-        viewer_users: list[str] = []
-        actions: list[Action] = []
-        dead: list[DeadLetter] = []
-        counted: dict[str, int] = {}
-        validator = self._validator
-        for (topic, _), group in fresh.items():
-            if topic in self._ingest:
-                before = len(dead) + len(actions)
-                parse = validator.ingest
-                for msg in group:
-                    value = msg.value()
-                    fast = self._fast_view(value)  # the common shapes, checked inline
-                    if fast is not None:
-                        content_id, user_id, seconds, counter = fast
-                        if counter is None:
-                            ids.append(content_id)
-                            if user_id is not None:
-                                viewer_ids.append(content_id)
-                                viewer_users.append(user_id)
-                        else:
-                            signals.setdefault(counter, []).append(content_id)
-                        if seconds:
-                            watch_ids.append(content_id)
-                            watch_seconds.append(seconds)
-                        continue
-                    try:
-                        event = parse(value)
-                    except Invalid as exc:
-                        dead.append(DeadLetter.of(msg, exc.code, exc.message, 0))
-                        continue
-                    kind = event.kind
-                    if kind == VIEW:
-                        ids.append(event.content_id)
-                        if event.user_id is not None:
-                            viewer_ids.append(event.content_id)
-                            viewer_users.append(event.user_id)
-                    elif kind == SIGNAL:
-                        signals.setdefault(PLAYBACK_COUNTERS[event.event_type], []).append(event.content_id)
-                    elif kind == REACTION:
-                        actions.append(ingest_action(msg, event, REACTION_ACTION))
-                        continue
-                    elif kind == SHARE:
-                        actions.append(ingest_action(msg, event, SHARE_ACTION))
-                        continue
-                    else:  # media_added_to_playlist
-                        continue
-                    if event.watch_seconds:
-                        watch_ids.append(event.content_id)
-                        watch_seconds.append(event.watch_seconds)
-                n = len(group) - (len(dead) + len(actions) - before)
-                if n:
-                    counted[topic] = counted.get(topic, 0) + n
-            elif topic == self._published:
-                for msg in group:
-                    try:
-                        actions.append(Action(msg, REGISTRY, validator.published(msg.value())))
-                    except Invalid as exc:
-                        dead.append(DeadLetter.of(msg, exc.code, exc.message, 0))
-            elif topic == self._user_deleted:
-                for msg in group:
-                    try:
-                        actions.append(Action(msg, PURGE, (validator.user_deleted(msg.value()),)))
-                    except Invalid as exc:
-                        dead.append(DeadLetter.of(msg, exc.code, exc.message, 0))
-            else:  # not subscribed: cannot happen, but never drop silently
-                for msg in group:
-                    dead.append(DeadLetter.of(msg, "unknown_topic", "The consumer has no handler.", 0))
-        return (ids, watch_ids, watch_seconds, signals, viewer_ids, viewer_users), actions, dead, counted
-
-    def _fast_view(self, value: bytes | None) -> tuple[str, str | None, int, str | None] | None:
-        """(content_id, user_id, watch seconds, playback counter or None for a view) of a valid view
-        or playback signal; None for anything else, which then goes through Validator.ingest (the
-        same rules, with the precise error)."""
-        try:
-            event = _loads(value)  # type: ignore[arg-type]
-            payload = event["payload"]
-            kind = _KINDS[payload["event_type"]]
-            content_id = payload["content_id"]
-        except Exception:  # noqa: BLE001 - anything odd takes the precise path
-            return None
-        if (
-            kind > SIGNAL
-            or type(content_id) is not str
-            or not self._id_ok(content_id)
-            or type(payload) is not dict
-            or type(event.get("event_id")) is not str
-            or type(event.get("timestamp")) is not str
-            or type(event.get("source_service")) is not str
-        ):
-            return None
-        user_id = payload.get("user_id")
-        if user_id is not None and (type(user_id) is not str or not self._id_ok(user_id)):
-            return None
-        seconds = payload.get("watch_duration_seconds")
-        if seconds is None:
-            seconds = 0
-        elif type(seconds) is not int or not 0 <= seconds <= self._watch_max:
-            return None
-        return (
-            content_id,
-            user_id,
-            seconds,
-            None if kind == VIEW else PLAYBACK_COUNTERS[payload["event_type"]],
-        )
 
     def _count(self, views: Views) -> tuple[ViewBuffer, list[Drain], list[Any]] | None:
         """The batch's views counted in a view buffer and cut into drains (their calls to journal);

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from daemon import keys
+from daemon.errors import PG_ERRORS
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 from daemon.timefmt import utc_timestamp
@@ -37,7 +38,6 @@ ON CONFLICT (content_id) DO UPDATE SET
 RETURNING content_id, creator_id, content_type, updated_at
 """
 _FIND = "SELECT content_id, creator_id, content_type FROM content_registry WHERE content_id = ANY($1::text[])"
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 class ContentRegistry:
@@ -128,7 +128,7 @@ class ContentRegistry:
         try:
             pool = await self._pool()
             rows = {r[0]: f"{r[1]}|{r[2]}" for r in await pool.fetch(_FIND, content_ids)}
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             log.warning("registry lookup of %d items: Postgres unavailable (%s)", len(content_ids), exc)
             return dict.fromkeys(content_ids, UNKNOWN)
         if self._metrics is not None:

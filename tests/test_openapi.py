@@ -10,10 +10,16 @@ import httpx
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from api.app import ROUTES
+from api.errors import STATUSES
 from api.openapi import AREAS, build_document, operations
+from daemon import errors as domain
 from daemon.settings import Settings
 
-API_DIR = Path(__file__).resolve().parent.parent / "api"
+ROOT = Path(__file__).resolve().parent.parent
+API_DIR = ROOT / "api"
+# Domain errors whose code is fixed by their class; the others take it as their first argument, but
+# Unavailable (message, retry_after_s, code="unavailable").
+FIXED_CODES = {"KeyReused": "idempotency_key_reused", "MemoryFull": "redis_memory_full"}
 # Answers that no operation promises: an unexpected failure, and a method a path does not have.
 UNDOCUMENTED = {(500, "internal_error"), (405, "method_not_allowed")}
 
@@ -54,6 +60,8 @@ def _raised_errors(files: list[Path]) -> set[tuple[int, str]]:
         for call in ast.walk(tree):
             if not isinstance(call, ast.Call):
                 continue
+            if (found := _domain_error(call)) is not None:
+                raised.add(found)
             if _is_api_error(call) and isinstance(call.args[1], ast.Constant):
                 raised.add((call.args[0].value, call.args[1].value))
             name = getattr(call.func, "id", None)
@@ -63,6 +71,38 @@ def _raised_errors(files: list[Path]) -> set[tuple[int, str]]:
                 if isinstance(code, ast.Constant) and isinstance(code.value, str):
                     raised.add((status, code.value))
     return raised
+
+
+def _domain_error(call: ast.Call) -> tuple[int, str] | None:
+    """(status, code) of a domain error constructed with a literal code (daemon/errors.py), its status
+    as api/errors.py maps it."""
+    cls = getattr(domain, getattr(call.func, "id", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, domain.DomainError)) or cls.__name__ == "ApiError":
+        return None
+    status = next(STATUSES[c] for c in cls.__mro__ if c in STATUSES)
+    if cls.__name__ in FIXED_CODES:
+        return status, FIXED_CODES[cls.__name__]
+    if issubclass(cls, domain.Unavailable):
+        code = next((k.value for k in call.keywords if k.arg == "code"), None)
+        code = code or (call.args[2] if len(call.args) > 2 else ast.Constant("unavailable"))
+    else:
+        code = call.args[0] if call.args else None
+    if isinstance(code, ast.Constant) and isinstance(code.value, str):
+        return status, code.value
+    return None
+
+
+def _core_modules(source: Path) -> list[Path]:
+    """The daemon/ modules an api module imports (where its domain errors are raised)."""
+    found = []
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("daemon"):
+            if node.module == "daemon":
+                names = [f"daemon/{a.name}.py" for a in node.names]
+            else:
+                names = [node.module.replace(".", "/") + ".py"]
+            found += [ROOT / n for n in names if (ROOT / n).is_file()]
+    return found
 
 
 def _is_api_error(node: ast.AST) -> bool:
@@ -102,7 +142,8 @@ def test_every_path_parameter_of_a_route_is_declared_by_its_operations():
 
 
 def test_the_error_codes_documented_are_the_ones_the_code_raises():
-    raised = _raised_errors(sorted(API_DIR.glob("*.py"))) | {(404, "not_found")}
+    core = sorted((ROOT / "daemon").glob("**/*.py"))
+    raised = _raised_errors(sorted(API_DIR.glob("*.py")) + core) | {(404, "not_found")}
 
     documented = _documented_errors(_document()["paths"])
 
@@ -114,7 +155,7 @@ def test_each_api_module_s_error_codes_are_documented_in_its_spec_module():
     settings = Settings.from_env({})
     for area in AREAS:
         source = API_DIR / f"{area.__name__.rsplit('.', 1)[1]}.py"
-        raised = _raised_errors([source]) - UNDOCUMENTED
+        raised = _raised_errors([source, *_core_modules(source)]) - UNDOCUMENTED
 
         documented = _documented_errors(area.paths(settings))
 

@@ -140,13 +140,13 @@ async def test_the_limiter_works_after_script_flush(
 
     # When Redis forgets its scripts (SCRIPT FLUSH, a restart, a failover)
     await redis_client.script_flush()
-    assert await redis_client.script_exists(limiter.script.sha) == [False]
+    assert await redis_client.script_exists(limiter.store.scripts.rate_limit.sha) == [False]
 
     # Then the next checks reload it and still count the window exactly
     second = await limiter.check("user-1", like)
     assert (second.allowed, second.remaining) == (True, 0)
     assert not (await limiter.check("user-1", like)).allowed
-    assert await redis_client.script_exists(limiter.script.sha) == [True]
+    assert await redis_client.script_exists(limiter.store.scripts.rate_limit.sha) == [True]
 
 
 async def test_a_retried_request_is_answered_again_without_taking_a_second_place(
@@ -156,7 +156,7 @@ async def test_a_retried_request_is_answered_again_without_taking_a_second_place
     key = rate_limit_key("user-1", "like")
 
     async def call(request_id: str) -> list[int]:
-        return await limiter.script(redis_client, [key], [60_000, 2, request_id])
+        return await limiter.store.rate_limit("user-1", "like", 60_000, 2, request_id)
 
     # When each request is sent twice
     answers = [await call(request_id) for request_id in ("a", "a", "b", "b", "c", "c")]
