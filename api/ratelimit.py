@@ -1,7 +1,7 @@
 """Per-user sliding-window rate limits (seed 001: 100 likes a minute by default, configurable per action).
 
 One ``rate_limit.lua`` call per request, on the key ``eng:{u:<user_id>}:rl:<action>``: the user hash tag
-keeps each call in one slot (DESIGN.md decision 1), so it runs unchanged on Redis Cluster.
+keeps each call in one slot (docs/design.md, decision 1), so it runs unchanged on Redis Cluster.
 
 Redis being unreachable is the caller's decision: ``RateLimiter.check`` raises redis-py's errors
 unchanged. Failing open (serve the request, count the failure in a metric) is the recommended choice for

@@ -1,4 +1,4 @@
-"""The flusher: drains Redis deltas to Postgres exactly once (DESIGN.md decision 4).
+"""The flusher: drains Redis deltas to Postgres exactly once (docs/design.md, decision 4).
 
 One pass: for every shard, ``capture_batch`` atomically renames the shard's delta hash to its batch
 key (and its list of applied view drains, daemon/view_drains.py, to its vbatch key) under a lease, or
