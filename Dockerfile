@@ -1,7 +1,7 @@
 # engagementd: one image for every role (migrate, api, flusher). The role is the command:
 #   docker run IMAGE api --host 0.0.0.0 --port 8080
 #   docker run IMAGE flusher --metrics-port 9101
-# Every setting comes from ENGAGEMENT_* environment variables (see README.md, "Configuration").
+# Every setting comes from ENGAGEMENT_* environment variables (see docs/configuration.md).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

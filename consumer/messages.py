@@ -30,7 +30,7 @@ from daemon.events import (
 from daemon.ids import ID_CHARS
 from daemon.keys import PLAYBACK_COUNTERS
 
-# What each event type of engagement.ingest does (README, "Kafka consumer").
+# What each event type of engagement.ingest does (docs/kafka.md, "Kafka consumer").
 VIEW = 0  # media_started: one view through the view buffer
 SIGNAL = 1  # media_completed / media_skipped / media_replay: a playback counter through the buffer
 REACTION = 2  # media_liked / media_disliked: set_reaction.lua, as POST .../like and .../dislike

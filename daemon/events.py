@@ -1,4 +1,4 @@
-"""Engagement events to Kafka (DESIGN.md decision 6, seed 003).
+"""Engagement events to Kafka (docs/design.md, decision 6; seed 003).
 
 ``EventProducer.emit`` never blocks and never raises: it hands the enveloped event to confluent-kafka's
 idempotent producer; when librdkafka's bounded local queue is full the event waits in a bounded retry

@@ -90,10 +90,11 @@ COUNTERS = (
 )  # fmt: skip
 # Playback signals counted instead of a view (event_type -> counter); see api/ingest.py.
 PLAYBACK_COUNTERS = {"media_completed": "completions", "media_skipped": "skips", "media_replay": "replays"}
-# Per-shard hashes (live, delta, state, ...) hold hundreds of fields. Stored as listpacks, every
+# Per-shard hashes (delta, sdelta, rec, ...) hold hundreds of fields. Stored as listpacks, every
 # HINCRBY/HGET on them is a linear scan: with Redis's hash-max-listpack-entries at 512 (this machine's
 # build default) a view drain costs twice the Redis CPU it costs at 128. Our private servers and
-# docker-compose set it; the api warns at start when Redis has more (README, "Redis configuration").
+# docker-compose set it; the api warns at start when Redis has more (docs/operations.md,
+# "Redis configuration").
 HASH_MAX_LISTPACK_ENTRIES = 128
 # Counter of creator_counters that deltas may carry: "subscribers:<creator_id>" (the creator's shard).
 CREATOR_COUNTERS = ("subscribers",)

@@ -63,7 +63,8 @@ async def check_config(redis: aioredis.Redis) -> list[str]:
     if too_big:
         warnings.append(
             f"Redis hash-max-listpack-entries is {too_big[-1]}: per-shard hashes stay listpacks and every "
-            f"update scans them; set it to {HASH_MAX_LISTPACK_ENTRIES} or less (README, Redis configuration)"
+            f"update scans them; set it to {HASH_MAX_LISTPACK_ENTRIES} or less"
+            " (docs/operations.md, Redis configuration)"
         )
     unsafe = sorted({p for p in (policies or {}).values() if p not in SAFE_POLICIES})
     if unsafe:

@@ -1,4 +1,4 @@
-"""Kafka fixtures on librdkafka's mock cluster (no broker package exists here; see DESIGN.md).
+"""Kafka fixtures on librdkafka's mock cluster (no broker package exists here: docs/design.md, decision 9).
 
 ``kafka_cluster`` is a fresh mock cluster per test (3 brokers; auto-created topics get 4 partitions),
 so the fixed topic names never carry events between tests. ``consume`` reads N messages back with a

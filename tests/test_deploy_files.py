@@ -1,15 +1,18 @@
-"""The deployment files and the README stay true to the code.
+"""The deployment files, the README and docs/ stay true to the code.
 
 No Docker engine, Prometheus or Grafana runs here, so these tests check what can be checked without
 them: docker-compose.yml against the Settings dataclass and the CLI parser, the Prometheus targets
 against the ports the commands open, the Grafana dashboard's PromQL against the metric names the
-service really exports, and the README against the CLI and the settings.
+service really exports, and the README and docs/ against the CLI, the settings and the metrics. The
+README stays short, every link between the documents resolves, and every "decision N" the code cites
+is a decision of docs/design.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -36,6 +39,18 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 GRAFANA = ROOT / "grafana"
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+CONFIGURATION_DOC = DOCS / "configuration.md"  # the CLI and every setting
+API_DOC = DOCS / "api.md"
+OPERATIONS_DOC = DOCS / "operations.md"  # operating notes and the metrics table
+DESIGN_DOC = DOCS / "design.md"
+README_MAX_LINES = 250
+# Where code may cite "docs/design.md, decision N".
+CITING_DIRS = ("api", "consumer", "daemon", "flusher", "lua", "loadtest", "tests")
+# Folders no repository check looks into: tools' state, not the project's files.
+UNTRACKED_DIRS = {".git", ".venv", ".data", ".pytest_cache", ".ruff_cache", ".mypy_cache", "__pycache__"}
+TEXT_SUFFIXES = {".py", ".lua", ".md", ".toml", ".yml", ".yaml", ".json", ".sh", ".sql", ".txt", ".cfg"}
+TEXT_NAMES = {"Makefile", "Dockerfile", "run"}  # run: .ci/run
 
 ENGAGEMENTD_SERVICES = ("migrate", "api", "flusher")
 ALL_SERVICES = ("redis", "postgres", "kafka", *ENGAGEMENTD_SERVICES, "prometheus", "grafana")
@@ -151,6 +166,74 @@ def metric_names_in(expr: str) -> set[str]:
 
 def readme() -> str:
     return README.read_text(encoding="utf-8")
+
+
+def doc(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def documents() -> list[Path]:
+    """The README and every document of docs/."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def without_code(text: str) -> str:
+    """Markdown without its fenced code blocks and inline code spans (where "](" is not a link)."""
+    text = re.sub(r"^```.*?^```[^\n]*$", "", text, flags=re.M | re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a markdown file (a repeated one gets -1, -2, ...)."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in doc(path).splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = re.match(r"#{1,6} (.+)", line)
+        if fenced or not heading:
+            continue
+        text = re.sub(r"`([^`]*)`", r"\1", heading[1].strip())  # code spans keep their text
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # links keep their text
+        slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+        anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def relative_links(path: Path) -> list[str]:
+    """The targets of the markdown links of a file that are not URLs."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", without_code(doc(path)))
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+def repository_text_files() -> list[Path]:
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in UNTRACKED_DIRS and not d.endswith(".egg-info")]
+        for name in files:
+            path = Path(folder) / name
+            if path.suffix in TEXT_SUFFIXES or name in TEXT_NAMES:
+                found.append(path)
+    return found
+
+
+def design_decisions() -> list[int]:
+    """The numbers of the decisions listed under docs/design.md's "Decisions" heading, in order."""
+    section = doc(DESIGN_DOC).split("\n## Decisions\n", 1)[1]
+    return [int(n) for n in re.findall(r"^(\d+)\. \*\*", section, flags=re.M)]
+
+
+def decision_citations() -> dict[str, list[tuple[str, int]]]:
+    """File -> (the text before the number, the number) of every "decision N" in the code."""
+    cited: dict[str, list[tuple[str, int]]] = {}
+    for top in CITING_DIRS:
+        for path in sorted((ROOT / top).rglob("*")):
+            if path.suffix in (".py", ".lua") and not UNTRACKED_DIRS.intersection(path.parts):
+                for match in re.finditer(r"(.{0,16})\bdecision (\d+)", doc(path), flags=re.I):
+                    cited.setdefault(str(path.relative_to(ROOT)), []).append((match[1], int(match[2])))
+    return cited
 
 
 # -- docker-compose.yml --------------------------------------------------------------------------
@@ -373,9 +456,13 @@ def test_dashboard_is_a_grafana_model_on_the_provisioned_datasource() -> None:
 # -- README --------------------------------------------------------------------------------------
 
 
-def test_readme_names_the_two_commands_and_every_cli_subcommand() -> None:
+def test_readme_names_the_two_commands() -> None:
     text = readme()
     assert "make run" in text and "make test" in text
+
+
+def test_configuration_doc_names_every_cli_subcommand_and_option() -> None:
+    text = doc(CONFIGURATION_DOC)
     for name, parser in subcommands().items():
         assert f"engagementd {name}" in text, name
         for action in parser._actions:
@@ -384,8 +471,8 @@ def test_readme_names_the_two_commands_and_every_cli_subcommand() -> None:
                     assert option in text, f"engagementd {name} {option}"
 
 
-def test_readme_configuration_table_lists_every_setting() -> None:
-    rows = [line for line in readme().splitlines() if line.startswith("| `ENGAGEMENT_")]
+def test_configuration_doc_table_lists_every_setting() -> None:
+    rows = [line for line in doc(CONFIGURATION_DOC).splitlines() if line.startswith("| `ENGAGEMENT_")]
     in_table = {re.match(r"\| `(ENGAGEMENT_\w+)`", row)[1] for row in rows}  # type: ignore[index]
     assert in_table == field_env_names(), (
         sorted(field_env_names() - in_table),
@@ -393,14 +480,85 @@ def test_readme_configuration_table_lists_every_setting() -> None:
     )
 
 
-def test_readme_mentions_no_setting_that_does_not_exist() -> None:
-    mentioned = set(re.findall(r"\bENGAGEMENT_[A-Z0-9_]*[A-Z0-9]\b", readme()))
+@pytest.mark.parametrize("path", documents(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_readme_and_docs_mention_no_setting_that_does_not_exist(path: Path) -> None:
+    mentioned = set(re.findall(r"\bENGAGEMENT_[A-Z0-9_]*[A-Z0-9]\b", doc(path)))
     assert mentioned <= field_env_names(), sorted(mentioned - field_env_names())
 
 
 @pytest.mark.parametrize("route", ["/api/v1/content/{contentId}/views", "/api/v1/views/batch"])
-def test_readme_documents_the_view_routes(route: str) -> None:
-    assert route in readme()
+def test_api_doc_documents_the_view_routes(route: str) -> None:
+    assert route in doc(API_DOC)
+
+
+def test_operations_doc_metrics_table_lists_every_exported_metric() -> None:
+    rows = [line for line in doc(OPERATIONS_DOC).splitlines() if line.startswith("| `engagement_")]
+    first_cells = [row.split(" | ")[0] for row in rows]
+    in_table = {name for cell in first_cells for name in re.findall(r"`(engagement_[a-z0-9_]+)`", cell)}
+    families = exposition()
+    exported = set()
+    for family, (kind, samples) in families.items():
+        names = {family, f"{family}_total"} if kind == "counter" else {family}
+        assert names & in_table, f"{family} is exported but not in the metrics table of docs/operations.md"
+        exported |= names | samples
+    assert in_table <= exported, sorted(in_table - exported)
+
+
+def test_readme_is_short() -> None:
+    # The first screen is what it is, the two commands and a curl tour; the reference is in docs/
+    lines = readme().count("\n")
+    assert lines < README_MAX_LINES, f"README.md has {lines} lines; move reference material to docs/"
+
+
+def test_readme_links_every_document_of_docs() -> None:
+    linked = {(README.parent / target.split("#")[0]).resolve() for target in relative_links(README)}
+    for path in sorted(DOCS.glob("*.md")):
+        assert path.resolve() in linked, f"README.md does not link {path.relative_to(ROOT)}"
+
+
+@pytest.mark.parametrize("path", sorted(DOCS.glob("*.md")), ids=lambda path: path.name)
+def test_each_doc_starts_with_a_title_and_a_link_back_to_the_readme(path: Path) -> None:
+    title, blank, back = doc(path).splitlines()[:3]
+    assert title.startswith("# ") and not blank, path.name
+    assert "](../README.md)" in back, path.name
+
+
+@pytest.mark.parametrize("path", documents(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_relative_link_resolves(path: Path) -> None:
+    for link in relative_links(path):
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target).resolve() if target else path
+        assert file.exists(), f"{path.name}: {link} names a file that does not exist"
+        if anchor:
+            assert file.suffix == ".md", f"{path.name}: {link}"
+            assert anchor in heading_anchors(file), f"{path.name}: {link}: no such heading in {file.name}"
+
+
+def test_design_doc_numbers_its_decisions_in_order() -> None:
+    numbers = design_decisions()
+    assert numbers == list(range(1, len(numbers) + 1)), numbers
+
+
+def test_every_decision_the_code_cites_is_in_the_design_doc() -> None:
+    decisions = set(design_decisions())
+    cited = decision_citations()
+    assert cited, "no code cites a decision: has the citation format changed?"
+    for path, citations in cited.items():
+        for before, number in citations:
+            assert before.endswith("docs/design.md, "), f'{path}: cite "docs/design.md, decision {number}"'
+            assert number in decisions, f"{path} cites decision {number}, which docs/design.md lacks"
+
+
+def test_no_file_cites_a_design_document_that_does_not_exist() -> None:
+    stale = "DESIGN" + ".md"  # spelled so that this file does not cite it
+    for path in repository_text_files():
+        assert stale not in path.read_text(encoding="utf-8", errors="replace"), path.relative_to(ROOT)
+
+
+def test_every_document_of_docs_the_repository_names_exists() -> None:
+    for path in repository_text_files():
+        for name in re.findall(r"\bdocs/[\w.-]+\.md\b", path.read_text(encoding="utf-8", errors="replace")):
+            assert (ROOT / name).exists(), f"{path.relative_to(ROOT)} names {name}"
 
 
 def test_compose_redis_bounds_its_memory_and_evicts_only_copies_of_postgres() -> None:

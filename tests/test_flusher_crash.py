@@ -1,4 +1,4 @@
-"""The flusher is exactly once (DESIGN.md decision 4): killed at any point, nothing is lost and nothing
+"""The flusher is exactly once (docs/design.md, decision 4): killed at any point, nothing is lost and nothing
 is counted twice.
 
 The first tests stage the crash points deterministically with in-process objects (capture, the

@@ -3,7 +3,7 @@ the api serves at /openapi.json: no request the document allows (or one it forbi
 every answer conforms to the document (status documented, content type, body schema, headers).
 
 It runs the schemathesis CLI (``st run``) as a subprocess: its phases (examples, coverage: boundary and
-invalid values; fuzzing; stateful) are what a developer runs by hand (README, "API contract"). The short
+invalid values; fuzzing; stateful) are what a developer runs by hand (docs/api.md, "API contract"). The short
 run and a run with Redis stopped are part of every test run; a longer one is marked slow. All send a
 token whose scope holds ``ingest`` and ``internal``, so every operation is reached past its auth check.
 """

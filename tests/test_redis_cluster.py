@@ -1,5 +1,5 @@
 """The key layout on Redis Cluster: every script touches one slot, so the whole pipeline runs
-unchanged on a cluster of three masters (DESIGN.md decision 1)."""
+unchanged on a cluster of three masters (docs/design.md, decision 1)."""
 
 from __future__ import annotations
 

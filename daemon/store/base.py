@@ -1,4 +1,4 @@
-"""The store's base: what every part of it shares (docs/design.md, decision 9).
+"""The store's base: what every part of it shares (docs/design.md, decision 10).
 
 ``StoreBase`` holds the Redis client, the scripts and the cold loader; ``checked`` raises an error a
 pipelined call returned in place; ``by_shard`` groups rows by the shard of their first element.
