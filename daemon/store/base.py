@@ -40,6 +40,22 @@ class StoreBase:
         return range(self.settings.shards)
 
 
+def batch_keys(s: int) -> list[str]:
+    """The first KEYS of the scripts that work on a shard's flush batch (capture_batch, reconcile_live):
+    the pending deltas and their captured batch, the batch id and the lease, the pending like states
+    and subscriptions and their captured batches."""
+    return [
+        keys.delta_key(s),
+        keys.batch_key(s),
+        keys.batch_id_key(s),
+        keys.lease_key(s),
+        keys.sdelta_key(s),
+        keys.sbatch_key(s),
+        keys.subdelta_key(s),
+        keys.subbatch_key(s),
+    ]
+
+
 def by_shard(rows: Sequence[tuple[Any, ...]], shards: int) -> dict[int, list[Any]]:
     """Rows grouped by the shard of their first element (an item or creator id), in order."""
     grouped: dict[int, list[Any]] = defaultdict(list)

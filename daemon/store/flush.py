@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from daemon import keys
-from daemon.store.base import StoreBase, all_checked
+from daemon.store.base import StoreBase, all_checked, batch_keys
 from daemon.views.drains import read_drains
 
 UNIQUES_PER_CALL = 200  # members of each touch set per shard per call: a dense HLL is ~14 KB
@@ -28,14 +28,7 @@ class FlushStore(StoreBase):
         calls = [
             (
                 [
-                    keys.delta_key(s),
-                    keys.batch_key(s),
-                    keys.batch_id_key(s),
-                    keys.lease_key(s),
-                    keys.sdelta_key(s),
-                    keys.sbatch_key(s),
-                    keys.subdelta_key(s),
-                    keys.subbatch_key(s),
+                    *batch_keys(s),
                     keys.hdelta_key(s),
                     keys.hbatch_key(s),
                     keys.vdelta_key(s),

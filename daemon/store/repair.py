@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daemon import keys
-from daemon.store.base import StoreBase
+from daemon.store.base import StoreBase, batch_keys
 
 # A count key to repair: (key, id, [(counter, Postgres value), ...]); a state: (key, pair, value).
 CountEntry = tuple[str, str, Sequence[tuple[str, int]]]
@@ -34,14 +34,7 @@ class RepairStore(StoreBase):
         Returns ["lost"] or ["ok", repaired fields, drift, states, subscriptions, unpinned, changes...]."""
         s = shard
         script_keys = [
-            keys.delta_key(s),
-            keys.batch_key(s),
-            keys.batch_id_key(s),
-            keys.lease_key(s),
-            keys.sdelta_key(s),
-            keys.sbatch_key(s),
-            keys.subdelta_key(s),
-            keys.subbatch_key(s),
+            *batch_keys(s),
             keys.vdelta_key(s),
             keys.vbatch_key(s),
             keys.dirty_key(s),
