@@ -10,7 +10,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # loadtest/ is not an installed package
 
-from loadtest.cold import classify, labelled, percentile, summarise  # noqa: E402
+from loadtest.cold_stats import classify, labelled, percentile, summarise  # noqa: E402
 
 _RESET = Counter({"SELECT pg_advisory_unlock_all()": 3, "CLOSE ALL": 3, "UNLISTEN *": 3, "RESET ALL": 3})
 
