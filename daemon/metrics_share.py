@@ -9,8 +9,6 @@ workers that are gone are dropped with them, like the counts of a restarted proc
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from daemon.loops import Every
 from daemon.proc.childproc import pid_alive
 
 SNAPSHOT_INTERVAL_S = 1.0
@@ -42,27 +41,22 @@ class SharedMetrics:
         self.dir = Path(directory)
         self.registry = registry
         self.path = self.dir / f"{os.getpid()}.msgpack"
-        self._task: asyncio.Task[None] | None = None
+        self._snapshots = Every("metrics-snapshot", SNAPSHOT_INTERVAL_S, self._write_later)
 
     def write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_bytes(snapshot(self.registry))
         tmp.replace(self.path)  # readers never see half a file
 
-    def start(self) -> None:
+    async def _write_later(self) -> None:
         self.write()
-        self._task = asyncio.create_task(self._loop(), name="metrics-snapshot")
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(SNAPSHOT_INTERVAL_S)  # a period, not a wait for a condition
-            self.write()
+    def start(self) -> None:
+        self.write()  # one now, before the first scrape
+        self._snapshots.start()  # then every SNAPSHOT_INTERVAL_S
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._snapshots.cancel()
         self.path.unlink(missing_ok=True)
 
     def render(self) -> bytes:
