@@ -8,58 +8,27 @@ from __future__ import annotations
 
 from time import perf_counter
 
-import asyncpg
 import orjson
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
-from api.errors import ApiError, api_error
+from api.errors import api_error
 from api.idempotency import REPLAYED_HEADER, checked_idempotency_key
 from api.services import Services
-from daemon import fallback
-from daemon.errors import ColdLoadError, DomainError, KeyReused, MemoryFull, Unavailable
+from daemon.errors import DomainError
 from daemon.pipeliner import pipeliner_for
 from daemon.ratelimit import refusal
-
-# The store could not read a cold key from Postgres (Redis is up): 503, not a Postgres fallback write.
-COLD_LOAD_ERRORS = (ColdLoadError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+from daemon.reactions import set_reaction
 
 LIKE_ROUTE = "/api/v1/content/{contentId}/like"
 DISLIKE_ROUTE = "/api/v1/content/{contentId}/dislike"
 
-STATE_NAMES = {1: "liked", -1: "disliked", 0: "none"}
 _ACTIONS = {
     (LIKE_ROUTE, "POST"): "like",
     (LIKE_ROUTE, "DELETE"): "unlike",
     (DISLIKE_ROUTE, "POST"): "dislike",
     (DISLIKE_ROUTE, "DELETE"): "undislike",
 }
-
-
-def cold_load_failed(services: Services) -> ApiError:
-    return Unavailable("Counts are temporarily unavailable.", services.settings.buffer_retry_after_s)
-
-
-async def set_reaction(services: Services, content_id: str, user_id: str, action: str, key: str) -> dict:
-    try:
-        status, state, likes, dislikes = await services.store.set_reaction(
-            content_id, user_id, action, key, client=pipeliner_for(services)
-        )
-    except OutOfMemoryError:
-        services.metrics.redis_oom_refusals.labels(what="request").inc()
-        raise MemoryFull(services.settings.buffer_retry_after_s) from None
-    except COLD_LOAD_ERRORS:
-        raise cold_load_failed(services) from None
-    except (RedisError, OSError):
-        # Redis unreachable: written straight to Postgres (daemon/fallback.py). A lost reply whose script
-        # did run is harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.
-        return await fallback.set_reaction(services, content_id, user_id, action, key)
-    if status == "conflict":
-        raise KeyReused("item")
-    return {
-        "status": status,
-        "body": {"state": STATE_NAMES[int(state)], "likes": int(likes), "dislikes": int(dislikes)},
-    }
 
 
 async def check_rate(services: Services, action: str, user_id: str, request_id: str | None) -> None:
@@ -113,7 +82,8 @@ class ReactionEndpoint:
             await check_rate(
                 services, self.limit_action, principal.sub, f"{content_id}|{key}" if key else None
             )
-            result = await set_reaction(services, content_id, principal.sub, self.action, key)
+            pipeliner = pipeliner_for(services)
+            result = await set_reaction(services, content_id, principal.sub, self.action, key, pipeliner)
         except DomainError as exc:
             error = api_error(exc)
             await error.response()(scope, receive, send)

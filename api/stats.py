@@ -19,10 +19,10 @@ from starlette.responses import Response
 
 from api.errors import ApiError, json_response
 from api.instrument import instrumented
-from api.reactions import STATE_NAMES
 from api.services import Services
 from daemon import keys
 from daemon.errors import PG_ERRORS
+from daemon.ids import STATE_NAMES
 from daemon.store import ItemCounts
 from daemon.store.cold import counts_seed
 

@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import logging
 
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ApiError, json_response
 from api.idempotency import idempotency_key
 from api.instrument import instrumented
-from api.reactions import COLD_LOAD_ERRORS, check_rate, cold_load_failed
+from api.reactions import check_rate
 from api.services import Services
-from daemon import fallback, keys
-from daemon.errors import PG_ERRORS, KeyReused, MemoryFull, Unavailable
+from daemon import keys
+from daemon.errors import PG_ERRORS, Unavailable
+from daemon.reactions import SUBSCRIPTION_STATES, set_subscription
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_ROUTE = "/api/v1/creators/{creatorId}/subscribe"
 CREATOR_ROUTE = "/api/v1/creators/{creatorId}"
-
-SUBSCRIPTION_STATES = {1: "subscribed", 0: "none"}
 
 
 def unavailable(services: Services, message: str) -> Unavailable:
@@ -44,30 +43,6 @@ def creator_id(services: Services, value: str) -> str:
             " of A-Z a-z 0-9 _ . : -",
         )
     return value
-
-
-async def set_subscription(services: Services, creator: str, user_id: str, action: str, key: str) -> dict:
-    try:
-        status, state, subscribers = await services.store.set_subscription(creator, user_id, action, key)
-    except OutOfMemoryError:
-        services.metrics.redis_oom_refusals.labels(what="request").inc()
-        raise MemoryFull(services.settings.buffer_retry_after_s) from None
-    except COLD_LOAD_ERRORS:
-        raise cold_load_failed(services) from None
-    except (RedisError, OSError):
-        # Redis unreachable: written straight to Postgres (daemon/fallback.py). A lost reply whose script
-        # did run is harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.
-        return await fallback.set_subscription(services, creator, user_id, action, key)
-    if status == "conflict":
-        raise KeyReused("creator")
-    return {
-        "status": status,
-        "body": {
-            "creator_id": creator,
-            "state": SUBSCRIPTION_STATES[int(state)],
-            "subscribers": int(subscribers),
-        },
-    }
 
 
 def _endpoint(action: str):  # type: ignore[no-untyped-def]

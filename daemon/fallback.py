@@ -28,11 +28,10 @@ import orjson
 
 from daemon.core import Core
 from daemon.errors import PG_ERRORS, KeyReused, Unavailable
+from daemon.ids import STATE_NAMES, SUBSCRIPTION_STATES
 
 log = logging.getLogger(__name__)
 
-_STATE_NAMES = {1: "liked", -1: "disliked", 0: "none"}
-_SUBSCRIPTION_STATES = {1: "subscribed", 0: "none"}
 _LOCK_TAGS = {"like": "like", "subscription": "sub"}  # the advisory lock's namespace per kind
 _KEY_SCOPES = {"like": "item", "subscription": "creator"}  # what an Idempotency-Key is scoped to
 
@@ -122,7 +121,7 @@ async def _write(
 
 
 async def set_reaction(core: Core, content_id: str, user_id: str, action: str, key: str) -> dict:
-    """``api.reactions.set_reaction``'s answer, written to Postgres (see the module docstring)."""
+    """``daemon.reactions.set_reaction``'s answer, written to Postgres (see the module docstring)."""
 
     async def change(conn: asyncpg.Connection) -> tuple[int, bool, dict]:
         current = await conn.fetchval(
@@ -146,14 +145,14 @@ async def set_reaction(core: Core, content_id: str, user_id: str, action: str, k
         likes_diff = (target == 1) - (current == 1)
         dislikes_diff = (target == -1) - (current == -1)
         likes, dislikes = await conn.fetchrow(_CONTENT_COUNTS, content_id, likes_diff, dislikes_diff)
-        body = {"state": _STATE_NAMES[target], "likes": int(likes), "dislikes": int(dislikes)}
+        body = {"state": STATE_NAMES[target], "likes": int(likes), "dislikes": int(dislikes)}
         return target, target != current, body
 
     return await _write(core, ("like", user_id, content_id), key, f"like:{action}", change)
 
 
 async def set_subscription(core: Core, creator: str, user_id: str, action: str, key: str) -> dict:
-    """``api.subscriptions.set_subscription``'s answer, written to Postgres (see the module docstring)."""
+    """``daemon.reactions.set_subscription``'s answer, written to Postgres (see the module docstring)."""
 
     async def change(conn: asyncpg.Connection) -> tuple[int, bool, dict]:
         current = await conn.fetchval(
@@ -175,7 +174,7 @@ async def set_subscription(core: Core, creator: str, user_id: str, action: str, 
                 "DELETE FROM creator_subscriptions WHERE user_id = $1 AND creator_id = $2", user_id, creator
             )
         subscribers = await conn.fetchval(_CREATOR_COUNT, creator, target - current)
-        body = {"creator_id": creator, "state": _SUBSCRIPTION_STATES[target], "subscribers": int(subscribers)}
+        body = {"creator_id": creator, "state": SUBSCRIPTION_STATES[target], "subscribers": int(subscribers)}
         return target, target != current, body
 
     return await _write(core, ("subscription", user_id, creator), key, f"subscription:{action}", change)

@@ -26,3 +26,8 @@ def id_pattern(max_len: int) -> re.Pattern[str]:
 def lines_pattern(max_len: int) -> re.Pattern[str]:
     """Valid ids joined by newlines: one fullmatch checks a whole list."""
     return re.compile(f"(?:{ID_CHARS}{{1,{max_len}}}\n)*{ID_CHARS}{{1,{max_len}}}")
+
+
+# The names of a like state (-1, 0, 1) and of a subscription state (0, 1) in answers and events.
+STATE_NAMES = {1: "liked", -1: "disliked", 0: "none"}
+SUBSCRIPTION_STATES = {1: "subscribed", 0: "none"}

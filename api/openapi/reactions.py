@@ -12,6 +12,7 @@ from api.openapi.components import (
     operation,
     ref,
 )
+from daemon.ids import STATE_NAMES
 from daemon.settings import Settings
 
 TAGS = ["likes"]
@@ -20,7 +21,7 @@ _ANSWER = {
     "type": "object",
     "required": ["state", "likes", "dislikes"],
     "properties": {
-        "state": {"enum": sorted(reactions.STATE_NAMES.values())},
+        "state": {"enum": sorted(STATE_NAMES.values())},
         "likes": ref("schemas", "Count"),
         "dislikes": ref("schemas", "Count"),
     },

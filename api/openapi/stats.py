@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from api import stats
 from api.openapi.components import AUTH_OPTIONAL, INVALID_TOKEN, NOT_FOUND, Schema, ok, operation, ref
-from api.reactions import STATE_NAMES
+from daemon.ids import STATE_NAMES
 from daemon.settings import Settings
 
 

@@ -14,10 +14,11 @@ from api.openapi.components import (
     operation,
     ref,
 )
+from daemon.ids import SUBSCRIPTION_STATES
 from daemon.settings import Settings
 
 TAGS = ["subscriptions"]
-_STATES = sorted(subscriptions.SUBSCRIPTION_STATES.values())
+_STATES = sorted(SUBSCRIPTION_STATES.values())
 
 
 def _change(action: str) -> Schema:

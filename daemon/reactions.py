@@ -1,0 +1,85 @@
+"""Likes, dislikes and creator subscriptions: one script call each, through Redis, or straight to
+Postgres while Redis is unreachable (daemon/fallback.py).
+
+``set_reaction`` is one ``set_reaction.lua`` call that checks the Idempotency-Key, reads and writes the
+user's state, enforces like/dislike exclusion and moves the counts, atomically in the item's slot;
+``set_subscription`` the same in the creator's slot. Both answer ``{"status", "body"}`` with status
+``changed``, ``unchanged`` or ``replayed``. Redis at maxmemory with only unflushed data is
+``MemoryFull``; a cold key that could not be loaded from Postgres (Redis is up) is ``Unavailable``, not
+a fallback write; a key used for another request is ``KeyReused``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from redis.exceptions import OutOfMemoryError
+
+from daemon import fallback
+from daemon.core import Core
+from daemon.errors import REDIS_ERRORS, ColdLoadError, KeyReused, MemoryFull, Unavailable
+from daemon.ids import STATE_NAMES, SUBSCRIPTION_STATES
+
+# The store could not read a cold key from Postgres (Redis is up): 503, not a Postgres fallback write.
+COLD_LOAD_ERRORS = (ColdLoadError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+def counts_unavailable(core: Core) -> Unavailable:
+    return Unavailable("Counts are temporarily unavailable.", core.settings.buffer_retry_after_s)
+
+
+async def _through_redis(
+    core: Core, call: Awaitable[list[Any]], fallback_write: Callable[[], Awaitable[dict]], scope: str
+) -> list[Any] | dict:
+    """The script's answer, or (Redis unreachable) the fallback's whole answer, a dict."""
+    try:
+        answer = await call
+    except OutOfMemoryError:
+        core.metrics.redis_oom_refusals.labels(what="request").inc()
+        raise MemoryFull(core.settings.buffer_retry_after_s) from None
+    except COLD_LOAD_ERRORS:
+        raise counts_unavailable(core) from None
+    except REDIS_ERRORS:
+        # Redis unreachable: written straight to Postgres. A lost reply whose script did run is
+        # harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.
+        return await fallback_write()
+    if answer[0] == "conflict":
+        raise KeyReused(scope)
+    return answer
+
+
+async def set_reaction(
+    core: Core, content_id: str, user_id: str, action: str, key: str, client: Any = None
+) -> dict:
+    """``action`` (like, unlike, dislike, undislike) of ``user_id`` on ``content_id``; ``client``: the
+    Redis client (default) or the process's auto-pipeliner."""
+    answer = await _through_redis(
+        core,
+        core.store.set_reaction(content_id, user_id, action, key, client=client),
+        lambda: fallback.set_reaction(core, content_id, user_id, action, key),
+        "item",
+    )
+    if isinstance(answer, dict):
+        return answer
+    status, state, likes, dislikes = answer
+    return {
+        "status": status,
+        "body": {"state": STATE_NAMES[int(state)], "likes": int(likes), "dislikes": int(dislikes)},
+    }
+
+
+async def set_subscription(core: Core, creator: str, user_id: str, action: str, key: str) -> dict:
+    """``action`` (subscribe, unsubscribe) of ``user_id`` on ``creator``."""
+    answer = await _through_redis(
+        core,
+        core.store.set_subscription(creator, user_id, action, key),
+        lambda: fallback.set_subscription(core, creator, user_id, action, key),
+        "creator",
+    )
+    if isinstance(answer, dict):
+        return answer
+    status, state, subscribers = answer
+    body = {"creator_id": creator, "state": SUBSCRIPTION_STATES[int(state)], "subscribers": int(subscribers)}
+    return {"status": status, "body": body}
