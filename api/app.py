@@ -42,6 +42,7 @@ ROUTES = [
     Route(reactions.DISLIKE_ROUTE, reactions.dislike, methods=["POST"]),
     Route(reactions.DISLIKE_ROUTE, reactions.undislike, methods=["DELETE"]),
     Route(stats.STATS_ROUTE, stats.get_stats, methods=["GET"]),
+    Route(stats.BATCH_STATS_ROUTE, stats.batch_stats, methods=["POST"]),
     Route(internal.REGISTRY_ROUTE, internal.put_content, methods=["PUT"]),
     Route(purge.PURGE_ROUTE, purge.purge, methods=["DELETE"]),
     Route(shares.SHARES_ROUTE, shares.share, methods=["POST"]),

@@ -179,6 +179,10 @@ def test_stats_of_an_unknown_item_are_zero(api: ApiProcess) -> None:
         "dislikes": 0,
         "comments": 0,
         "shares": 0,
+        "watch_seconds": 0,
+        "completions": 0,
+        "skips": 0,
+        "replays": 0,
         "unique_viewers": 0,
         "unique_viewers_today": 0,
     }

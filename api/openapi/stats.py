@@ -1,15 +1,39 @@
-"""Spec of api/stats.py: an item's counts."""
+"""Spec of api/stats.py: the counts of one item, and of a batch of items."""
 
 from __future__ import annotations
 
 from api import stats
-from api.openapi.components import AUTH_OPTIONAL, INVALID_TOKEN, NOT_FOUND, Schema, ok, operation, ref
+from api.openapi.components import (
+    AUTH_OPTIONAL,
+    INVALID_TOKEN,
+    JSON_BODY_400,
+    JSON_BODY_422,
+    NOT_FOUND,
+    Schema,
+    json_content,
+    ok,
+    operation,
+    ref,
+)
 from daemon.ids import STATE_NAMES
 from daemon.settings import Settings
 
+_FIELD_NOTES = {
+    "watch_seconds": "Seconds of watch time reported with views and playback signals.",
+    "completions": "media_completed signals.",
+    "skips": "media_skipped signals.",
+    "replays": "media_replay signals.",
+}
 
-def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
-    counts = {field: ref("schemas", "Count") for field in stats.STAT_FIELDS}
+
+def item_schema() -> Schema:
+    counts = {
+        field: {
+            **ref("schemas", "Count"),
+            **({"description": _FIELD_NOTES[field]} if field in _FIELD_NOTES else {}),
+        }
+        for field in stats.STAT_FIELDS
+    }
     uniques = {
         field: {
             "type": "integer",
@@ -19,7 +43,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
         }
         for field in stats.UNIQUE_FIELDS
     }
-    body = {
+    return {
         "type": "object",
         "required": ["content_id", *stats.STAT_FIELDS, *stats.UNIQUE_FIELDS],
         "properties": {
@@ -33,6 +57,30 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
         },
         "additionalProperties": False,
     }
+
+
+def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
+    item = item_schema()
+    request = {
+        "type": "object",
+        "required": ["content_ids"],
+        "properties": {
+            "content_ids": {
+                "type": "array",
+                "items": ref("schemas", "Id"),
+                "minItems": 1,
+                "maxItems": stats.STATS_BATCH_MAX,
+                "description": "Repeats allowed: each is answered in its place.",
+            }
+        },
+        "additionalProperties": False,
+    }
+    batch = {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": item}},
+        "additionalProperties": False,
+    }
     return {
         stats.STATS_ROUTE: {
             "get": operation(
@@ -43,7 +91,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 tags=["stats"],
                 security=AUTH_OPTIONAL,
                 parameters=[ref("parameters", "contentId")],
-                responses={200: ok("Counts.", body, {"X-Counts-Source": ref("headers", "X-Counts-Source")})},
+                responses={200: ok("Counts.", item, {"X-Counts-Source": ref("headers", "X-Counts-Source")})},
                 errors={
                     401: INVALID_TOKEN,
                     404: NOT_FOUND,
@@ -51,5 +99,32 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                     503: ("unavailable",),
                 },
             )
-        }
+        },
+        stats.BATCH_STATS_ROUTE: {
+            "post": operation(
+                "getContentStatsBatch",
+                "The counts of many items",
+                description=f"1 to {stats.STATS_BATCH_MAX} content ids; the items answer in request order, "
+                "each as `getContentStats` answers it (an unknown item: zeros). No token needed; with one, "
+                "each item adds the caller's `viewer_state`. One Redis round trip for all of them, and "
+                "one Postgres query for those Redis does not hold.",
+                tags=["stats"],
+                security=AUTH_OPTIONAL,
+                body={"required": True, "content": json_content(request)},
+                responses={200: ok("Counts, in request order.", batch)},
+                errors={
+                    400: JSON_BODY_400,
+                    401: INVALID_TOKEN,
+                    404: NOT_FOUND,
+                    413: ("body_too_large",),
+                    422: (
+                        *JSON_BODY_422,
+                        "invalid_content_ids",
+                        "too_many_content_ids",
+                        "invalid_content_id",
+                    ),
+                    503: ("unavailable",),
+                },
+            )
+        },
     }
