@@ -48,6 +48,7 @@ ROUTES = [
     Route(reads.SUBSCRIBERS_ROUTE, reads.subscribers, methods=["GET"]),
     Route(reads.MY_LIKES_ROUTE, reads.my_likes, methods=["GET"]),
     Route(reads.MY_SUBSCRIPTIONS_ROUTE, reads.my_subscriptions, methods=["GET"]),
+    Route(reads.TRENDING_ROUTE, reads.trending, methods=["GET"]),
     Route(internal.REGISTRY_ROUTE, internal.put_content, methods=["PUT"]),
     Route(purge.PURGE_ROUTE, purge.purge, methods=["DELETE"]),
     Route(shares.SHARES_ROUTE, shares.share, methods=["POST"]),

@@ -17,12 +17,14 @@ from api.services import Services
 from api.subscriptions import creator_id, unavailable
 from daemon import lists
 from daemon.creators import creator_stats
-from daemon.errors import PG_ERRORS
+from daemon.errors import PG_ERRORS, REDIS_ERRORS
+from daemon.trending import TRENDING_MAX, WINDOWS
 
 MY_LIKES_ROUTE = "/api/v1/users/me/likes"
 MY_SUBSCRIPTIONS_ROUTE = "/api/v1/users/me/subscriptions"
 SUBSCRIBERS_ROUTE = "/api/v1/creators/{creatorId}/subscribers"
 CREATOR_STATS_ROUTE = "/api/v1/creators/{creatorId}/stats"
+TRENDING_ROUTE = "/api/v1/trending"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -99,3 +101,21 @@ async def get_creator_stats(request: Request) -> Response:
     creator = creator_id(services, request.path_params["creatorId"])
     services.auth.authenticate(request.headers.get("authorization"))  # optional, but valid if sent
     return json_response(await creator_stats(services, creator))
+
+
+@instrumented(TRENDING_ROUTE)
+async def trending(request: Request) -> Response:
+    """``?window=1h|24h|7d`` (default 1h) ``&limit=N`` (1 to 100, default 20): the items with the most
+    views in that sliding window, most first. No token needed."""
+    services: Services = request.app.state.services
+    services.auth.authenticate(request.headers.get("authorization"))  # optional, but valid if sent
+    window = request.query_params.get("window", "1h")
+    if window not in WINDOWS:
+        raise ApiError(422, "invalid_window", f"window must be one of {', '.join(WINDOWS)}.")
+    limit = limit_param(request, maximum=TRENDING_MAX)
+    assert services.trending is not None
+    try:
+        items = await services.trending.top(window, limit)
+    except REDIS_ERRORS:
+        raise unavailable(services, "Trending is temporarily unavailable.") from None
+    return json_response({"window": window, "items": items})

@@ -20,6 +20,7 @@ from daemon.ratelimit import Limit, RateLimiter, parse_limits
 from daemon.redis_client import check_config as check_redis_config
 from daemon.registry import ContentRegistry
 from daemon.settings import Settings
+from daemon.trending import Trending
 from daemon.views.buffer import ViewBuffer
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Services(Core):
     limits: dict[str, Limit] = field(default_factory=dict)
     limiter: RateLimiter | None = None
     shared_metrics: SharedMetrics | None = None
+    trending: Trending | None = None
 
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics | None = None) -> Services:
@@ -54,6 +56,7 @@ class Services(Core):
         services.events = EngagementEvents(settings, services.producer, services.registry, metrics)
         services.limits = parse_limits(settings.rate_limits)
         services.limiter = RateLimiter(services.store)
+        services.trending = Trending(services)
         metrics.label_actions(sorted(services.limits))
         if settings.metrics_dir:
             services.shared_metrics = SharedMetrics(settings.metrics_dir, metrics.registry)

@@ -327,6 +327,26 @@ def comment_mark(comment_id: int, counted: bool) -> str:
     return f"m:{comment_id}:{int(counted)}"
 
 
+TREND_BUCKET_S = 300  # trending: views per item per 5-minute bucket ...
+TREND_HOUR_BUCKETS = 12  # ... and per hour (12 buckets)
+
+
+def trend_bucket(pinned: float = 0.0, now: float | None = None) -> int:
+    """The 5-minute trending bucket (epoch seconds // 300) at ``now`` (default: the clock), or at the
+    pinned clock (ENGAGEMENT_TRENDING_CLOCK_S) when one is set."""
+    return int((pinned or (time.time() if now is None else now)) // TREND_BUCKET_S)
+
+
+def trend_key(shard: int, bucket: int) -> str:
+    """Views per item in one 5-minute bucket of the shard (ZSET)."""
+    return f"{PREFIX}:{{s:{shard}}}:tr:{bucket}"
+
+
+def trend_hour_key(shard: int, hour: int) -> str:
+    """Views per item in one hour of the shard (ZSET; ``hour`` = bucket // 12)."""
+    return f"{PREFIX}:{{s:{shard}}}:trh:{hour}"
+
+
 def uv_day(pinned: str = "", now: float | None = None) -> str:
     """The UTC day (yyyymmdd) of daily unique viewers HLLs at ``now`` (default: the clock), or the
     pinned day (ENGAGEMENT_UNIQUE_VIEWERS_DAY, YYYY-MM-DD) when one is set."""

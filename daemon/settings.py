@@ -65,6 +65,9 @@ class Settings:
     buffer_viewers_max_per_item: int = 10_000  # distinct user ids held per item per drain
     unique_viewers_daily_ttl_s: int = 3 * 86_400  # a daily HLL expires this long after its first view
     unique_viewers_day: str = ""  # YYYY-MM-DD: pin the UTC day of daily HLLs (tests); "": the clock
+    # Trending (daemon/trending.py): views per item in 5-minute and 1-hour buckets per shard.
+    trending_clock_s: float = 0.0  # epoch seconds: pin the clock of trending buckets (tests); 0: the clock
+    trending_cache_ms: int = 2_000  # how long an api process reuses a trending answer
 
     # Redis as a hot set (docs/redis-memory.md): how long a copy of Postgres stays in Redis once Postgres
     # has all of it and nothing uses it (a TTL, refreshed by each flush that writes a change of it).
@@ -197,6 +200,8 @@ class Settings:
             except ValueError:
                 message = "ENGAGEMENT_UNIQUE_VIEWERS_DAY must be empty or a YYYY-MM-DD date"
                 raise SettingsError(message) from None
+        if self.trending_clock_s < 0 or self.trending_cache_ms < 0:
+            raise SettingsError("the trending clock and cache must not be negative")
         if self.playlists_max_per_user < 1 or self.playlist_items_max < 1:
             raise SettingsError("playlist limits must be at least 1")
         if self.consumer_batch_max_messages < 1 or self.consumer_batch_timeout_ms < 1:

@@ -117,6 +117,7 @@ class Scripts:
     read_cold: LuaScript
     prepare_rows: LuaScript
     merge_rows: LuaScript
+    top_views: LuaScript
 
     @classmethod
     def load(cls) -> Scripts:

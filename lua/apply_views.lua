@@ -17,6 +17,8 @@
 --            eng:{s:N}:uv:<content_id>             HLL   user ids, all time (items with user ids)
 --            eng:{s:N}:uvd:<yyyymmdd>:<content_id> HLL   user ids of that UTC day
 --   derived, same hash tag: eng:{s:N}:rows  STRING  the row filter: keys new to Postgres (lib/cold.lua)
+--   derived, same hash tag: eng:{s:N}:tr:<bucket>, eng:{s:N}:trh:<bucket // 12>  ZSET  views per item in
+--            the drain's 5-minute and 1-hour trending buckets (TTL 2 h and 8 days)
 -- ARGV:
 --   ARGV[1]  process id: the drain's sender (an api process, a consumer process)
 --   ARGV[2]  the drain's sequence number, counted per process and shard from 1
@@ -27,7 +29,8 @@
 --   ARGV[6]  msgpack map content_id -> the distinct user ids that viewed it: an array, or a string
 --            when there is one; may be an empty map
 --   ARGV[7]  the key prefix of the slot, "eng:{s:N}"
---   ARGV[8]  the UTC day of the drain, yyyymmdd
+--   ARGV[8]  the UTC day of the drain, yyyymmdd, and its 5-minute trending bucket (epoch s // 300):
+--            "yyyymmdd:<bucket>" ("yyyymmdd" alone: no trending, a drain journaled by an older release)
 --   ARGV[9]  most drains KEYS[2] may hold: past it (or when 0) the increments are added to the delta
 --            hash field by field instead, so a stalled flusher leaves a hash bounded by the items
 --   ARGV[10] lifetime of the process's drain mark, seconds
@@ -53,6 +56,13 @@ local delta_key, drains_key, touch_key, all_touch_key = KEYS[1], KEYS[2], KEYS[3
 local rec_key, recexp_key, dirty_key = KEYS[5], KEYS[6], KEYS[7]
 local process, seq = ARGV[1], tonumber(ARGV[2])
 local prefix, day, max_drains, mark_ttl_seconds = ARGV[7], ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local bucket = ''
+do
+  local d, b = string.match(day, '^(%d*):(%d+)$')
+  if d then
+    day, bucket = d, b
+  end
+end
 
 -- Applied before?
 local mark_name = 'd:' .. process
@@ -170,6 +180,19 @@ for counter, increments in pairs(signals) do
   apply(counter, increments)
 end
 cold.pin(names, dirty_key)
+-- Trending: the views of this drain in its 5-minute and 1-hour buckets (they expire: a lost bucket only
+-- changes trending).
+if bucket ~= '' and next(views) then
+  local minute_key = prefix .. ':tr:' .. bucket
+  local hour_key = prefix .. ':trh:' .. string.format('%d', math.floor(tonumber(bucket) / 12))
+  for content_id, n in pairs(views) do
+    local amount = string.format('%d', n)
+    redis.call('ZINCRBY', minute_key, amount, content_id)
+    redis.call('ZINCRBY', hour_key, amount, content_id)
+  end
+  redis.call('EXPIRE', minute_key, 7200, 'NX')
+  redis.call('EXPIRE', hour_key, 8 * 86400, 'NX')
+end
 if as_drain then
   redis.call('RPUSH', drains_key, ARGV[3] .. ARGV[4] .. ARGV[5])
 end

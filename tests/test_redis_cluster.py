@@ -52,6 +52,18 @@ def test_views_flow_through_a_redis_cluster_exactly(
             return api.client.get(f"/api/v1/content/{content_id}/stats").json()["views"]
 
         wait_until(lambda: all(live_views(f"c-{i}") == 12 for i in range(0, 300, 37)), what="drains")
+
+        # And trending ranks across every shard of every master (the top three get 3, 2, 1 more)
+        for i, more in ((1, 3), (2, 2), (3, 1)):
+            for _ in range(more):
+                assert api.client.post(f"/api/v1/content/c-{i}/views").status_code == 202
+        top = [("c-1", 15), ("c-2", 14), ("c-3", 13)]
+
+        def trending() -> list[tuple[str, int]]:
+            items = api.client.get("/api/v1/trending", params={"window": "1h", "limit": "3"}).json()["items"]
+            return [(item["content_id"], item["views"]) for item in items]
+
+        wait_until(lambda: trending() == top, what="trending on the cluster")
         assert api.stop() == 0
     finally:
         api.kill()
@@ -59,9 +71,8 @@ def test_views_flow_through_a_redis_cluster_exactly(
     # And the flusher, on the cluster too, writes Postgres exactly once
     run_flusher_once(settings)
     rows = counters_in_postgres(settings.database_url)
-    assert {c: (r["views"], r["watch_seconds"]) for c, r in rows.items()} == {
-        f"c-{i}": (12, 20) for i in range(300)
-    }
+    expected = {f"c-{i}": (12, 20) for i in range(300)} | {c: (n, 20) for c, n in top}
+    assert {c: (r["views"], r["watch_seconds"]) for c, r in rows.items()} == expected
     sizes = []
     for node in redis_cluster.nodes:
         with redis.Redis.from_url(node.url) as client:

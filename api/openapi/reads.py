@@ -17,6 +17,7 @@ from api.openapi.components import (
 )
 from daemon.creators import TOTALS
 from daemon.settings import Settings
+from daemon.trending import TRENDING_MAX, WINDOWS
 
 _AT = {
     "type": "string",
@@ -61,7 +62,58 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
         },
         "additionalProperties": False,
     }
+    trending = {
+        "type": "object",
+        "required": ["window", "items"],
+        "properties": {
+            "window": {"enum": list(WINDOWS)},
+            "items": {
+                "type": "array",
+                "maxItems": TRENDING_MAX,
+                "items": {
+                    "type": "object",
+                    "required": ["content_id", "views"],
+                    "properties": {"content_id": ref("schemas", "Id"), "views": ref("schemas", "Count")},
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "additionalProperties": False,
+    }
+    window = {
+        "name": "window",
+        "in": "query",
+        "required": False,
+        "schema": {"enum": list(WINDOWS), "default": "1h"},
+        "description": "1h: the last 12 five-minute buckets (55 to 60 minutes); 24h and 7d: the last 24 "
+        "and 168 hours, the current one included.",
+    }
+    limit = {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": TRENDING_MAX, "default": 20},
+        "description": "Items at most.",
+    }
     return {
+        reads.TRENDING_ROUTE: {
+            "get": operation(
+                "getTrending",
+                "The items with the most views in a sliding window",
+                description="Most views first (ties: by content id). No token needed. Each api process "
+                "reuses an answer for ENGAGEMENT_TRENDING_CACHE_MS.",
+                tags=["stats"],
+                security=AUTH_OPTIONAL,
+                parameters=[window, limit],
+                responses={200: ok("The window's top items.", trending)},
+                errors={
+                    401: INVALID_TOKEN,
+                    404: NOT_FOUND,
+                    422: ("invalid_window", "invalid_limit"),
+                    503: ("unavailable",),
+                },
+            )
+        },
         reads.CREATOR_STATS_ROUTE: {
             "get": operation(
                 "getCreatorStats",

@@ -25,6 +25,12 @@ class ItemCounts:
 
 
 class ReadStore(StoreBase):
+    async def top_views(self, windows: Sequence[Sequence[str]], limit: int) -> list[list[str]]:
+        """``top_views.lua`` per shard, pipelined: ``windows`` is each shard's list of trending bucket
+        keys; each answer [content_id, views, ...], at least the top ``limit``, most views first."""
+        calls = [(list(bucket_keys), [limit]) for bucket_keys in windows]
+        return [checked(r) for r in await self.scripts.top_views.call_many(self.redis, calls)]
+
     # -- reads ----------------------------------------------------------------------------------------
 
     async def read_items(self, content_ids: Sequence[str], user_id: str | None, day: str) -> list[ItemCounts]:

@@ -276,6 +276,7 @@ class ViewBuffer(Loop):
         shards = self._settings.shards
         viewers_by_shard = self._viewers.take(shards)
         day = keys.uv_day(self._settings.unique_viewers_day)  # the day of the cut, kept by retries
+        bucket = keys.trend_bucket(self._settings.trending_clock_s)  # likewise
         views_by_shard = dict(group_by_shard(views, shards))
         watch_by_shard = dict(group_by_shard(watch, shards)) if watch else {}
         signals_by_shard: dict[int, Signals] = {}
@@ -295,7 +296,9 @@ class ViewBuffer(Loop):
             )
             for chunk, chunk_watch, chunk_signals, chunk_viewers in parts:
                 seq = seqs[shard] = seqs.get(shard, 0) + 1
-                drain = Drain(shard, self.process, seq, chunk, chunk_watch, chunk_signals, chunk_viewers, day)
+                drain = Drain(
+                    shard, self.process, seq, chunk, chunk_watch, chunk_signals, chunk_viewers, day, bucket
+                )
                 self._inflight.append(drain)
                 self._inflight_items += drain.items
         self._inflight_ids = None

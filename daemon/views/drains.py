@@ -52,6 +52,7 @@ class Drain:
     signals: Signals = field(default_factory=dict)
     viewers: Viewers = field(default_factory=dict)  # user ids for the unique viewers HLLs
     day: str = ""  # UTC day (yyyymmdd) of the daily HLLs: the day of the cut, kept by retries
+    bucket: int = 0  # 5-minute trending bucket of the cut (keys.trend_bucket); 0: none
     total_views: int = field(init=False)
     items: int = field(init=False)  # entries it holds, for the buffer bound
     needed: dict[str, int] = field(init=False)  # cold keys it uses, by kind (hit metrics)
@@ -69,7 +70,7 @@ class Drain:
             msgpack.packb(self.signals) if self.signals else _EMPTY_MAP,
             msgpack.packb(self.viewers) if self.viewers else _EMPTY_MAP,
             keys.tag(self.shard),
-            self.day,
+            f"{self.day}:{self.bucket}" if self.bucket else self.day,
         )
 
     def call(self, settings: Settings) -> tuple[list[str], list[str | int | bytes]]:
