@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 KINDS = (
     "counts", "creator", "like", "subscription", "viewers", "registry",
-    "rate_limit", "history", "pending", "bookkeeping", "other",
+    "rate_limit", "history", "trending", "pending", "bookkeeping", "other",
 )  # fmt: skip
 # Pending data (docs/redis-memory.md): per-shard keys waiting for the flusher.
 PENDING = (
@@ -46,6 +46,8 @@ _KIND_OF_NAME = {
     **keys.COLD_KINDS,
     "rl": "rate_limit",
     "hist": "history",
+    "tr": "trending",
+    "trh": "trending",
     **dict.fromkeys(PENDING, "pending"),
     **dict.fromkeys(("rec", "recexp", "lease", "rows"), "bookkeeping"),
 }

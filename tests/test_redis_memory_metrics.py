@@ -41,6 +41,8 @@ KNOWN_KEYS: dict[str | bytes, tuple[str, int | None]] = {
     keys.registry_key(1, "a"): ("registry", 3600),
     keys.rate_limit_key("u1", "like"): ("rate_limit", 60),
     keys.history_key(5, "u1"): ("history", None),
+    keys.trend_key(1, 5_883_336): ("trending", 7200),
+    keys.trend_hour_key(1, 490_278): ("trending", 691_200),
     keys.delta_key(1): ("pending", None),
     keys.vdelta_key(1): ("pending", None),
     keys.dirty_key(1): ("pending", None),
@@ -63,7 +65,7 @@ def write_known_keys(client: redis.Redis) -> None:
             client.hset(name, "views", 1)
         elif kind == "viewers":
             client.pfadd(name, "u1")
-        elif kind == "rate_limit" or text.endswith(":recexp"):
+        elif kind in ("rate_limit", "trending") or text.endswith(":recexp"):
             client.zadd(name, {"r1": 1})
         elif text.endswith(":vdelta"):
             client.rpush(name, "drain")
@@ -158,8 +160,8 @@ async def test_keys_of_each_kind_are_counted_exactly_with_memory_and_the_limit(r
         "counts": 3, "creator": 1, "like": 2, "subscription": 1, "viewers": 2, "registry": 1,
         "rate_limit": 1, "history": 1, "pending": 4, "bookkeeping": 5, "other": 2,
     }  # fmt: skip
-    assert value(metrics, "engagement_redis_keys_total") == len(KNOWN_KEYS) == 23
-    assert value(metrics, "engagement_redis_keys_volatile") == 7
+    assert value(metrics, "engagement_redis_keys_total") == len(KNOWN_KEYS) == 25
+    assert value(metrics, "engagement_redis_keys_volatile") == 9
     # And memory is Redis's own figure (within what one INFO reply allocates) and the limit exact
     assert abs(value(metrics, "engagement_redis_memory_used_bytes") - used) < 256 * 1024  # type: ignore[operator]
     assert limited == 100 * 1024 * 1024
