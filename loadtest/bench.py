@@ -61,13 +61,14 @@ from loadtest.consume import bench_consume
 from loadtest.likes import CONNECTIONS as LIKE_CONNECTIONS
 from loadtest.likes import bench_likes
 from loadtest.procs import CHILDREN, RESULTS, BenchError, install_cleanup, log, pin_cpus
+from loadtest.reads import bench_reads
 from loadtest.report import machine_info, summary
 from loadtest.servers import AppServer, Backends
 from loadtest.single import SINGLE_POOL, bench_single
 from loadtest.viral import bench_viral
 from loadtest.wrkrun import CONNECTIONS, WARMUP_S, run_wrk
 
-PARTS = ["single", "likes", "bulk", "viral", "bulk-matrix", "consume", "cold"]
+PARTS = ["single", "likes", "bulk", "viral", "bulk-matrix", "consume", "reads", "cold"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -162,7 +163,13 @@ def run_parts(ns: argparse.Namespace, backends: Backends | None, workdir: Path, 
         except BenchError as exc:
             out["errors"]["consume"] = str(exc)
             log(f"consume failed: {exc}")
-    if ns.only in ("consume", "cold"):
+    if ns.only in (None, "reads") and backends is not None:
+        try:
+            bench_reads(ns, backends, workdir, out)
+        except BenchError as exc:
+            out["errors"]["reads"] = str(exc)
+            log(f"reads failed: {exc}")
+    if ns.only in ("consume", "reads", "cold"):
         if ns.only == "cold":
             run_cold(ns, backends, workdir, out)
         return

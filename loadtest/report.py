@@ -150,6 +150,7 @@ def summary(out: dict[str, Any]) -> str:
             )
         )
     rows += consume_rows(out.get("consume"))
+    rows += reads_rows(out.get("reads"))
     rows += cold_rows(out.get("cold"))
     for name, err in out.get("errors", {}).items():
         rows.append((f"{name}: ERROR", err.splitlines()[0][:60] if err else "", "", "FAIL"))
@@ -187,6 +188,26 @@ def consume_rows(c: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
         ),
         (f"consume ({ids}): Redis CPU-us per event", f"{c['redis_us_per_event_median']:.2f}", "", "-"),
     ]
+
+
+def reads_rows(r: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """The reads part: items/s through the single and the batch stats endpoints, their ratio, latencies."""
+    if not r or not r.get("rounds"):
+        return []
+    rows = [
+        ("reads: single stats items/s (median)", f"{r['single_items_per_s_median']:,.0f}", "", "-"),
+        ("reads: batch stats (50 ids) items/s (median)", f"{r['batch_items_per_s_median']:,.0f}", "", "-"),
+        (
+            "reads: ratio batch/single (median)",
+            f"{r['ratio_median']:.2f}",
+            ">= 10",
+            verdict(r["ratio_median"] >= 10),
+        ),
+    ]
+    for name, lat in r.get("latency", {}).items():
+        rows.append((f"reads: {name} p50 / p99 us", f"{lat['p50_us']:,.0f} / {lat['p99_us']:,.0f}", "", "-"))
+    rows.append(("reads: runs valid (no non-2xx)", str(r.get("valid")), "True", verdict(r.get("valid"))))
+    return rows
 
 
 def cold_rows(c: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
