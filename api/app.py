@@ -44,6 +44,7 @@ ROUTES = [
     Route(reactions.DISLIKE_ROUTE, reactions.undislike, methods=["DELETE"]),
     Route(stats.STATS_ROUTE, stats.get_stats, methods=["GET"]),
     Route(stats.BATCH_STATS_ROUTE, stats.batch_stats, methods=["POST"]),
+    Route(stats.DAILY_STATS_ROUTE, stats.get_daily_stats, methods=["GET"]),
     Route(reads.CREATOR_STATS_ROUTE, reads.get_creator_stats, methods=["GET"]),
     Route(reads.SUBSCRIBERS_ROUTE, reads.subscribers, methods=["GET"]),
     Route(reads.MY_LIKES_ROUTE, reads.my_likes, methods=["GET"]),

@@ -7,6 +7,8 @@ when it is unavailable (``X-Counts-Source`` says which answered the single read)
 
 from __future__ import annotations
 
+import re
+from datetime import date, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -16,14 +18,26 @@ from api.errors import ApiError, json_response
 from api.ingest import json_object
 from api.instrument import instrumented
 from api.services import Services
+from daemon import keys
+from daemon.daily import MAX_DAYS, daily_stats
 from daemon.stats import STAT_FIELDS, UNIQUE_FIELDS, read_stats
 
 STATS_ROUTE = "/api/v1/content/{contentId}/stats"
 BATCH_STATS_ROUTE = "/api/v1/stats/batch"
+DAILY_STATS_ROUTE = "/api/v1/content/{contentId}/stats/daily"
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 STATS_BATCH_MAX = 100  # ids per batch (a feed page renders 20 to 50 items)
 _BATCH_FIELDS = frozenset({"content_ids"})
 
-__all__ = ["BATCH_STATS_ROUTE", "STATS_BATCH_MAX", "STATS_ROUTE", "STAT_FIELDS", "UNIQUE_FIELDS"]
+__all__ = [
+    "BATCH_STATS_ROUTE",
+    "DAILY_STATS_ROUTE",
+    "MAX_DAYS",
+    "STATS_BATCH_MAX",
+    "STATS_ROUTE",
+    "STAT_FIELDS",
+    "UNIQUE_FIELDS",
+]
 
 
 @instrumented(STATS_ROUTE)
@@ -64,3 +78,32 @@ def parse_batch(services: Services, body: bytes) -> list[str]:
                 index=index,
             )
     return content_ids
+
+
+@instrumented(DAILY_STATS_ROUTE)
+async def get_daily_stats(request: Request) -> Response:
+    """``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (UTC days; default: the 30 days ending today; at most
+    MAX_DAYS): one entry per day, zeros where nothing happened. No token needed."""
+    services: Services = request.app.state.services
+    content_id = services.bodies.content_id(request.path_params["contentId"])
+    services.auth.authenticate(request.headers.get("authorization"))  # optional, but valid if sent
+    today = keys.day_date(keys.uv_day(services.settings.unique_viewers_day))
+    last = _day(request, "to") or today
+    first = _day(request, "from") or last - timedelta(days=29)
+    if first > last or (last - first).days >= MAX_DAYS:
+        raise ApiError(
+            422, "invalid_date_range", f"from must not be after to, and the range at most {MAX_DAYS} days."
+        )
+    return json_response(await daily_stats(services, content_id, first, last))
+
+
+def _day(request: Request, name: str) -> date | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        if not _DAY.fullmatch(raw):
+            raise ValueError
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ApiError(422, "invalid_date", f"{name} must be a date, YYYY-MM-DD.") from None

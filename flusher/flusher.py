@@ -29,7 +29,7 @@ from daemon.pg_idempotency import prune_playlist_idempotency
 from daemon.reconcile import reconcile
 from daemon.settings import Settings
 from daemon.store import Store
-from daemon.views.drains import COUNTER_INDEX, add_drains
+from daemon.views.drains import COUNTER_INDEX, DAILY_FIELDS, Daily, add_drains
 from flusher.history_writer import parse_heartbeats, trim_calls
 from flusher.uniques import flush_uniques
 from flusher.writer import CapturedBatch, WriteResult, prune_ledger, write_batches
@@ -63,18 +63,19 @@ class Flusher(Loop):
         batches, with_drains = [], []
         for shard, result in await self.store.capture_batches(self.owner):
             batch_id, flat, states, subscriptions, heartbeats, drains = result
-            rows, creators = _parse_rows(flat)
+            rows, creators, daily = _parse_rows(flat)
             subs = _parse_states(subscriptions)
-            batches.append(
-                CapturedBatch(
-                    shard, batch_id, rows, _parse_states(states), creators, subs, parse_heartbeats(heartbeats)
-                )
+            batch = CapturedBatch(
+                shard, batch_id, rows, _parse_states(states), creators, subs, parse_heartbeats(heartbeats)
             )
+            batch.daily = daily
+            batches.append(batch)
             if int(drains):
                 with_drains.append(batches[-1])
         captured = await self.store.batch_drains([b.shard for b in with_drains])
+        today = keys.uv_day(self.settings.unique_viewers_day)  # for entries written before daily counts
         for batch, drains in zip(with_drains, captured, strict=True):
-            add_drains(batch.rows, drains)
+            add_drains(batch.rows, drains, batch.daily, today)
         return batches
 
     async def trim_history(self, batches: Sequence[CapturedBatch]) -> None:
@@ -191,11 +192,13 @@ class Flusher(Loop):
             )
 
 
-def _parse_rows(flat: Sequence[str]) -> tuple[dict[str, list[int]], dict[str, int]]:
-    """content_counters rows {content_id: [views, likes, ...]} and creator_counters deltas
-    {creator_id: subscribers} from the captured delta hash."""
+def _parse_rows(flat: Sequence[str]) -> tuple[dict[str, list[int]], dict[str, int], Daily]:
+    """content_counters rows {content_id: [views, likes, ...]}, creator_counters deltas {creator_id:
+    subscribers} and content_daily rows {(content_id, day): [views, watch]} from the captured delta
+    hash."""
     rows: dict[str, list[int]] = {}
     creators: dict[str, int] = {}
+    daily: Daily = {}
     width = len(keys.COUNTERS)
     for i in range(0, len(flat), 2):
         counter, content_id = keys.parse_delta_field(flat[i])
@@ -203,6 +206,10 @@ def _parse_rows(flat: Sequence[str]) -> tuple[dict[str, list[int]], dict[str, in
         if index is None:
             if counter == "subscribers":  # keys.CREATOR_COUNTERS: the id is a creator id
                 creators[content_id] = creators.get(content_id, 0) + int(flat[i + 1])
+            elif counter in DAILY_FIELDS:  # "dv:<day>:<content_id>"
+                day, _, item = content_id.partition(":")
+                entry = daily.setdefault((item, day), [0, 0])
+                entry[DAILY_FIELDS[counter]] += int(flat[i + 1])
             else:
                 log.error("unknown delta field %r kept out of Postgres", flat[i])
             continue
@@ -210,7 +217,7 @@ def _parse_rows(flat: Sequence[str]) -> tuple[dict[str, list[int]], dict[str, in
         if row is None:
             row = rows[content_id] = [0] * width
         row[index] += int(flat[i + 1])
-    return rows, creators
+    return rows, creators, daily
 
 
 def _parse_states(flat: Sequence[str]) -> dict[tuple[str, str], int]:

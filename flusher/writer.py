@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from daemon.keys import COUNTERS
+from daemon.keys import COUNTERS, day_date
 from flusher.history_writer import Heartbeat, write_history
 
 _TEMP = "counter_deltas"
@@ -75,6 +75,15 @@ JOIN unnest($1::text[], $2::text[]) AS d (user_id, creator_id)
   ON f.user_id = d.user_id AND f.target_id = d.creator_id
 WHERE NOT f.reconciled AND f.kind = 'subscription'
 """
+_DAILY = """
+INSERT INTO content_daily AS d (content_id, day, views, watch_seconds, updated_at)
+SELECT content_id, day, views, watch_seconds, now()
+FROM unnest($1::text[], $2::date[], $3::bigint[], $4::bigint[]) AS n (content_id, day, views, watch_seconds)
+ON CONFLICT (content_id, day) DO UPDATE SET
+    views = d.views + EXCLUDED.views,
+    watch_seconds = d.watch_seconds + EXCLUDED.watch_seconds,
+    updated_at = now()
+"""
 _PRUNE = "DELETE FROM flush_batches WHERE flushed_at < now() - make_interval(days => $1)"
 
 
@@ -92,6 +101,8 @@ class CapturedBatch:
     subscriptions: dict[tuple[str, str], int] = field(default_factory=dict)
     # (user_id, content_id) -> the last watch-history heartbeat (N: the user's shard)
     history: dict[tuple[str, str], Heartbeat] = field(default_factory=dict)
+    # (content_id, yyyymmdd) -> [views, watch seconds] of that UTC day (content_daily)
+    daily: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -133,6 +144,7 @@ async def write_batches(conn: asyncpg.Connection, batches: Sequence[CapturedBatc
             await conn.execute(_DELETE_STATES)
             await conn.execute(_UPSERT_STATES)
         await _write_creators(conn, committed)
+        await _write_daily(conn, committed)
         history_rows = await write_history(conn, (b.history for b in committed))
     return WriteResult(committed, already, len(records), history_rows)
 
@@ -175,6 +187,22 @@ async def _write_creators(conn: asyncpg.Connection, batches: Sequence[CapturedBa
         await conn.execute(_SUBSCRIBE, [u for u, _ in added], [c for _, c in added])
     if removed:
         await conn.execute(_UNSUBSCRIBE, [u for u, _ in removed], [c for _, c in removed])
+
+
+async def _write_daily(conn: asyncpg.Connection, batches: Sequence[CapturedBatch]) -> None:
+    """Each day's views and watch seconds into content_daily, in the caller's transaction."""
+    merged: dict[tuple[str, str], list[int]] = {}
+    for batch in batches:  # one batch per shard, and an item lives in one shard: no overlap
+        merged.update(batch.daily)
+    if merged:
+        pairs = list(merged)
+        await conn.execute(
+            _DAILY,
+            [c for c, _ in pairs],
+            [day_date(d) for _, d in pairs],
+            [merged[p][0] for p in pairs],
+            [merged[p][1] for p in pairs],
+        )
 
 
 async def prune_ledger(conn: asyncpg.Connection, retention_days: int) -> int:

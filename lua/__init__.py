@@ -118,6 +118,7 @@ class Scripts:
     prepare_rows: LuaScript
     merge_rows: LuaScript
     top_views: LuaScript
+    read_daily: LuaScript
 
     @classmethod
     def load(cls) -> Scripts:

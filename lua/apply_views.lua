@@ -2,9 +2,11 @@
 -- apply_views: apply one drain of coalesced view increments for one shard, at most once.
 --
 -- Key layout (all keys share the hash tag {s:N}, so the call touches one slot):
---   KEYS[1]  eng:{s:N}:delta     HASH  "<counter>:<content_id>" -> increment not yet in Postgres
---   KEYS[2]  eng:{s:N}:vdelta    LIST  applied drains not yet in Postgres, one entry each:
---            ARGV[3] .. ARGV[4] .. ARGV[5] (three msgpack maps, read by the flusher and reconcile)
+--   KEYS[1]  eng:{s:N}:delta     HASH  "<counter>:<content_id>" -> increment not yet in Postgres; with
+--            "dv:<yyyymmdd>:<content_id>" / "dw:…" the day's views / watch seconds (past ARGV[9])
+--   KEYS[2]  eng:{s:N}:vdelta    LIST  applied drains not yet in Postgres, one entry each: the day
+--            (msgpack string) .. ARGV[3] .. ARGV[4] .. ARGV[5] (lib/entries.lua; read by the flusher,
+--            reconcile and the daily stats)
 --   KEYS[3]  eng:{s:N}:uvtouch   SET   "<yyyymmdd>:<content_id>" whose daily HLL changed since the
 --            flusher last wrote it
 --   KEYS[4]  eng:{s:N}:uvatouch  SET   content ids whose all-time HLL changed likewise
@@ -176,6 +178,14 @@ local function apply(counter, increments)
 end
 apply('views', views)
 apply('watch_seconds', watch)
+if not as_drain and day ~= '' then  -- the day's counts (daily stats), field by field too
+  for content_id, n in pairs(views) do
+    redis.call('HINCRBY', delta_key, 'dv:' .. day .. ':' .. content_id, string.format('%d', n))
+  end
+  for content_id, n in pairs(watch) do
+    redis.call('HINCRBY', delta_key, 'dw:' .. day .. ':' .. content_id, string.format('%d', n))
+  end
+end
 for counter, increments in pairs(signals) do
   apply(counter, increments)
 end
@@ -194,7 +204,8 @@ if bucket ~= '' and next(views) then
   redis.call('EXPIRE', hour_key, 8 * 86400, 'NX')
 end
 if as_drain then
-  redis.call('RPUSH', drains_key, ARGV[3] .. ARGV[4] .. ARGV[5])
+  local dated = (day ~= '') and cmsgpack.pack(day) or ''
+  redis.call('RPUSH', drains_key, dated .. ARGV[3] .. ARGV[4] .. ARGV[5])
 end
 
 -- The drain mark: the sequence joins the applied ones; the gap below closes when it can.

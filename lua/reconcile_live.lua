@@ -45,6 +45,7 @@
 -- (the repaired counter fields, as "<counter>:<id>").
 
 -- @include lease
+-- @include entries
 -- @include records
 -- @include cold
 
@@ -83,7 +84,7 @@ local function pending_drains()
   end
   for _, key in ipairs(lists) do
     for _, drain in ipairs(redis.call('LRANGE', key, 0, -1)) do
-      local views, watch, signals = cmsgpack.unpack(drain)
+      local _, views, watch, signals = entries.unpack(drain)
       add('views', views)
       add('watch_seconds', watch)
       for counter, increments in pairs(signals) do

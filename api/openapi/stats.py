@@ -81,7 +81,59 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
         "properties": {"items": {"type": "array", "items": item}},
         "additionalProperties": False,
     }
+    day = {
+        "type": "object",
+        "required": ["date", "views", "unique_viewers", "watch_seconds"],
+        "properties": {
+            "date": {"type": "string", "format": "date"},
+            "views": ref("schemas", "Count"),
+            "unique_viewers": {"type": "integer", "minimum": 0, "description": "HyperLogLog estimate."},
+            "watch_seconds": ref("schemas", "Count"),
+        },
+        "additionalProperties": False,
+    }
+    daily = {
+        "type": "object",
+        "required": ["content_id", "days"],
+        "properties": {
+            "content_id": ref("schemas", "Id"),
+            "days": {"type": "array", "items": day, "maxItems": stats.MAX_DAYS},
+        },
+        "additionalProperties": False,
+    }
+    dates = [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+            "description": description,
+        }
+        for name, description in (
+            ("from", "The first UTC day (default: 29 days before `to`)."),
+            ("to", "The last UTC day (default: today)."),
+        )
+    ]
     return {
+        stats.DAILY_STATS_ROUTE: {
+            "get": operation(
+                "getContentDailyStats",
+                "An item's views, unique viewers and watch seconds per UTC day",
+                description=f"One entry per day of the range (at most {stats.MAX_DAYS} days), zeros where "
+                "nothing happened. Views and watch seconds count on the day their api process drained "
+                "them; today's entry includes what Redis still holds. No token needed.",
+                tags=["stats"],
+                security=AUTH_OPTIONAL,
+                parameters=[ref("parameters", "contentId"), *dates],
+                responses={200: ok("One entry per day.", daily)},
+                errors={
+                    401: INVALID_TOKEN,
+                    404: NOT_FOUND,
+                    422: ("invalid_content_id", "invalid_date", "invalid_date_range"),
+                    503: ("unavailable",),
+                },
+            )
+        },
         stats.STATS_ROUTE: {
             "get": operation(
                 "getContentStats",

@@ -25,6 +25,31 @@ class ItemCounts:
 
 
 class ReadStore(StoreBase):
+    async def read_daily(self, content_id: str) -> tuple[str, list[Any], list[Any]]:
+        """``read_daily.lua``: (the shard's captured batch id or "", [day, views, watch, ...] pending
+        and not captured, [day, views, watch, ...] captured) of one item."""
+        s = self._shard(content_id)
+        script_keys = [
+            keys.vdelta_key(s),
+            keys.vbatch_key(s),
+            keys.batch_id_key(s),
+            keys.delta_key(s),
+            keys.batch_key(s),
+        ]
+        batch_id, pending, captured = await self.scripts.read_daily(self.redis, script_keys, [content_id])
+        return batch_id, pending, captured
+
+    async def daily_viewers(self, content_id: str, days: Sequence[str]) -> dict[str, int]:
+        """PFCOUNT of the item's daily unique viewers HLLs that Redis holds, by day (yyyymmdd)."""
+        s = self._shard(content_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for day in days:
+            name = keys.uv_day_key(s, day, content_id)
+            pipe.exists(name)
+            pipe.pfcount(name)
+        found = await pipe.execute()
+        return {day: int(found[2 * i + 1]) for i, day in enumerate(days) if found[2 * i]}
+
     async def top_views(self, windows: Sequence[Sequence[str]], limit: int) -> list[list[str]]:
         """``top_views.lua`` per shard, pipelined: ``windows`` is each shard's list of trending bucket
         keys; each answer [content_id, views, ...], at least the top ``limit``, most views first."""

@@ -175,20 +175,35 @@ async def read_drains(redis: Any, list_keys: Sequence[str]) -> list[list[bytes]]
     return list(await pipe.execute())
 
 
-def unpack(drain: bytes) -> list[tuple[str, dict[str, int]]]:
-    """(counter, {content_id: increment}) of one drain: views, watch seconds, then its playback
-    signals."""
+Daily = dict[tuple[str, str], list[int]]  # (content_id, yyyymmdd) -> [views, watch seconds]
+DAILY_COUNTERS = {"views": 0, "watch_seconds": 1}  # counted per day too (content_daily)
+DAILY_FIELDS = {"dv": 0, "dw": 1}  # "dv:<day>:<id>" / "dw:<day>:<id>" in the delta hash (apply_views.lua)
+
+
+def unpack_entry(drain: bytes) -> tuple[str | None, list[tuple[str, dict[str, int]]]]:
+    """The day (yyyymmdd; None in an entry written before daily counts) and the (counter, {content_id:
+    increment}) of one drain entry: views, watch seconds, then its playback signals."""
     unpacker = msgpack.Unpacker()
     unpacker.feed(drain)
-    views, watch, signals = unpacker  # exactly three maps: anything else is a bug, raised
-    return [("views", views), ("watch_seconds", watch), *signals.items()]
+    parts = list(unpacker)
+    day = parts.pop(0) if len(parts) == 4 else None
+    views, watch, signals = parts  # exactly three maps after the day: anything else is a bug, raised
+    return day, [("views", views), ("watch_seconds", watch), *signals.items()]
 
 
-def add_drains(rows: dict[str, list[int]], drains: Iterable[bytes]) -> None:
-    """Add the increments of captured drains to ``rows`` ({content_id: [views, likes, ...]})."""
+def unpack(drain: bytes) -> list[tuple[str, dict[str, int]]]:
+    """(counter, {content_id: increment}) of one drain entry (see ``unpack_entry``)."""
+    return unpack_entry(drain)[1]
+
+
+def add_drains(rows: dict[str, list[int]], drains: Iterable[bytes], daily: Daily, today: str) -> None:
+    """Add the increments of captured drains to ``rows`` ({content_id: [views, likes, ...]}), and their
+    views and watch seconds to ``daily`` by the drain's day (``today`` for an entry without one)."""
     width = len(keys.COUNTERS)
     for drain in drains:
-        for counter, increments in unpack(drain):
+        day, parts = unpack_entry(drain)
+        day = day or today
+        for counter, increments in parts:
             index = COUNTER_INDEX.get(counter)
             if index is None:
                 log.error("unknown counter %r in a view drain kept out of Postgres", counter)
@@ -198,3 +213,9 @@ def add_drains(rows: dict[str, list[int]], drains: Iterable[bytes]) -> None:
                 if row is None:
                     row = rows[content_id] = [0] * width
                 row[index] += n
+                column = DAILY_COUNTERS.get(counter)
+                if column is not None:
+                    entry = daily.get((content_id, day))
+                    if entry is None:
+                        entry = daily[(content_id, day)] = [0, 0]
+                    entry[column] += n
