@@ -89,7 +89,10 @@ async def get_daily_stats(request: Request) -> Response:
     services.auth.authenticate(request.headers.get("authorization"))  # optional, but valid if sent
     today = keys.day_date(keys.uv_day(services.settings.unique_viewers_day))
     last = _day(request, "to") or today
-    first = _day(request, "from") or last - timedelta(days=29)
+    try:
+        first = _day(request, "from") or last - timedelta(days=29)
+    except OverflowError:  # "to" in the first days of year 1
+        first = date.min
     if first > last or (last - first).days >= MAX_DAYS:
         raise ApiError(
             422, "invalid_date_range", f"from must not be after to, and the range at most {MAX_DAYS} days."
