@@ -21,7 +21,7 @@ from typing import Any
 
 from daemon import keys
 from daemon.core import Core
-from daemon.errors import PG_ERRORS, REDIS_ERRORS, Unavailable
+from daemon.errors import PG_ERRORS, REDIS_ERRORS, Unavailable, is_unavailable
 
 MAX_DAYS = 366
 _ATTEMPTS = 5
@@ -45,20 +45,12 @@ async def daily_stats(core: Core, content_id: str, first: date, last: date) -> d
     try:
         pool = await core.pool()
         async with pool.acquire() as conn:
-            for _ in range(_ATTEMPTS):
-                before = await conn.fetchrow(_MARKER, shard)
-                batch_id, pending, captured = await core.store.read_daily(content_id)
-                rows = await conn.fetch(_ROWS, content_id, first, last)
-                committed = bool(batch_id) and await conn.fetchval(_COMMITTED, batch_id) is not None
-                if tuple(await conn.fetchrow(_MARKER, shard)) == tuple(before):
-                    break
-            else:
-                raise Unavailable("Daily stats are changing too fast to read; retry.", 1)
-    except (*PG_ERRORS, *REDIS_ERRORS) as exc:
+            rows, pending, captured = await _consistent_read(core, conn, content_id, shard, (first, last))
+    except PG_ERRORS as exc:
         retry = core.settings.buffer_retry_after_s
         raise Unavailable("Daily stats are temporarily unavailable.", retry) from exc
     days = {r["day"]: [int(r["views"]), int(r["watch_seconds"]), int(r["unique_viewers"])] for r in rows}
-    for flat in (pending, [] if committed else captured):
+    for flat in (pending, captured):
         for i in range(0, len(flat), 3):
             day = keys.day_date(flat[i] or today)
             if day in days:
@@ -72,6 +64,28 @@ async def daily_stats(core: Core, content_id: str, first: date, last: date) -> d
             for d, (v, w, u) in sorted(days.items())
         ],
     }
+
+
+async def _consistent_read(
+    core: Core, conn: Any, content_id: str, shard: int, days: tuple[date, date]
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """(Postgres rows of the days, Redis's pending [day, views, watch, ...] not captured, and captured
+    but not committed), read between two unchanged ledger markers of the shard. With Redis unreachable:
+    Postgres's rows alone (what the flusher has written)."""
+    for _ in range(_ATTEMPTS):
+        before = await conn.fetchrow(_MARKER, shard)
+        try:
+            batch_id, pending, captured = await core.store.read_daily(content_id)
+        except REDIS_ERRORS as exc:
+            if not is_unavailable(exc):
+                raise
+            return await conn.fetch(_ROWS, content_id, *days), [], []
+        rows = await conn.fetch(_ROWS, content_id, *days)
+        if batch_id and await conn.fetchval(_COMMITTED, batch_id) is not None:
+            captured = []  # in the rows already
+        if tuple(await conn.fetchrow(_MARKER, shard)) == tuple(before):
+            return rows, pending, captured
+    raise Unavailable("Daily stats are changing too fast to read; retry.", 1)
 
 
 async def _live_viewers(core: Core, content_id: str, days: dict[date, list[int]], today: str) -> None:

@@ -14,6 +14,7 @@ from cold_fixtures import Stack
 from service_fixtures import ApiProcess, run_flusher_once, token, wait_until
 
 from daemon.daily import daily_stats
+from daemon.proc.servers import RedisServer
 from daemon.settings import Settings
 from flusher.writer import write_batches
 
@@ -46,7 +47,7 @@ def _api_on(start_api: Callable[..., ApiProcess], settings: Settings, day: str) 
 
 @pytest.mark.parametrize("max_drains", [256, 0], ids=["drain-entries", "delta-fields"])
 def test_each_day_is_exact_before_and_after_flushes(
-    migrated: Settings, start_api: Callable[..., ApiProcess], max_drains: int
+    migrated: Settings, start_api: Callable[..., ApiProcess], redis_back: RedisServer, max_drains: int
 ) -> None:
     settings = migrated.replace(view_delta_max_drains=max_drains)
     # Given three views on D6 (10 s each, three users)
@@ -70,6 +71,10 @@ def test_each_day_is_exact_before_and_after_flushes(
     days = api.client.get("/api/v1/content/dy-a/stats/daily").json()["days"]
     assert len(days) == 30 and days[-2:] == both[1:]
     assert _daily(api, "dy-never") == [_day(D5), _day(D6), _day(D7)]
+
+    # And with Redis stopped, the flushed figures come from Postgres alone
+    redis_back.stop()
+    assert _daily(api, "dy-a") == both
 
 
 async def test_a_captured_batch_counts_once_until_and_after_its_commit(stack: Stack) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from service_fixtures import ApiProcess, run_flusher_once, token, wait_until
 
+from daemon.proc.servers import RedisServer
 from daemon.settings import Settings
 
 
@@ -61,7 +62,7 @@ def _writes(api: ApiProcess) -> None:
 
 
 def test_creator_totals_and_lists_are_exact_after_a_flush(
-    migrated: Settings, start_api: Callable[..., ApiProcess]
+    migrated: Settings, start_api: Callable[..., ApiProcess], redis_back: RedisServer
 ) -> None:
     settings = migrated.replace(buffer_flush_interval_ms=20)
     api = start_api(settings)
@@ -107,11 +108,14 @@ def test_creator_totals_and_lists_are_exact_after_a_flush(
     run_flusher_once(settings)
 
     # Then the newest comes first and the unliked is gone
-    assert [e["content_id"] for e in _all_pages(api, "/api/v1/users/me/likes", "u1")] == [
-        "rd-c",
-        "rd-late",
-        "rd-a",
-    ]
+    likes = _all_pages(api, "/api/v1/users/me/likes", "u1")
+    assert [e["content_id"] for e in likes] == ["rd-c", "rd-late", "rd-a"]
+
+    # And with Redis stopped, the totals and lists (Postgres's) are the same
+    totals = _ok(api.client.get("/api/v1/creators/cr-1/stats"))
+    redis_back.stop()
+    assert _ok(api.client.get("/api/v1/creators/cr-1/stats")) == totals
+    assert _all_pages(api, "/api/v1/users/me/likes", "u1") == likes
 
 
 def test_lists_refuse_bad_input_and_other_users(api: ApiProcess) -> None:

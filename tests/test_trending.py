@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from service_fixtures import ApiProcess, token, wait_until
 
+from daemon.proc.servers import RedisServer
 from daemon.settings import Settings
 
 T0 = 1_765_000_800.0  # on an hour's start: 5-minute bucket 5,883,336, hour 490,278
@@ -62,6 +63,15 @@ def test_items_rank_by_views_in_their_window_and_leave_it(
     assert api.stop() == 0
     api = _at(start_api, migrated, T0 + 3600 + 7 * 86400)
     assert _trending(api, "7d") == []
+
+
+def test_trending_is_unavailable_without_redis(
+    migrated: Settings, start_api: Callable[..., ApiProcess], redis_back: RedisServer
+) -> None:
+    api = _at(start_api, migrated, T0)
+    redis_back.stop()
+    r = api.client.get("/api/v1/trending")
+    assert (r.status_code, r.json()["error"], r.headers["Retry-After"]) == (503, "unavailable", "1")
 
 
 def test_bad_trending_parameters_get_a_specific_error(api: ApiProcess) -> None:
