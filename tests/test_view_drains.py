@@ -58,6 +58,17 @@ class Stack:
         )
         return {r["content_id"]: (r["views"], r["watch_seconds"], r["completions"]) for r in rows}
 
+    async def daily(self) -> dict[tuple[str, str], tuple[int, int]]:
+        rows = await self.pool.fetch("SELECT content_id, day, views, watch_seconds FROM content_daily")
+        return {
+            (r["content_id"], r["day"].strftime("%Y%m%d")): (r["views"], r["watch_seconds"]) for r in rows
+        }
+
+    @property
+    def day(self) -> str:
+        """The UTC day the buffer cuts drains with (pinned in this file's settings)."""
+        return keys.uv_day(self.settings.unique_viewers_day)
+
     async def live(self, counter: str, content_id: str) -> int:
         value = await self.redis.hget(keys.counts_key(self.shard(content_id), content_id), counter)
         return int(value or 0)
@@ -67,6 +78,7 @@ class Stack:
 
 
 async def _stack(settings: Settings) -> AsyncIterator[Stack]:
+    settings = settings.replace(unique_viewers_day=settings.unique_viewers_day or "2026-12-07")
     client = make_redis(settings)
     pool = await db.create_pool(settings)
     scripts = Scripts.load()
@@ -127,7 +139,13 @@ async def test_past_the_limit_a_drain_goes_to_the_delta_hash_and_nothing_is_lost
     # Then the list stopped at two and the delta hash holds the other three drains' increments
     shard = bounded.shard("a")
     assert await bounded.redis.llen(keys.vdelta_key(shard)) == 2
-    assert await bounded.redis.hgetall(keys.delta_key(shard)) == {"views:a": "12", "watch_seconds:a": "120"}
+    day = bounded.day
+    assert await bounded.redis.hgetall(keys.delta_key(shard)) == {
+        "views:a": "12",
+        "watch_seconds:a": "120",
+        f"dv:{day}:a": "12",  # the day's counts too (content_daily)
+        f"dw:{day}:a": "120",
+    }
     assert await bounded.live("views", "a") == 15
 
     # When the flusher runs, and more drains arrive after it
@@ -135,8 +153,9 @@ async def test_past_the_limit_a_drain_goes_to_the_delta_hash_and_nothing_is_lost
     await bounded.drain({"a": (6, 0)})
     await bounded.flush()
 
-    # Then Postgres holds every view once, and the list took entries again once emptied
+    # Then Postgres holds every view once, and the list took entries again once emptied; the day's too
     assert await bounded.postgres() == {"a": (21, 150, 0)}
+    assert await bounded.daily() == {("a", day): (21, 150)}
 
 
 async def test_with_the_limit_at_zero_every_increment_goes_to_the_delta_hash(migrated: Settings) -> None:
@@ -149,9 +168,12 @@ async def test_with_the_limit_at_zero_every_increment_goes_to_the_delta_hash(mig
             "views:a": "3",
             "watch_seconds:a": "20",
             "completions:a": "1",
+            f"dv:{stack.day}:a": "3",
+            f"dw:{stack.day}:a": "20",
         }
         await stack.flush()
         assert await stack.postgres() == {"a": (3, 20, 1)}
+        assert await stack.daily() == {("a", stack.day): (3, 20)}
 
 
 async def test_a_drain_journaled_by_an_earlier_version_still_applies_once(stack: Stack) -> None:
