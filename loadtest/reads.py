@@ -1,12 +1,12 @@
 """reads: items per second of stats through the batch endpoint (50 ids a request) against the single
-one, on the same api in the same run; and the latency of trending reads and of a batch.
+one, on the same api in the same run; and the latency of trending reads, of a batch and of daily ranges.
 
 The api's Redis holds POOL items (their counts seeded by views); wrk reads random ones of them with
 ``get_stats.lua`` (one item a request) and ``post_stats_batch.lua`` (BATCH_SIZE a request), in turn,
 the order swapped every round. Reported per round and as medians: items/s of each, and the ratio
 batch / single [goal >= 10]. Then, sequentially on one connection (each request timed alone, after a
-warm-up): p50 / p99 of a 50-id batch and of ``GET /api/v1/trending`` for each window, with the
-trending cache off (every read runs the per-shard scripts).
+warm-up): p50 / p99 of a 50-id batch, of ``GET /api/v1/trending`` for each window with the trending
+cache off (every read runs the per-shard scripts), and of a daily range of 30 and of 366 days.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import http.client
 import json
 import statistics
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -87,16 +88,19 @@ def _round(ns: argparse.Namespace, r: int, api: AppServer) -> dict[str, Any]:
     return row
 
 
+def _days_ago(n: int) -> str:
+    return (datetime.now(UTC).date() - timedelta(days=n)).isoformat()
+
+
 def _latencies(api: AppServer) -> dict[str, Any]:
     """p50 / p99 (µs) of sequential requests on one keep-alive connection."""
     conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
     ids = json.dumps({"content_ids": [f"rd-{i}" for i in range(BATCH_SIZE)]}).encode()
     cases = {
         "batch_50": ("POST", "/api/v1/stats/batch", ids),
-        **{
-            f"trending_{w}": ("GET", f"/api/v1/trending?window={w}&limit=20", None)
-            for w in ("1h", "24h", "7d")
-        },
+        **{f"trending_{w}": ("GET", f"/api/v1/trending?window={w}", None) for w in ("1h", "24h", "7d")},
+        "daily_30_days": ("GET", "/api/v1/content/rd-0/stats/daily", None),
+        "daily_366_days": ("GET", f"/api/v1/content/rd-0/stats/daily?from={_days_ago(365)}", None),
     }
     out: dict[str, Any] = {}
     try:
