@@ -1,8 +1,9 @@
 #!lua flags=no-writes
 -- top_views: the items with the most views in one shard over a trending window (daemon/trending.py).
 --
---   KEYS[1..]  eng:{s:N}:tr:<bucket> or eng:{s:N}:trh:<hour>  ZSET  content_id -> views in that bucket
---              (the buckets of the window; a missing one counts as empty)
+--   KEYS[1]    eng:{s:N}:tr:<bucket> or eng:{s:N}:trh:<hour>  ZSET  content_id -> views in that bucket:
+--              the window's oldest bucket
+--   KEYS[2..]  the window's other buckets (a missing one counts as empty)
 --   ARGV[1]    how many items at least: the top ones, and any more tied with the last of them
 -- Returns {content_id, views, ...}, most views first.
 

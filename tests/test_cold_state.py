@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from cold_fixtures import Stack
 
-from daemon import db, keys
+from daemon import db, keys, redis_memory
 from daemon.store import Store, cold
 from daemon.views.buffer import ViewBuffer
 from daemon.views.drains import Drain
@@ -184,13 +184,15 @@ async def test_the_flush_lease_and_pending_data_carry_no_ttl(stack: Stack) -> No
     assert await buffer.drain_once()
     flusher = stack.flusher()
     await flusher.capture()  # holds the leases of the shards it captured
-    volatile = []
+    volatile, trending = [], []
     async for name in stack.redis.scan_iter(match="eng:*"):
         ttl = await stack.redis.ttl(name)
         if ttl != -1:
-            volatile.append(name)
-    # Only cold keys can carry a TTL; nothing here was flushed yet, so nothing has one
+            (trending if redis_memory.key_kind(name) == "trending" else volatile).append(name)
+    # Only cold keys can carry a TTL (and trending buckets, which hold nothing Postgres needs); nothing
+    # here was flushed yet, so no cold key has one
     assert volatile == []
+    assert len(trending) == 2  # b's 5-minute and hourly buckets
 
 
 async def test_seeds_are_ttl_bounded_and_a_read_of_an_unknown_item_costs_one_load(stack: Stack) -> None:

@@ -123,6 +123,7 @@ async def exercise(stack: Stack) -> None:
     assert len(await store.rate_limit("u1", "like", 60_000, 100, "r1")) == 3
     # reads
     assert (await store.read_items(["a"], "u1", "20261207"))[0].counts is not None
+    assert (await store.read_daily("a"))[1][1:] == [1, 5]  # a's one view of 5 s, pending
     assert (await store.top_views([window_keys(s, "1h", keys.trend_bucket())], 5))[0][:2] == ["a", "1"]
     # the flusher's, the reconcile's
     captured = await store.capture_batches(owner)

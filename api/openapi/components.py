@@ -279,6 +279,28 @@ def components(settings: Settings) -> Schema:
             },
             "limit": _limit(PAGE_DEFAULT, PAGE_MAX),
             "itemsLimit": _limit(ITEMS_PAGE_DEFAULT, ITEMS_PAGE_MAX, "Items per page"),
+            "trendingLimit": _limit(20, 100, "Items"),
+            "trendingWindow": {
+                "name": "window",
+                "in": "query",
+                "required": False,
+                "schema": {"enum": ["1h", "24h", "7d"], "default": "1h"},
+                "description": "1h: the last 12 five-minute buckets (55 to 60 minutes); 24h and 7d: the last "
+                "24 and 168 hours, the current one included. Otherwise a 422 `invalid_window`.",
+            },
+            **{
+                name: {
+                    "name": query,
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+                    "description": description,
+                }
+                for name, query, description in (
+                    ("fromDay", "from", "The first UTC day (default: 29 days before `to`)."),
+                    ("toDay", "to", "The last UTC day (default: today)."),
+                )
+            },
             "cursor": {
                 "name": "cursor",
                 "in": "query",

@@ -80,21 +80,6 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
         },
         "additionalProperties": False,
     }
-    window = {
-        "name": "window",
-        "in": "query",
-        "required": False,
-        "schema": {"enum": list(WINDOWS), "default": "1h"},
-        "description": "1h: the last 12 five-minute buckets (55 to 60 minutes); 24h and 7d: the last 24 "
-        "and 168 hours, the current one included.",
-    }
-    limit = {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "integer", "minimum": 1, "maximum": TRENDING_MAX, "default": 20},
-        "description": "Items at most.",
-    }
     return {
         reads.TRENDING_ROUTE: {
             "get": operation(
@@ -104,7 +89,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 "reuses an answer for ENGAGEMENT_TRENDING_CACHE_MS.",
                 tags=["stats"],
                 security=AUTH_OPTIONAL,
-                parameters=[window, limit],
+                parameters=[ref("parameters", "trendingWindow"), ref("parameters", "trendingLimit")],
                 responses={200: ok("The window's top items.", trending)},
                 errors={
                     401: INVALID_TOKEN,

@@ -101,19 +101,6 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
         },
         "additionalProperties": False,
     }
-    dates = [
-        {
-            "name": name,
-            "in": "query",
-            "required": False,
-            "schema": {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
-            "description": description,
-        }
-        for name, description in (
-            ("from", "The first UTC day (default: 29 days before `to`)."),
-            ("to", "The last UTC day (default: today)."),
-        )
-    ]
     return {
         stats.DAILY_STATS_ROUTE: {
             "get": operation(
@@ -124,7 +111,11 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 "them; today's entry includes what Redis still holds. No token needed.",
                 tags=["stats"],
                 security=AUTH_OPTIONAL,
-                parameters=[ref("parameters", "contentId"), *dates],
+                parameters=[
+                    ref("parameters", "contentId"),
+                    ref("parameters", "fromDay"),
+                    ref("parameters", "toDay"),
+                ],
                 responses={200: ok("One entry per day.", daily)},
                 errors={
                     401: INVALID_TOKEN,
