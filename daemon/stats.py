@@ -21,6 +21,7 @@ from daemon import keys
 from daemon.core import Core
 from daemon.errors import PG_ERRORS, REDIS_ERRORS, Unavailable
 from daemon.ids import STATE_NAMES
+from daemon.pipeliner import pipeliner_for
 from daemon.store import ItemCounts
 from daemon.store.cold import counts_seed
 
@@ -60,7 +61,8 @@ async def read_stats(core: Core, content_ids: list[str], user: str | None) -> li
     day = keys.uv_day(core.settings.unique_viewers_day)
     items: dict[str, ItemCounts] = {}
     try:
-        items = dict(zip(distinct, await core.store.read_items(distinct, user, day), strict=True))
+        found = await core.store.read_items(distinct, user, day, pipeliner_for(core))
+        items = dict(zip(distinct, found, strict=True))
     except REDIS_ERRORS as exc:
         log.warning("stats from Postgres: Redis unavailable (%s)", exc)
     for item in items.values():

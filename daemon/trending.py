@@ -24,13 +24,14 @@ WINDOWS = {"1h": (12, False), "24h": (24, True), "7d": (168, True)}
 TRENDING_MAX = 100
 
 
-def window_keys(shard: int, window: str, bucket: int) -> list[str]:
-    """The trending buckets of ``shard`` that make ``window`` at the 5-minute ``bucket``."""
+def window_of(shard: int, window: str, bucket: int) -> tuple[str, int]:
+    """``window`` of ``shard`` at the 5-minute ``bucket``: its newest trending bucket key and its oldest
+    bucket number (top_views.lua derives the keys between)."""
     n, hourly = WINDOWS[window]
     if hourly:
         hour = bucket // keys.TREND_HOUR_BUCKETS
-        return [keys.trend_hour_key(shard, h) for h in range(hour - n + 1, hour + 1)]
-    return [keys.trend_key(shard, b) for b in range(bucket - n + 1, bucket + 1)]
+        return keys.trend_hour_key(shard, hour), hour - n + 1
+    return keys.trend_key(shard, bucket), bucket - n + 1
 
 
 class Trending:
@@ -48,7 +49,7 @@ class Trending:
         if cached is not None and cached[0] > now:
             return cached[1]
         bucket = keys.trend_bucket(settings.trending_clock_s)
-        windows = [window_keys(shard, window, bucket) for shard in range(settings.shards)]
+        windows = [window_of(shard, window, bucket) for shard in range(settings.shards)]
         found: list[tuple[str, int]] = []
         for answer in await self.core.store.top_views(windows, limit):
             found += ((answer[i], int(float(answer[i + 1]))) for i in range(0, len(answer), 2))

@@ -38,7 +38,7 @@ def bench_reads(ns: argparse.Namespace, backends: Backends, workdir: Path, out: 
     out["reads"] = res
     api = AppServer("real", env, workdir)
     try:
-        _seed(api)
+        _seed(api, backends.env["ENGAGEMENT_JWT_SECRET"])
         for r in range(ns.runs):
             res["rounds"].append(_round(ns, r, api))
         for key in ("single_items_per_s", "batch_items_per_s", "ratio"):
@@ -49,12 +49,12 @@ def bench_reads(ns: argparse.Namespace, backends: Backends, workdir: Path, out: 
         api.stop()
 
 
-def _seed(api: AppServer) -> None:
+def _seed(api: AppServer, secret: str) -> None:
     """Every item of the pool viewed (so Redis holds its counts), then wait until they are there."""
     http = Http(api.port)
     try:
         body = json.dumps([{"content_id": f"rd-{i}"} for i in range(POOL)]).encode()
-        headers = {"Authorization": f"Bearer {ingest_token()}", "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {ingest_token(secret)}", "Content-Type": "application/json"}
         status, text = http.request("POST", "/api/v1/views/batch", body, headers)
         if status != 202:
             raise BenchError(f"reads: seeding views answered {status}: {text[:200]!r}")

@@ -12,6 +12,7 @@ script that needs them (Redis has no ``require``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
@@ -71,6 +72,30 @@ class LuaScript:
             retried = await _pipelined(client, [("eval", self.text, *calls[i]) for i in missing], raw)
             for i, r in zip(missing, retried, strict=True):
                 results[i] = r
+        return results
+
+    async def call_all(
+        self, pipeliner: Any, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]
+    ) -> list[Any]:
+        """``call_many`` through an auto-pipeliner (daemon/pipeliner.py): each call is one future, and
+        the calls leave together with whatever else the process sends meanwhile (cheaper per call than
+        a redis-py pipeline). Errors in place, NOSCRIPT re-sent with EVAL, as ``call_many``."""
+        results = list(
+            await asyncio.gather(
+                *(pipeliner.evalsha(self.sha, len(k), *k, *a) for k, a in calls), return_exceptions=True
+            )
+        )
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            retried = await asyncio.gather(
+                *(pipeliner.eval(self.text, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in missing),
+                return_exceptions=True,
+            )
+            for i, r in zip(missing, retried, strict=True):
+                results[i] = r
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, Exception):
+                raise r  # cancelled: not an answer
         return results
 
 

@@ -21,7 +21,7 @@ from cold_fixtures import Stack
 import lua
 from consumer.store import _pack
 from daemon import keys
-from daemon.trending import window_keys
+from daemon.trending import window_of
 from lua import LuaScript, Scripts
 
 LUA_DIR = Path(lua.__file__).parent
@@ -124,7 +124,7 @@ async def exercise(stack: Stack) -> None:
     # reads
     assert (await store.read_items(["a"], "u1", "20261207"))[0].counts is not None
     assert (await store.read_daily("a"))[1][1:] == [1, 5]  # a's one view of 5 s, pending
-    assert (await store.top_views([window_keys(s, "1h", keys.trend_bucket())], 5))[0][:2] == ["a", "1"]
+    assert (await store.top_views([window_of(s, "1h", keys.trend_bucket())], 5))[0][:2] == ["a", "1"]
     # the flusher's, the reconcile's
     captured = await store.capture_batches(owner)
     assert captured

@@ -50,16 +50,20 @@ class ReadStore(StoreBase):
         found = await pipe.execute()
         return {day: int(found[2 * i + 1]) for i, day in enumerate(days) if found[2 * i]}
 
-    async def top_views(self, windows: Sequence[Sequence[str]], limit: int) -> list[list[str]]:
-        """``top_views.lua`` per shard, pipelined: ``windows`` is each shard's list of trending bucket
-        keys; each answer [content_id, views, ...], at least the top ``limit``, most views first."""
-        calls = [(list(bucket_keys), [limit]) for bucket_keys in windows]
+    async def top_views(self, windows: Sequence[tuple[str, int]], limit: int) -> list[list[str]]:
+        """``top_views.lua`` per shard, pipelined: ``windows`` is each shard's (newest trending bucket
+        key, oldest bucket number); each answer [content_id, views, ...], at least the top ``limit``,
+        most views first."""
+        calls = [([newest], [limit, oldest]) for newest, oldest in windows]
         return [checked(r) for r in await self.scripts.top_views.call_many(self.redis, calls)]
 
     # -- reads ----------------------------------------------------------------------------------------
 
-    async def read_items(self, content_ids: Sequence[str], user_id: str | None, day: str) -> list[ItemCounts]:
-        """What Redis holds for each item (``read_counts.lua``, pipelined); missing keys as None."""
+    async def read_items(
+        self, content_ids: Sequence[str], user_id: str | None, day: str, client: Any = None
+    ) -> list[ItemCounts]:
+        """What Redis holds for each item (``read_counts.lua``, pipelined; through ``client``, the api's
+        auto-pipeliner, when given); missing keys as None."""
         calls = []
         for content_id in content_ids:
             s = self._shard(content_id)
@@ -75,7 +79,13 @@ class ReadStore(StoreBase):
             calls.append((script_keys, []))
         out = []
         for (script_keys, _), result in zip(
-            calls, await self.scripts.read_counts.call_many(self.redis, calls), strict=True
+            calls,
+            await (
+                self.scripts.read_counts.call_all(client, calls)
+                if client is not None
+                else self.scripts.read_counts.call_many(self.redis, calls)
+            ),
+            strict=True,
         ):
             flat, all_time, today, state, counts_token, state_token = checked(result)
             counts = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)} if flat else None
