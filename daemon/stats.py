@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,9 +66,7 @@ async def read_stats(core: Core, content_ids: list[str], user: str | None) -> li
         items = dict(zip(distinct, found, strict=True))
     except REDIS_ERRORS as exc:
         log.warning("stats from Postgres: Redis unavailable (%s)", exc)
-    for item in items.values():
-        _count(core, item, user, day)
-    wanted = [c for c in distinct if c not in items or not _complete(items[c], user, day)]
+    wanted = _count(core, items, user, day) if items else distinct
     rows: dict[str, Any] = {}
     if wanted:
         started = time.perf_counter()
@@ -111,18 +110,25 @@ def _missing(item: ItemCounts, user: str | None, day: str) -> dict[str, int]:
     return missing
 
 
-def _complete(item: ItemCounts, user: str | None, day: str) -> bool:
-    """Whether Redis answered everything."""
-    return not any(_missing(item, user, day).values())
-
-
-def _count(core: Core, item: ItemCounts, user: str | None, day: str) -> None:
-    missing = _missing(item, user, day)
-    needed = {"counts": 1, "like": int(user is not None)}
-    core.store.loader.add_hits({kind: n - missing[kind] for kind, n in needed.items() if n > missing[kind]})
-    for kind, n in missing.items():
+def _count(core: Core, items: dict[str, ItemCounts], user: str | None, day: str) -> list[str]:
+    """Count the cold hits and loads of a read (one metric update per kind); the items Redis did not
+    answer in full."""
+    hits: Counter[str] = Counter()
+    loads: Counter[str] = Counter()
+    wanted = []
+    for content_id, item in items.items():
+        missing = _missing(item, user, day)
+        if any(missing.values()):
+            wanted.append(content_id)
+            loads.update(missing)
+        hits["counts"] += 1 - missing["counts"]
+        if user is not None:
+            hits["like"] += 1 - missing["like"]
+    core.store.loader.add_hits({kind: n for kind, n in hits.items() if n})
+    for kind, n in loads.items():
         if n:
             core.metrics.cold_loads.labels(kind=kind).inc(n)
+    return wanted
 
 
 async def _seed(core: Core, items: dict[str, ItemCounts], rows: dict[str, Any], user: str | None) -> None:

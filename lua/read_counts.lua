@@ -1,28 +1,37 @@
 #!lua flags=allow-oom
--- read_counts: what GET /api/v1/content/{id}/stats reads from Redis about one item, in one call.
+-- read_counts: what the stats endpoints read from Redis about some items of one shard, in one call.
 --
 -- Reads (PFCOUNT may update an HLL's cached count) and leaves load placeholders: it runs at maxmemory
 -- too (allow-oom). A missing counts hash or like state is reported as such, with a load token: the
 -- caller reads Postgres instead and seeds the key with seed_cold.lua (lib/cold.lua). One the row filter
 -- proves new (Postgres has no row) is answered as the empty value instead, and not created.
 --
--- Key layout (hash tag {s:N} of the item):
---   KEYS[1]  eng:{s:N}:c:<content_id>               HASH  the item's live counts and flags
---   KEYS[2]  eng:{s:N}:uv:<content_id>              HLL   all-time unique viewers
---   KEYS[3]  eng:{s:N}:uvd:<yyyymmdd>:<content_id>  HLL   today's unique viewers
---   KEYS[4]  eng:{s:N}:rec                          HASH  records: "l:<key>" -> load tokens
---   KEYS[5]  eng:{s:N}:recexp                       ZSET  record -> expiry (ms)
---   KEYS[6]  eng:{s:N}:lk:<content_id>|<user_id>    STRING the viewer's like state (optional)
+-- Key layout (hash tag {s:N} of the items):
+--   KEYS[1]  eng:{s:N}:rec     HASH  records: "l:<key>" -> load tokens
+--   KEYS[2]  eng:{s:N}:recexp  ZSET  record -> expiry (ms)
+--   derived, same hash tag, per item:
+--            eng:{s:N}:c:<content_id>               HASH   the item's live counts and flags
+--            eng:{s:N}:uv:<content_id>              HLL    all-time unique viewers
+--            eng:{s:N}:uvd:<yyyymmdd>:<content_id>  HLL    today's unique viewers
+--            eng:{s:N}:lk:<content_id>|<user_id>    STRING the viewer's like state (with a user)
 --   derived, same hash tag: eng:{s:N}:rows  STRING  the row filter (lib/cold.lua), read only
--- Returns {counts, all_time, today, state, counts_token, state_token}: counts the flat HGETALL of
--- KEYS[1] ({} when it is missing); all_time and today a PFCOUNT, or -1 when the HLL is missing; state
--- the value of KEYS[6], or "" when it is missing or was not asked for; the tokens "" unless the key is
--- missing.
+-- ARGV:
+--   ARGV[1]  today, yyyymmdd
+--   ARGV[2]  the viewer's user id, or "" (no like state read)
+--   then     the content ids
+-- Returns, per content id in order, 6 values: counts, all_time, today, state, counts_token,
+-- state_token: counts the flat HGETALL of the counts hash ({} when it is missing); all_time and today
+-- a PFCOUNT, or -1 when the HLL is missing; state the like state, or "" when it is missing or was not
+-- asked for; the tokens "" unless the key is missing.
 
 -- @include records
 -- @include cold
 
-local counts = redis.call('HGETALL', KEYS[1])
+local rec_key, recexp_key = KEYS[1], KEYS[2]
+local prefix = string.sub(rec_key, 1, -5)  -- "eng:{s:N}"
+local day, user = ARGV[1], ARGV[2]
+local rows_key = cold.rows_key(rec_key)
+
 local function count(key)
   if redis.call('EXISTS', key) == 0 then
     return -1
@@ -30,25 +39,38 @@ local function count(key)
   return redis.call('PFCOUNT', key)
 end
 local function token(key)
-  return cold.unknown(KEYS[4], KEYS[5], {key})[3]
+  return cold.unknown(rec_key, recexp_key, {key})[3]
 end
-local state, counts_token, state_token = '', '', ''
-local rows_key = cold.rows_key(KEYS[4])
-if #counts == 0 then
-  if cold.is_new(rows_key, KEYS[1]) then
-    counts = cold.empty(KEYS[1])
-  else
-    counts_token = token(KEYS[1])
-  end
-end
-if KEYS[6] then
-  state = redis.call('GET', KEYS[6]) or ''
-  if state == '' then
-    if cold.is_new(rows_key, KEYS[6]) then
-      state = cold.empty(KEYS[6])
+
+local out = {}
+for i = 3, #ARGV do
+  local content_id = ARGV[i]
+  local counts_key = prefix .. ':c:' .. content_id
+  local counts = redis.call('HGETALL', counts_key)
+  local state, counts_token, state_token = '', '', ''
+  if #counts == 0 then
+    if cold.is_new(rows_key, counts_key) then
+      counts = cold.empty(counts_key)
     else
-      state_token = token(KEYS[6])
+      counts_token = token(counts_key)
     end
   end
+  if user ~= '' then
+    local state_key = prefix .. ':lk:' .. content_id .. '|' .. user
+    state = redis.call('GET', state_key) or ''
+    if state == '' then
+      if cold.is_new(rows_key, state_key) then
+        state = cold.empty(state_key)
+      else
+        state_token = token(state_key)
+      end
+    end
+  end
+  out[#out + 1] = counts
+  out[#out + 1] = count(prefix .. ':uv:' .. content_id)
+  out[#out + 1] = count(prefix .. ':uvd:' .. day .. ':' .. content_id)
+  out[#out + 1] = state
+  out[#out + 1] = counts_token
+  out[#out + 1] = state_token
 end
-return {counts, count(KEYS[2]), count(KEYS[3]), state, counts_token, state_token}
+return out

@@ -62,48 +62,35 @@ class ReadStore(StoreBase):
     async def read_items(
         self, content_ids: Sequence[str], user_id: str | None, day: str, client: Any = None
     ) -> list[ItemCounts]:
-        """What Redis holds for each item (``read_counts.lua``, pipelined; through ``client``, the api's
-        auto-pipeliner, when given); missing keys as None."""
-        calls = []
+        """What Redis holds for each item (``read_counts.lua``, one call per shard involved, pipelined;
+        through ``client``, the api's auto-pipeliner, when given); missing keys as None."""
+        by_shard: dict[int, list[str]] = defaultdict(list)
         for content_id in content_ids:
-            s = self._shard(content_id)
-            script_keys = [
-                keys.counts_key(s, content_id),
-                keys.uv_key(s, content_id),
-                keys.uv_day_key(s, day, content_id),
-                keys.rec_key(s),
-                keys.recexp_key(s),
-            ]
-            if user_id is not None:
-                script_keys.append(keys.like_key(s, content_id, user_id))
-            calls.append((script_keys, []))
-        out = []
-        for (script_keys, _), result in zip(
-            calls,
-            await (
-                self.scripts.read_counts.call_all(client, calls)
-                if client is not None
-                else self.scripts.read_counts.call_many(self.redis, calls)
-            ),
-            strict=True,
-        ):
-            flat, all_time, today, state, counts_token, state_token = checked(result)
-            counts = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)} if flat else None
-            tokens = {}
-            if counts_token:
-                tokens[script_keys[0]] = counts_token
-            if state_token:
-                tokens[script_keys[5]] = state_token
-            out.append(
-                ItemCounts(
+            by_shard[self._shard(content_id)].append(content_id)
+        user = user_id if user_id is not None else ""
+        calls = [([keys.rec_key(s), keys.recexp_key(s)], [day, user, *ids]) for s, ids in by_shard.items()]
+        script = self.scripts.read_counts
+        results = await (
+            script.call_all(client, calls) if client is not None else script.call_many(self.redis, calls)
+        )
+        found: dict[str, ItemCounts] = {}
+        for (s, ids), result in zip(by_shard.items(), results, strict=True):
+            answer = checked(result)
+            for k, content_id in enumerate(ids):
+                flat, all_time, today, state, counts_token, state_token = answer[6 * k : 6 * k + 6]
+                tokens = {}
+                if counts_token:
+                    tokens[keys.counts_key(s, content_id)] = counts_token
+                if state_token:
+                    tokens[keys.like_key(s, content_id, user)] = state_token
+                found[content_id] = ItemCounts(
                     tokens,
-                    counts,
-                    None if int(all_time) < 0 else int(all_time),
-                    None if int(today) < 0 else int(today),
+                    {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)} if flat else None,
+                    None if all_time < 0 else all_time,
+                    None if today < 0 else today,
                     None if state == "" else int(state),
                 )
-            )
-        return out
+        return [found[c] for c in content_ids]
 
     async def read(self, names: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
         """Cold keys of one shard (hashes as dicts, strings as str): (the present ones' values, the
