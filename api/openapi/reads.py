@@ -46,6 +46,22 @@ def _entry(field: str, at: str) -> Schema:
     }
 
 
+def _list(operation_id: str, summary: str, description: str, entry: tuple[str, str]) -> dict[str, Schema]:
+    """A list of the caller's own (the token's `sub`)."""
+    return {
+        "get": operation(
+            operation_id,
+            summary,
+            description=description + _FRESHNESS,
+            tags=["reads"],
+            security=AUTH_REQUIRED,
+            parameters=[ref("parameters", "limit"), ref("parameters", "cursor")],
+            responses={200: ok("One page.", page_schema(_entry(*entry)))},
+            errors=_PAGE_ERRORS,
+        )
+    }
+
+
 def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
     page = [ref("parameters", "limit"), ref("parameters", "cursor")]
     totals = {
@@ -118,30 +134,18 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
                 },
             )
         },
-        reads.MY_LIKES_ROUTE: {
-            "get": operation(
-                "listMyLikes",
-                "The items the caller likes",
-                description="The token's `sub`'s likes (not dislikes)." + _FRESHNESS,
-                tags=["reads"],
-                security=AUTH_REQUIRED,
-                parameters=page,
-                responses={200: ok("One page.", page_schema(_entry("content_id", "liked_at")))},
-                errors=_PAGE_ERRORS,
-            )
-        },
-        reads.MY_SUBSCRIPTIONS_ROUTE: {
-            "get": operation(
-                "listMySubscriptions",
-                "The creators the caller subscribes to",
-                description="The token's `sub`'s subscriptions." + _FRESHNESS,
-                tags=["reads"],
-                security=AUTH_REQUIRED,
-                parameters=page,
-                responses={200: ok("One page.", page_schema(_entry("creator_id", "subscribed_at")))},
-                errors=_PAGE_ERRORS,
-            )
-        },
+        reads.MY_LIKES_ROUTE: _list(
+            "listMyLikes",
+            "The items the caller likes",
+            "The token's `sub`'s likes (not dislikes).",
+            ("content_id", "liked_at"),
+        ),
+        reads.MY_SUBSCRIPTIONS_ROUTE: _list(
+            "listMySubscriptions",
+            "The creators the caller subscribes to",
+            "The token's `sub`'s subscriptions.",
+            ("creator_id", "subscribed_at"),
+        ),
         reads.SUBSCRIBERS_ROUTE: {
             "get": operation(
                 "listCreatorSubscribers",
