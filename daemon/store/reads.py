@@ -62,21 +62,30 @@ class ReadStore(StoreBase):
     async def read_items(
         self, content_ids: Sequence[str], user_id: str | None, day: str, client: Any = None
     ) -> list[ItemCounts]:
-        """What Redis holds for each item (``read_counts.lua``, one call per shard involved, pipelined;
-        through ``client``, the api's auto-pipeliner, when given); missing keys as None."""
-        by_shard: dict[int, list[str]] = defaultdict(list)
+        """What Redis holds for each item (``read_counts.lua``; through ``client``, the api's
+        auto-pipeliner, when given); missing keys as None. On one Redis one call reads every item; on
+        Redis Cluster one call per shard involved (its slot), pipelined."""
+        groups: dict[int, list[tuple[int, str]]] = defaultdict(list)
         for content_id in content_ids:
-            by_shard[self._shard(content_id)].append(content_id)
+            s = self._shard(content_id)
+            groups[s if self.settings.redis_cluster else -1].append((s, content_id))
         user = user_id if user_id is not None else ""
-        calls = [([keys.rec_key(s), keys.recexp_key(s)], [day, user, *ids]) for s, ids in by_shard.items()]
+        calls = []
+        for items in groups.values():
+            first = items[0][0]
+            args: list[Any] = [day, user]
+            for s, content_id in items:
+                args += (keys.tag(s), content_id)
+            calls.append(([keys.rec_key(first), keys.recexp_key(first)], args))
         script = self.scripts.read_counts
-        results = await (
-            script.call_all(client, calls) if client is not None else script.call_many(self.redis, calls)
-        )
+        if client is not None:
+            results = await script.call_all(client, calls)
+        else:
+            results = await script.call_many(self.redis, calls)
         found: dict[str, ItemCounts] = {}
-        for (s, ids), result in zip(by_shard.items(), results, strict=True):
+        for items, result in zip(groups.values(), results, strict=True):
             answer = checked(result)
-            for k, content_id in enumerate(ids):
+            for k, (s, content_id) in enumerate(items):
                 flat, all_time, today, state, counts_token, state_token = answer[6 * k : 6 * k + 6]
                 tokens = {}
                 if counts_token:
