@@ -6,8 +6,9 @@ same for the viewer's like state (a "none" state for ENGAGEMENT_STATE_READ_TTL_S
 they never liked are many) and for unique viewers HLLs Postgres holds. Those reads count in
 ``engagement_cold_hits_total`` / ``engagement_cold_loads_total`` like the store's.
 
-``read_stats`` answers any number of items with one pipelined ``read_counts`` round trip (every shard
-involved at once), one Postgres query for the items Redis could not answer in full, and one seed call.
+``read_stats`` answers any number of items with one Redis round trip (one ``read_counts`` call, or on
+Redis Cluster one per shard involved, through the api's auto-pipeliner), one Postgres query for the
+items Redis could not answer in full, and one seed call.
 """
 
 from __future__ import annotations
