@@ -26,7 +26,6 @@ from api.instrument import instrumented
 from api.pagination import MAX_ID, bad_cursor, limit_param, positive_int
 from api.reactions import check_rate
 from api.services import Services
-from api.subscriptions import unavailable
 from daemon import comment_counts, comment_store
 from daemon.errors import PG_ERRORS, ColdLoadError
 
@@ -105,7 +104,7 @@ async def _pool(services: Services) -> asyncpg.Pool:
         return await services.pool()
     except PG_ERRORS as exc:
         log.warning("comments unavailable: Postgres unreachable (%s)", exc)
-        raise unavailable(services, "Comments are temporarily unavailable.") from None
+        raise services.unavailable("Comments are temporarily unavailable.") from None
 
 
 async def _settle(services: Services, pool: asyncpg.Pool, comment_id: int) -> None:
@@ -139,7 +138,7 @@ async def post_comment(request: Request) -> Response:
             )
     except PG_ERRORS as exc:
         log.warning("comment refused: Postgres unavailable (%s)", exc)
-        raise unavailable(services, "Comments are temporarily unavailable.") from None
+        raise services.unavailable("Comments are temporarily unavailable.") from None
     if posted.status == "created":
         await _settle(services, pool, posted.comment["comment_id"])
         return json_response(posted.comment, 201)
@@ -167,7 +166,7 @@ async def list_comments(request: Request) -> Response:
             rows = await comment_store.page(conn, content_id, parent_id, after, limit + 1)
     except PG_ERRORS as exc:
         log.warning("comments unavailable: Postgres unreachable (%s)", exc)
-        raise unavailable(services, "Comments are temporarily unavailable.") from None
+        raise services.unavailable("Comments are temporarily unavailable.") from None
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1], content_id, parent_id) if more else None
@@ -189,7 +188,7 @@ async def delete_comment(request: Request) -> Response:
             deleted = await comment_store.delete(conn, content_id, comment_id, principal.sub)
     except PG_ERRORS as exc:
         log.warning("comment deletion refused: Postgres unavailable (%s)", exc)
-        raise unavailable(services, "Comments are temporarily unavailable.") from None
+        raise services.unavailable("Comments are temporarily unavailable.") from None
     if deleted:
         await _settle(services, pool, comment_id)
     return Response(status_code=204)

@@ -21,7 +21,6 @@ from api.instrument import instrumented
 from api.pagination import bad_cursor, cursor_param, encode_cursor, limit_param
 from api.reactions import check_rate
 from api.services import Services
-from api.subscriptions import unavailable
 from daemon import history
 from daemon.errors import PG_ERRORS, REDIS_ERRORS
 from daemon.history import POSITION_MAX, Entry
@@ -69,7 +68,7 @@ async def put_entry(request: Request) -> Response:
             entry = await history.record_in_postgres(pool, principal.sub, content_id, progress, position)
         except PG_ERRORS as pg_exc:
             log.warning("heartbeat refused: Postgres unavailable too (%s)", pg_exc)
-            raise unavailable(services, "Watch history is temporarily unavailable.") from None
+            raise services.unavailable("Watch history is temporarily unavailable.") from None
         services.metrics.fallback_writes.labels(kind="history").inc()
     return json_response(entry.as_json())
 
@@ -92,7 +91,7 @@ async def get_entry(request: Request) -> Response:
             entry = await history.stored(await services.pool(), principal.sub, content_id)
         except PG_ERRORS as exc:
             log.warning("resume position unavailable: Postgres unreachable (%s)", exc)
-            raise unavailable(services, "Watch history is temporarily unavailable.") from None
+            raise services.unavailable("Watch history is temporarily unavailable.") from None
     if entry is None:
         raise ApiError(404, "history_entry_not_found", "This item is not in the watch history.")
     return json_response(entry.as_json())
@@ -114,7 +113,7 @@ async def list_entries(request: Request) -> Response:
         entries, last = await history.page(await services.pool(), principal.sub, unflushed, limit, after)
     except PG_ERRORS as exc:
         log.warning("history unavailable: Postgres unreachable (%s)", exc)
-        raise unavailable(services, "Watch history is temporarily unavailable.") from None
+        raise services.unavailable("Watch history is temporarily unavailable.") from None
     next_cursor = None if last is None else encode_cursor([last.ts_us, last.content_id])
     return json_response({"items": [e.as_json() for e in entries], "next_cursor": next_cursor})
 
@@ -147,5 +146,5 @@ async def clear(request: Request) -> Response:
         await history.purge_history(services.store, pool, principal.sub)
     except (*REDIS_ERRORS, *PG_ERRORS) as exc:
         log.warning("history clear refused: %s", exc)
-        raise unavailable(services, "Watch history cannot be cleared right now; retry.") from None
+        raise services.unavailable("Watch history cannot be cleared right now; retry.") from None
     return Response(status_code=204)

@@ -23,7 +23,6 @@ from api.instrument import instrumented
 from api.pagination import MAX_ID, bad_cursor, cursor_param, encode_cursor, limit_param, positive_int
 from api.reactions import check_rate
 from api.services import Services
-from api.subscriptions import unavailable
 from daemon import pg_idempotency
 from daemon import playlist_store as store
 from daemon.errors import PG_ERRORS, KeyReused
@@ -94,7 +93,7 @@ async def _in_transaction(services: Services, work: Callable[[asyncpg.Connection
             return await work(conn)
     except PG_ERRORS as exc:
         log.warning("playlist request failed: Postgres unavailable (%s)", exc)
-        raise unavailable(services, "Playlists are temporarily unavailable.") from None
+        raise services.unavailable("Playlists are temporarily unavailable.") from None
 
 
 async def _idempotent_post(

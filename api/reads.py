@@ -14,7 +14,7 @@ from api.errors import ApiError, json_response
 from api.instrument import instrumented
 from api.pagination import MAX_ID, bad_cursor, cursor_param, encode_cursor, limit_param
 from api.services import Services
-from api.subscriptions import creator_id, unavailable
+from api.subscriptions import creator_id
 from daemon import lists
 from daemon.creators import creator_stats
 from daemon.errors import PG_ERRORS, REDIS_ERRORS
@@ -57,7 +57,7 @@ async def _page(services: Services, request: Request, listing: lists.Listing, ow
         pool = await services.pool()
         items, following = await lists.page(pool, listing, owner, after, limit)
     except PG_ERRORS:
-        raise unavailable(services, "Lists are temporarily unavailable.") from None
+        raise services.unavailable("Lists are temporarily unavailable.") from None
     next_cursor = None
     if following is not None:
         at, last = following
@@ -117,5 +117,5 @@ async def trending(request: Request) -> Response:
     try:
         items = await services.trending.top(window, limit)
     except REDIS_ERRORS:
-        raise unavailable(services, "Trending is temporarily unavailable.") from None
+        raise services.unavailable("Trending is temporarily unavailable.") from None
     return json_response({"window": window, "items": items})

@@ -20,17 +20,13 @@ from api.instrument import instrumented
 from api.reactions import check_rate
 from api.services import Services
 from daemon import keys
-from daemon.errors import PG_ERRORS, Unavailable
+from daemon.errors import PG_ERRORS
 from daemon.reactions import SUBSCRIPTION_STATES, set_subscription
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_ROUTE = "/api/v1/creators/{creatorId}/subscribe"
 CREATOR_ROUTE = "/api/v1/creators/{creatorId}"
-
-
-def unavailable(services: Services, message: str) -> Unavailable:
-    return Unavailable(message, services.settings.buffer_retry_after_s)
 
 
 def creator_id(services: Services, value: str) -> str:
@@ -144,5 +140,5 @@ async def _from_postgres(services: Services, creator: str, user_id: str | None) 
                 )
     except PG_ERRORS as exc:
         log.warning("creator counts unavailable: Postgres unreachable too (%s)", exc)
-        raise unavailable(services, "Counts are temporarily unavailable.") from None
+        raise services.unavailable("Counts are temporarily unavailable.") from None
     return int(subscribers or 0), int(viewer)

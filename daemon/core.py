@@ -12,6 +12,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from daemon import db
+from daemon.errors import Unavailable
 from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
@@ -52,6 +53,11 @@ class Core:
     async def pool(self) -> asyncpg.Pool:
         """The Postgres pool, created on first use."""
         return await self.lazy_pool()
+
+    def unavailable(self, message: str) -> Unavailable:
+        """A dependency cannot serve this request now: ``message``, and Retry-After
+        ``buffer_retry_after_s``. Raise it ``from`` the error that said so."""
+        return Unavailable(message, self.settings.buffer_retry_after_s)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.core import Core
-from daemon.errors import PG_ERRORS, Unavailable
+from daemon.errors import PG_ERRORS
 
 TOTALS = ("views", "likes", "dislikes", "comments", "shares", "watch_seconds")
 
@@ -28,9 +28,7 @@ async def creator_stats(core: Core, creator_id: str) -> dict[str, Any]:
         pool = await core.pool()
         row = await pool.fetchrow(_TOTALS, creator_id)
     except PG_ERRORS as exc:
-        raise Unavailable(
-            "Creator stats are temporarily unavailable.", core.settings.buffer_retry_after_s
-        ) from exc
+        raise core.unavailable("Creator stats are temporarily unavailable.") from exc
     body: dict[str, Any] = {"creator_id": creator_id, "subscribers": int(row["subscribers"] or 0)}
     body["content_count"] = int(row["content_count"])
     body.update({name: int(row[name]) for name in TOTALS})

@@ -21,7 +21,7 @@ from typing import Any
 
 from daemon import keys
 from daemon.core import Core
-from daemon.errors import PG_ERRORS, REDIS_ERRORS, Unavailable, is_unavailable
+from daemon.errors import PG_ERRORS, REDIS_ERRORS, is_unavailable
 
 MAX_DAYS = 366
 _ATTEMPTS = 5
@@ -47,8 +47,7 @@ async def daily_stats(core: Core, content_id: str, first: date, last: date) -> d
         async with pool.acquire() as conn:
             rows, pending, captured = await _consistent_read(core, conn, content_id, shard, (first, last))
     except PG_ERRORS as exc:
-        retry = core.settings.buffer_retry_after_s
-        raise Unavailable("Daily stats are temporarily unavailable.", retry) from exc
+        raise core.unavailable("Daily stats are temporarily unavailable.") from exc
     days = {r["day"]: [int(r["views"]), int(r["watch_seconds"]), int(r["unique_viewers"])] for r in rows}
     for flat in (pending, captured):
         for i in range(0, len(flat), 3):
@@ -85,7 +84,7 @@ async def _consistent_read(
             captured = []  # in the rows already
         if tuple(await conn.fetchrow(_MARKER, shard)) == tuple(before):
             return rows, pending, captured
-    raise Unavailable("Daily stats are changing too fast to read; retry.", 1)
+    raise core.unavailable("Daily stats are changing too fast to read; retry.")
 
 
 async def _live_viewers(core: Core, content_id: str, days: dict[date, list[int]], today: str) -> None:

@@ -27,7 +27,7 @@ import asyncpg
 import orjson
 
 from daemon.core import Core
-from daemon.errors import PG_ERRORS, KeyReused, Unavailable
+from daemon.errors import PG_ERRORS, KeyReused
 from daemon.ids import STATE_NAMES, SUBSCRIPTION_STATES
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,6 @@ def reaction_target(current: int, action: str) -> int:
     return current
 
 
-def _unavailable(core: Core) -> Unavailable:
-    return Unavailable(
-        "Likes and subscriptions are temporarily unavailable.", core.settings.buffer_retry_after_s
-    )
-
-
 async def _replayed(conn: asyncpg.Connection, core: Core, user: str, target: str, key: str):  # type: ignore[no-untyped-def]
     if not key:
         return None
@@ -115,7 +109,7 @@ async def _write(
                 result = {"status": "changed" if changed else "unchanged", "body": body}
     except PG_ERRORS as exc:
         log.warning("%s refused: Redis and Postgres both unavailable (%s)", kind, exc)
-        raise _unavailable(core) from None
+        raise core.unavailable("Likes and subscriptions are temporarily unavailable.") from None
     core.metrics.fallback_writes.labels(kind=kind).inc()
     return result
 

@@ -19,15 +19,11 @@ from redis.exceptions import OutOfMemoryError
 
 from daemon import fallback
 from daemon.core import Core
-from daemon.errors import REDIS_ERRORS, ColdLoadError, KeyReused, MemoryFull, Unavailable
+from daemon.errors import REDIS_ERRORS, ColdLoadError, KeyReused, MemoryFull
 from daemon.ids import STATE_NAMES, SUBSCRIPTION_STATES
 
 # The store could not read a cold key from Postgres (Redis is up): 503, not a Postgres fallback write.
 COLD_LOAD_ERRORS = (ColdLoadError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-
-
-def counts_unavailable(core: Core) -> Unavailable:
-    return Unavailable("Counts are temporarily unavailable.", core.settings.buffer_retry_after_s)
 
 
 async def _through_redis(
@@ -40,7 +36,7 @@ async def _through_redis(
         core.metrics.redis_oom_refusals.labels(what="request").inc()
         raise MemoryFull(core.settings.buffer_retry_after_s) from None
     except COLD_LOAD_ERRORS:
-        raise counts_unavailable(core) from None
+        raise core.unavailable("Counts are temporarily unavailable.") from None
     except REDIS_ERRORS:
         # Redis unreachable: written straight to Postgres. A lost reply whose script did run is
         # harmless: the Postgres write wins and reconcile drops the pair's pending Redis state.

@@ -25,17 +25,15 @@ import asyncpg
 from redis.exceptions import OutOfMemoryError
 
 from daemon.core import Core
-from daemon.errors import PG_ERRORS, REDIS_ERRORS, ColdLoadError, KeyReused, MemoryFull, Unavailable
+from daemon.errors import PG_ERRORS, REDIS_ERRORS, ColdLoadError, KeyReused, MemoryFull
 
 log = logging.getLogger(__name__)
+
+_UNAVAILABLE = "Shares are temporarily unavailable."
 
 _INSERT = (
     "INSERT INTO shares (content_id, user_id, platform, external) VALUES ($1, $2, $3, $4) RETURNING share_id"
 )
-
-
-def _unavailable(core: Core) -> Unavailable:
-    return Unavailable("Shares are temporarily unavailable.", core.settings.buffer_retry_after_s)
 
 
 async def add_share(
@@ -49,7 +47,7 @@ async def add_share(
         conn = await pool.acquire()
     except PG_ERRORS as exc:
         log.warning("share refused: Postgres unavailable (%s)", exc)
-        raise _unavailable(core) from exc
+        raise core.unavailable(_UNAVAILABLE) from exc
     try:
         transaction = conn.transaction()
         try:
@@ -57,7 +55,7 @@ async def add_share(
             share_id = await conn.fetchval(_INSERT, content_id, user_id, platform, external)
         except PG_ERRORS as exc:
             log.warning("share refused: Postgres unavailable (%s)", exc)
-            raise _unavailable(core) from exc
+            raise core.unavailable(_UNAVAILABLE) from exc
         try:
             status, counted_id, shares = await core.store.add_share(
                 content_id, user_id, key, fingerprint, share_id, "add", conn
@@ -69,7 +67,7 @@ async def add_share(
         except (*REDIS_ERRORS, ColdLoadError, *PG_ERRORS) as exc:
             await _rollback(transaction)
             log.warning("share %s not recorded: Redis unavailable (%s); row rolled back", share_id, exc)
-            raise _unavailable(core) from exc
+            raise core.unavailable(_UNAVAILABLE) from exc
         if status != "added":  # replayed or conflict: this request adds nothing
             await _rollback(transaction)
             if status == "conflict":
@@ -80,7 +78,7 @@ async def add_share(
             except PG_ERRORS as exc:
                 await _undo(core, content_id, user_id, key, fingerprint, share_id)
                 log.warning("share %s not recorded: commit failed (%s); count taken back", share_id, exc)
-                raise _unavailable(core) from exc
+                raise core.unavailable(_UNAVAILABLE) from exc
     finally:
         await pool.release(conn)
     return {

@@ -21,7 +21,7 @@ from typing import Any
 
 from daemon import keys
 from daemon.core import Core
-from daemon.errors import PG_ERRORS, REDIS_ERRORS, Unavailable
+from daemon.errors import PG_ERRORS, REDIS_ERRORS
 from daemon.ids import STATE_NAMES
 from daemon.pipeliner import pipeliner_for
 from daemon.store import ItemCounts
@@ -162,5 +162,5 @@ async def _from_postgres(core: Core, content_ids: list[str], day: str, user: str
         found = await pool.fetch(_FROM_POSTGRES, content_ids, keys.day_date(day), user)
     except PG_ERRORS as exc:
         log.warning("stats unavailable: Postgres unreachable too (%s)", exc)
-        raise Unavailable("Counts are temporarily unavailable.", core.settings.buffer_retry_after_s) from None
+        raise core.unavailable("Counts are temporarily unavailable.") from None
     return {row["content_id"]: row for row in found}
