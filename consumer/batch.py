@@ -87,7 +87,6 @@ class BatchProcessor:
         stopping: Callable[[], bool],
     ) -> None:
         self._settings = settings
-        self._redis = store.redis
         self._data = store
         self._metrics = metrics
         self._m = consumer_metrics

@@ -28,7 +28,6 @@ from typing import Any
 
 import msgpack
 
-from daemon import keys
 from daemon.store import Store
 from daemon.store.offsets import Range
 
@@ -42,21 +41,13 @@ class OffsetStore:
 
     def __init__(self, store: Store, group: str) -> None:
         self._store = store
-        self._redis = store.redis
         self.group = group
-        self.offsets_key = keys.consumer_offsets_key(group)
-        self.claims_key = keys.consumer_claims_key(group)
-        self.journal_key = keys.consumer_journal_key(group)
-        self.ranges_key = keys.consumer_journal_ranges_key(group)
 
     async def state(self, fields: Iterable[str]) -> tuple[dict[str, int], dict[str, list[Range]]]:
         """The applied offset of each field (absent: none applied), and the ranges of every journal
         left by a batch not finished yet: one round trip."""
         fields = list(fields)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hmget(self.offsets_key, fields)
-        pipe.hgetall(self.ranges_key)
-        values, journals = await pipe.execute()
+        values, journals = await self._store.consumed_state(self.group, fields)
         applied = {f: int(v) for f, v in zip(fields, values, strict=True) if v is not None}
         return applied, {batch_id: _unpack_ranges(blob) for batch_id, blob in journals.items()}
 
@@ -72,7 +63,7 @@ class OffsetStore:
 
     async def journal(self, batch_id: str) -> tuple[list[Range], list[Any]] | None:
         """A journaled batch: its ranges and drain calls ([keys, args] each); None once finished."""
-        blob = await self._redis.hget(self.journal_key, batch_id)
+        blob = await self._store.journal_entry(self.group, batch_id)
         if blob is None:
             return None
         ranges, calls = msgpack.unpackb(base64.b64decode(blob))

@@ -14,6 +14,19 @@ Range = tuple[str, int, int]  # "<topic>:<partition>", first offset, last offset
 
 
 class OffsetsStore(StoreBase):
+    async def consumed_state(self, group: str, fields: Sequence[str]) -> tuple[list[Any], dict[str, str]]:
+        """The applied offset of each ``"<topic>:<partition>"`` field (None: none), and every unfinished
+        journal's packed ranges by batch id: one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(keys.consumer_offsets_key(group), list(fields))
+        pipe.hgetall(keys.consumer_journal_ranges_key(group))
+        values, journals = await pipe.execute()
+        return values, journals
+
+    async def journal_entry(self, group: str, batch_id: str) -> str | None:
+        """A journaled batch's packed entry (ranges and drain calls); None once finished."""
+        return await self.redis.hget(keys.consumer_journal_key(group), batch_id)
+
     async def begin_consumed(
         self, group: str, batch_id: str, ranges: Sequence[Range], entry: str, packed_ranges: str
     ) -> list[str]:
