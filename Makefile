@@ -24,6 +24,7 @@ run: install
 	$(BIN)/engagementd dev
 
 test: install
+	@scripts/install-system-deps.sh --test
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: install

@@ -10,13 +10,15 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from api import (
     comments,
     health,
     history,
     internal,
+    live,
+    live_page,
     openapi,
     playlists,
     purge,
@@ -31,6 +33,7 @@ from api.errors import handle_domain_error, handle_http_exception, handle_unexpe
 from api.hotpaths import HotPaths
 from api.services import Services
 from daemon.errors import DomainError
+from daemon.proc.server import before_worker_stops
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,9 @@ ROUTES = [
     Route(reads.MY_LIKES_ROUTE, reads.my_likes, methods=["GET"]),
     Route(reads.MY_SUBSCRIPTIONS_ROUTE, reads.my_subscriptions, methods=["GET"]),
     Route(reads.TRENDING_ROUTE, reads.trending, methods=["GET"]),
+    Route(live.CONTENT_LIVE_ROUTE, live.content_events, methods=["GET"]),
+    Route(live.CREATOR_LIVE_ROUTE, live.creator_events, methods=["GET"]),
+    Route(live_page.PAGE_ROUTE, live_page.page, methods=["GET"]),
     Route(internal.REGISTRY_ROUTE, internal.put_content, methods=["PUT"]),
     Route(purge.PURGE_ROUTE, purge.purge, methods=["DELETE"]),
     Route(shares.SHARES_ROUTE, shares.share, methods=["POST"]),
@@ -75,6 +81,10 @@ ROUTES = [
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", health.metrics, methods=["GET"]),
     Route(openapi.OPENAPI_ROUTE, openapi.serve, methods=["GET"]),
+]
+WEBSOCKET_ROUTES = [
+    WebSocketRoute(live.CONTENT_LIVE_ROUTE, live.content_websocket),
+    WebSocketRoute(live.CREATOR_LIVE_ROUTE, live.creator_websocket),
 ]
 HOT_PATHS = (views.VIEW_ROUTE, reactions.LIKE_ROUTE, reactions.DISLIKE_ROUTE)
 HOT_ROUTES = [route for route in ROUTES if route.path in HOT_PATHS]
@@ -123,7 +133,7 @@ def build_app(services: Services) -> HotPaths:
             await services.stop()
 
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *WEBSOCKET_ROUTES],
         exception_handlers={
             DomainError: handle_domain_error,
             HTTPException: _counted(_allow_all_methods(handle_http_exception)),
@@ -139,4 +149,9 @@ def create_app() -> HotPaths:
     """Factory used by the server: settings from the environment."""
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return build_app(Services.create(settings))
+    services = Services.create(settings)
+    live_streams = services.live
+    assert live_streams is not None
+    # SIGTERM: close the live connections with code 1001 (SSE: end the streams) before granian closes them
+    before_worker_stops(lambda: live_streams.close(settings.live_send_timeout_s))
+    return build_app(services)

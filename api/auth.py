@@ -24,7 +24,7 @@ class Principal:
     expires_at: float | None  # unix seconds
 
 
-def _unauthorized(code: str, message: str) -> ApiError:
+def unauthorized(code: str, message: str) -> ApiError:
     challenge = f'Bearer error="invalid_token", error_description="{message}"'
     return ApiError(401, code, message, {"WWW-Authenticate": challenge})
 
@@ -58,13 +58,13 @@ class Authenticator:
             return None
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise _unauthorized("invalid_token", "Authorization must be 'Bearer <token>'.")
+            raise unauthorized("invalid_token", "Authorization must be 'Bearer <token>'.")
         principal = self._cache.get(token)
         if principal is not None:
             if principal.expires_at is None or time.time() < principal.expires_at:
                 return principal
             del self._cache[token]
-            raise _unauthorized("token_expired", "The token has expired.")
+            raise unauthorized("token_expired", "The token has expired.")
         principal = self._verify(token)
         cache = self._cache
         if len(cache) >= self._cache_size:
@@ -75,27 +75,27 @@ class Authenticator:
     def require(self, authorization: str | None, scope: str | None = None) -> Principal:
         principal = self.authenticate(authorization)
         if principal is None:
-            raise _unauthorized("missing_token", "This endpoint needs a Bearer token.")
+            raise unauthorized("missing_token", "This endpoint needs a Bearer token.")
         if scope is not None and scope not in principal.scopes:
             raise ApiError(403, "insufficient_scope", f"The token's scope does not include '{scope}'.")
         return principal
 
     def _verify(self, token: str) -> Principal:
         if self._key is None:
-            raise _unauthorized("auth_not_configured", "This server has no key to verify tokens with.")
+            raise unauthorized("auth_not_configured", "This server has no key to verify tokens with.")
         try:
             claims = jwt.decode(token, self._key, algorithms=self._algorithms, options={"require": ["sub"]})
         except jwt.ExpiredSignatureError:
-            raise _unauthorized("token_expired", "The token has expired.") from None
+            raise unauthorized("token_expired", "The token has expired.") from None
         except jwt.ImmatureSignatureError:
-            raise _unauthorized("token_not_yet_valid", "The token is not valid yet.") from None
+            raise unauthorized("token_not_yet_valid", "The token is not valid yet.") from None
         except jwt.MissingRequiredClaimError:
-            raise _unauthorized("invalid_token", "The token has no 'sub' claim.") from None
+            raise unauthorized("invalid_token", "The token has no 'sub' claim.") from None
         except jwt.InvalidTokenError:
-            raise _unauthorized("invalid_token", "The token could not be verified.") from None
+            raise unauthorized("invalid_token", "The token could not be verified.") from None
         sub = claims["sub"]
         if not isinstance(sub, str) or not self._sub_re.fullmatch(sub):
-            raise _unauthorized(
+            raise unauthorized(
                 "invalid_token",
                 f"The token's 'sub' claim must be 1 to {self._sub_max_len} characters, none of them a "
                 "control character.",

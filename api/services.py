@@ -14,6 +14,7 @@ from api.ingest import BodyReader
 from daemon.core import Core
 from daemon.engagement_events import EngagementEvents
 from daemon.events import EventProducer
+from daemon.live import Live
 from daemon.metrics import Metrics
 from daemon.metrics_share import SharedMetrics
 from daemon.ratelimit import Limit, RateLimiter, parse_limits
@@ -40,6 +41,7 @@ class Services(Core):
     limiter: RateLimiter | None = None
     shared_metrics: SharedMetrics | None = None
     trending: Trending | None = None
+    live: Live | None = None
 
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics | None = None) -> Services:
@@ -57,6 +59,7 @@ class Services(Core):
         services.limits = parse_limits(settings.rate_limits)
         services.limiter = RateLimiter(services.store)
         services.trending = Trending(services)
+        services.live = Live(services)
         metrics.label_actions(sorted(services.limits))
         if settings.metrics_dir:
             services.shared_metrics = SharedMetrics(settings.metrics_dir, metrics.registry)
@@ -81,6 +84,8 @@ class Services(Core):
         for warning in await check_redis_config(self.redis):
             log.warning("%s", warning)
         self.buffer.start()
+        if self.live is not None:
+            self.live.start()
         if self.shared_metrics is not None:
             self.shared_metrics.start()
         try:
@@ -89,6 +94,8 @@ class Services(Core):
             log.warning("Postgres not reachable at start (%s); will retry on use", exc)
 
     async def stop(self) -> None:
+        if self.live is not None:  # closed already when SIGTERM reached a granian worker (api/app.py)
+            await self.live.close(self.settings.live_send_timeout_s)
         await self.buffer.close(self.settings.shutdown_drain_timeout_s)
         if self.events is not None:  # after the buffer drained, before the producer closes
             await self.events.close()

@@ -13,23 +13,33 @@ from daemon.errors import PG_ERRORS
 TOTALS = ("views", "likes", "dislikes", "comments", "shares", "watch_seconds")
 
 _TOTALS = f"""
-SELECT (SELECT subscribers FROM creator_counters WHERE creator_id = $1) AS subscribers,
+SELECT i.creator_id,
+       (SELECT subscribers FROM creator_counters WHERE creator_id = i.creator_id) AS subscribers,
        count(r.content_id) AS content_count,
        {", ".join(f"coalesce(sum(c.{name}), 0) AS {name}" for name in TOTALS)}
-FROM content_registry r
+FROM (SELECT DISTINCT unnest($1::text[])) AS i (creator_id)
+LEFT JOIN content_registry r ON r.creator_id = i.creator_id
 LEFT JOIN content_counters c ON c.content_id = r.content_id
-WHERE r.creator_id = $1
+GROUP BY i.creator_id
 """
 
 
 async def creator_stats(core: Core, creator_id: str) -> dict[str, Any]:
     """``{"creator_id", "subscribers", "content_count", *TOTALS}``; ``Unavailable`` without Postgres."""
+    return (await creators_stats(core, [creator_id]))[creator_id]
+
+
+async def creators_stats(core: Core, creator_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The totals of each creator, in one query."""
     try:
         pool = await core.pool()
-        row = await pool.fetchrow(_TOTALS, creator_id)
+        rows = await pool.fetch(_TOTALS, creator_ids)
     except PG_ERRORS as exc:
         raise core.unavailable("Creator stats are temporarily unavailable.") from exc
-    body: dict[str, Any] = {"creator_id": creator_id, "subscribers": int(row["subscribers"] or 0)}
-    body["content_count"] = int(row["content_count"])
-    body.update({name: int(row[name]) for name in TOTALS})
-    return body
+    found = {}
+    for row in rows:
+        body: dict[str, Any] = {"creator_id": row["creator_id"], "subscribers": int(row["subscribers"] or 0)}
+        body["content_count"] = int(row["content_count"])
+        body.update({name: int(row[name]) for name in TOTALS})
+        found[row["creator_id"]] = body
+    return found

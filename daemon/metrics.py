@@ -158,6 +158,55 @@ class Metrics:
         )
         for kind in ("like", "subscription", "history"):
             self.fallback_writes.labels(kind=kind)
+        # Live counts (daemon/live.py): streams is "content" or "creator", transport "websocket" or "sse".
+        self.live_connections = Gauge(
+            "engagement_live_connections",
+            "Open live count connections, by stream and transport.",
+            ["stream", "transport"],
+            registry=r,
+        )
+        self.live_messages = Counter(
+            "engagement_live_messages",
+            "Count messages sent on live connections (first messages and changes; not keepalives).",
+            ["stream", "transport"],
+            registry=r,
+        )
+        self.live_dropped = Counter(
+            "engagement_live_dropped",
+            "Live connections the server closed on a client that did not read for"
+            " ENGAGEMENT_LIVE_SEND_TIMEOUT_S.",
+            ["stream", "transport"],
+            registry=r,
+        )
+        for stream in ("content", "creator"):
+            for transport in ("websocket", "sse"):
+                self.live_connections.labels(stream=stream, transport=transport)
+                self.live_messages.labels(stream=stream, transport=transport)
+                self.live_dropped.labels(stream=stream, transport=transport)
+        self.live_watched = Gauge(
+            "engagement_live_watched",
+            "Items and creators with at least one live connection in this process, by stream.",
+            ["stream"],
+            registry=r,
+        )
+        self.live_tick_seconds = Histogram(
+            "engagement_live_tick_duration_seconds",
+            "Time of one live tick: the counts of every watched item (or creator) read and compared.",
+            ["stream"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.live_tick_errors = Counter(
+            "engagement_live_tick_errors",
+            "Live ticks whose read failed (Redis and Postgres unavailable); the clients keep their last"
+            " counts.",
+            ["stream"],
+            registry=r,
+        )
+        for stream in ("content", "creator"):
+            self.live_watched.labels(stream=stream)
+            self.live_tick_seconds.labels(stream=stream)
+            self.live_tick_errors.labels(stream=stream)
         # Flusher (Redis deltas -> Postgres).
         r = flusher
         self.flushed_rows = Counter(

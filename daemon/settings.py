@@ -68,6 +68,12 @@ class Settings:
     # Trending (daemon/trending.py): views per item in 5-minute and 1-hour buckets per shard.
     trending_clock_s: float = 0.0  # epoch seconds: pin the clock of trending buckets (tests); 0: the clock
     trending_cache_ms: int = 2_000  # how long an api process reuses a trending answer
+    # Live counts (daemon/live.py): WebSocket and Server-Sent Events streams of an item's or a creator's
+    # counts, read once per interval per api process whatever the number of clients.
+    live_interval_ms: int = 1_000  # one read per tick; at most one message per connection per tick
+    live_max_connections: int = 10_000  # per api process; past it 503 + Retry-After
+    live_keepalive_s: float = 15.0  # an idle connection gets a keepalive this often
+    live_send_timeout_s: float = 10.0  # a client whose message cannot be sent for this long is dropped
 
     # Redis as a hot set (docs/redis-memory.md): how long a copy of Postgres stays in Redis once Postgres
     # has all of it and nothing uses it (a TTL, refreshed by each flush that writes a change of it).
@@ -202,6 +208,15 @@ class Settings:
                 raise SettingsError(message) from None
         if self.trending_clock_s < 0 or self.trending_cache_ms < 0:
             raise SettingsError("the trending clock and cache must not be negative")
+        if self.live_interval_ms < 10 or self.live_max_connections < 0:
+            raise SettingsError(
+                "ENGAGEMENT_LIVE_INTERVAL_MS must be at least 10,"
+                " ENGAGEMENT_LIVE_MAX_CONNECTIONS not negative"
+            )
+        if self.live_keepalive_s <= 0 or self.live_send_timeout_s <= 0:
+            raise SettingsError(
+                "ENGAGEMENT_LIVE_KEEPALIVE_S and ENGAGEMENT_LIVE_SEND_TIMEOUT_S must be positive"
+            )
         if self.playlists_max_per_user < 1 or self.playlist_items_max < 1:
             raise SettingsError("playlist limits must be at least 1")
         if self.consumer_batch_max_messages < 1 or self.consumer_batch_timeout_ms < 1:

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Install the system packages engagementd needs: redis-server and postgresql (required), wrk (benchmarks).
+# With --test, also chromium (the test suite loads the live counts page in headless Chromium).
 # Idempotent and quick when everything is present: apt-get runs only for what is missing.
 set -euo pipefail
+
+with_test=0
+[ "${1:-}" = "--test" ] && with_test=1
 
 have_pg_bin() {
     command -v "$1" >/dev/null 2>&1 && return 0
@@ -14,6 +18,9 @@ if ! have_pg_bin initdb || ! have_pg_bin pg_ctl || ! have_pg_bin postgres; then
     missing+=(postgresql)
 fi
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if [ "$with_test" -eq 1 ]; then
+    command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

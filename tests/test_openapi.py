@@ -43,7 +43,7 @@ def _documented_errors(paths: dict) -> set[tuple[int, str]]:
 
 def _raised_errors(files: list[Path]) -> set[tuple[int, str]]:
     """(status, code) of every ApiError the modules construct with a literal code, directly or through
-    a helper whose code is a parameter (``_unauthorized(code, ...)``, ``_invalid(index, code, ...)``),
+    a helper whose code is a parameter (``unauthorized(code, ...)``, ``_invalid(index, code, ...)``),
     plus the router's 404 (errors.py's ``_HTTP_CODES``)."""
     trees = [ast.parse(f.read_text()) for f in files]
     helpers: dict[str, tuple[int, int]] = {}  # function name -> (status, position of its code parameter)

@@ -49,6 +49,7 @@ _STATUS_TEXT = {
     401: "No valid Bearer token.",
     403: "The token lacks the scope this operation needs.",
     404: "No such resource.",
+    406: "None of the answers this resource gives is acceptable (see the description).",
     409: "The request conflicts with the resource's state.",
     413: "The body is too large.",
     415: "Unsupported request media type.",
@@ -242,6 +243,14 @@ def components(settings: Settings) -> Schema:
                 "required": True,
                 "schema": ref("schemas", "Id"),
                 "description": "The creator (same syntax as a content id).",
+            },
+            "accessToken": {
+                "name": "access_token",
+                "in": "query",
+                "required": False,
+                "description": "The Bearer token, for clients that cannot send headers (a browser's WebSocket"
+                " or EventSource). Proxies may log it: prefer the Authorization header.",
+                "schema": {"type": "string", "minLength": 1},
             },
             "commentId": {
                 "name": "commentId",
