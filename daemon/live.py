@@ -1,5 +1,5 @@
 """Live counts: the counts of the items (and creators) that clients watch, read once per tick per process
-and fanned out to every connection (docs/api.md "Live counts", docs/design.md decision 11).
+and fanned out to every connection (docs/api.md "Live counts"; docs/design.md, decision 11).
 
 A ``Hub`` holds one ``Topic`` per watched item (or creator). Every ``ENGAGEMENT_LIVE_INTERVAL_MS`` it
 reads the counts of all its topics in one call (``read_stats``: one Redis round trip per shard involved;
@@ -163,8 +163,9 @@ class Hub(Loop):
         keepalive: Callable[[], Awaitable[object]],
         counted: Callable[[], object],
     ) -> None:
-        """Send ``feed``'s topic's messages until the hub closes: the current one at once, then the newest
-        each time it changes, at most one per interval; ``keepalive()`` when nothing was sent for
+        """Send ``feed``'s topic's messages until the hub closes: the current counts at once (stamped
+        now: the topic's message may be older than the connection), then the newest message each time
+        it changes, at most one per interval; ``keepalive()`` when nothing was sent for
         ``keepalive_s``. ``counted()`` after each message sent. Raises ``Dropped`` when a send (or a
         keepalive) does not complete within the send timeout."""
         sent: Message | None = None
@@ -177,7 +178,8 @@ class Hub(Loop):
                 if wait > 0 and await self._closed_within(wait):
                     return
                 message = feed.topic.message or message  # the newest, if it changed while waiting
-                await self._send(send(message))
+                first = sent is None and feed.topic.body is not None
+                await self._send(send(Message(feed.topic.body) if first else message))
                 counted()
                 sent, last = message, time.monotonic()
                 continue

@@ -1,8 +1,9 @@
 """The load benchmark of one api process, with private Redis and Postgres, in one command.
 
-    python -m loadtest.bench [--runs 5] [--duration 10] [--only single|likes|bulk|viral|bulk-matrix|cold]
+    python -m loadtest.bench [--runs 5] [--duration 10] [--only single|likes|bulk|viral|bulk-matrix|cold|live]
                              [--bulk-items mixed|ids] [--bulk-ids uniform|zipf] [--viral-views 200000]
-                             [--cold-requests 2000] [--cold-rate 500]
+                             [--cold-requests 2000] [--cold-rate 500] [--live-clients 5000] [--live-items 100]
+                             [--live-rounds 10] [--live-interval-ms 1000] [--live-client-procs 1]
 
 What it measures (targets in brackets; loadtest/README.md explains each):
 
@@ -35,6 +36,10 @@ cold    latency (p50, p99; requests/s on one connection) of ``GET /api/v1/conten
         Postgres reads counted with pg_stat_statements (the part restarts the private Postgres with it):
         [exactly one pool acquire per cold request (stats: 1 SELECT; like: 2, counts and state, on one
         connection), none per hot one]; after a last flush every measured item has exactly 2 likes.
+live    (``--only live``; not run by default) WebSocket clients of ``GET /api/v1/content/{id}/live``
+        (5,000 on 100 items) on one api while views arrive in rounds: delay from a view batch to each
+        client (p50 / p99 / max) [>= 99% within 2 x ENGAGEMENT_LIVE_INTERVAL_MS, none missed], the api
+        worker's RSS per connection, Redis commands/s with 0, 1, 100 and 5,000 clients.
 
 Everything is bound to 127.0.0.1; every child runs in its own process group and is killed on exit.
 The harness itself, Redis, Postgres, wrk and the flusher are pinned to CPU 1 so CPU 0 is the server's.
@@ -60,6 +65,11 @@ from loadtest.cold import bench_cold
 from loadtest.consume import bench_consume
 from loadtest.likes import CONNECTIONS as LIKE_CONNECTIONS
 from loadtest.likes import bench_likes
+from loadtest.live import CLIENTS as LIVE_CLIENTS
+from loadtest.live import INTERVAL_MS as LIVE_INTERVAL_MS
+from loadtest.live import ITEMS as LIVE_ITEMS
+from loadtest.live import ROUNDS as LIVE_ROUNDS
+from loadtest.live import bench_live
 from loadtest.procs import CHILDREN, RESULTS, BenchError, install_cleanup, log, pin_cpus
 from loadtest.reads import bench_reads
 from loadtest.report import machine_info, summary
@@ -68,7 +78,7 @@ from loadtest.single import SINGLE_POOL, bench_single
 from loadtest.viral import bench_viral
 from loadtest.wrkrun import CONNECTIONS, WARMUP_S, run_wrk
 
-PARTS = ["single", "likes", "bulk", "viral", "bulk-matrix", "consume", "reads", "cold"]
+PARTS = ["single", "likes", "bulk", "viral", "bulk-matrix", "consume", "reads", "cold", "live"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,7 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         choices=PARTS,
-        help="one part; bulk-matrix (never run by default) is bulk in all four shapes",
+        help="one part; bulk-matrix (never run by default) is bulk in all four shapes; live (never run"
+        " by default): WebSocket clients of the live counts",
     )
     parser.add_argument(
         "--bare-only",
@@ -115,12 +126,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cold-rate", type=int, default=COLD_RATE, help="cold part: sequential requests per second"
     )
+    parser.add_argument("--live-clients", type=int, default=LIVE_CLIENTS, help="live part: WebSocket clients")
+    parser.add_argument("--live-items", type=int, default=LIVE_ITEMS, help="live part: items they watch")
+    parser.add_argument("--live-rounds", type=int, default=LIVE_ROUNDS, help="live part: view rounds")
+    parser.add_argument(
+        "--live-interval-ms",
+        type=int,
+        default=LIVE_INTERVAL_MS,
+        help="live part: ENGAGEMENT_LIVE_INTERVAL_MS",
+    )
+    parser.add_argument(
+        "--live-client-procs", type=int, default=1, help="live part: processes the clients are spread over"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     ns = parser.parse_args(argv)
     if ns.runs < 1 or not 1 <= ns.duration <= 120:
         parser.error("--runs must be >= 1 and --duration between 1 and 120")
     if ns.cold_requests < 50 or ns.cold_requests % 50 or not 1 <= ns.cold_rate <= 10_000:
         parser.error("--cold-requests must be a multiple of 50 and --cold-rate between 1 and 10,000")
+    if not (1 <= ns.live_items <= ns.live_clients and ns.live_rounds >= 1 and ns.live_interval_ms >= 10):
+        parser.error("--live-items must be between 1 and --live-clients, --live-rounds >= 1, interval >= 10")
+    if not 1 <= ns.live_client_procs <= 16:
+        parser.error("--live-client-procs must be between 1 and 16")
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: apt-get install -y wrk")
     return ns
@@ -169,7 +196,16 @@ def run_parts(ns: argparse.Namespace, backends: Backends | None, workdir: Path, 
         except BenchError as exc:
             out["errors"]["reads"] = str(exc)
             log(f"reads failed: {exc}")
-    if ns.only in ("consume", "reads", "cold"):
+    if ns.only == "live":
+        if backends is None:
+            out["errors"]["live"] = "needs the private Redis and Postgres (not with --bare-only)"
+        else:
+            try:
+                bench_live(ns, backends, workdir, out)
+            except BenchError as exc:
+                out["errors"]["live"] = str(exc)
+                log(f"live failed: {exc}")
+    if ns.only in ("consume", "reads", "cold", "live"):
         if ns.only == "cold":
             run_cold(ns, backends, workdir, out)
         return

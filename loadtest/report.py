@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.likes import TARGET_BARE, TARGET_NAIVE
+from loadtest.live import GOAL_SHARE
 from loadtest.procs import REPO
 from loadtest.single import EXACT_VIEWS
 
@@ -152,6 +153,7 @@ def summary(out: dict[str, Any]) -> str:
     rows += consume_rows(out.get("consume"))
     rows += reads_rows(out.get("reads"))
     rows += cold_rows(out.get("cold"))
+    rows += live_rows(out.get("live"))
     for name, err in out.get("errors", {}).items():
         rows.append((f"{name}: ERROR", err.splitlines()[0][:60] if err else "", "", "FAIL"))
     m = out["machine"]
@@ -288,6 +290,60 @@ def cold_rows(c: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
     )
     rows.append(
         ("cold: run valid (answers, keys, reads)", str(c.get("valid")), "True", verdict(c.get("valid")))
+    )
+    return rows
+
+
+def live_rows(lv: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """The live part: delay from a view batch to the WebSocket clients, memory per connection, Redis."""
+    if not lv or lv.get("delay_p50_ms") is None:
+        return []
+    interval = lv["interval_ms"]
+    share = lv["within_2x_interval_share"]
+    cmds = lv["redis_commands_per_s"]
+    c = lv["scenarios"]["c"]
+    rows = [
+        (
+            f"live: {lv['clients']:,} clients, {lv['items']} items: delay p50 / p99 / max",
+            f"{lv['delay_p50_ms']:,.0f} / {lv['delay_p99_ms']:,.0f} / {lv['delay_max_ms']:,.0f} ms",
+            "",
+            "-",
+        ),
+        (
+            f"live: share within 2 x {interval} ms",
+            f"{share:.2%}",
+            f">= {GOAL_SHARE:.0%}",
+            verdict(share >= GOAL_SHARE),
+        ),
+        ("live: rounds missed (client, round)", str(lv["missed"]), "0", verdict(lv["missed"] == 0)),
+        ("live: api worker RSS per connection", f"{lv['rss_per_connection_kib']:.1f} KiB", "", "-"),
+        (
+            f"live: Redis commands/s, clients 0 / 1 / {lv['items']:,} / {lv['clients']:,}",
+            " / ".join(f"{cmds.get(k) or 0:,.1f}" for k in ("none", "a", "b", "c")),
+            "",
+            "-",
+        ),
+    ]
+    if cmds.get("b"):
+        ratio = (cmds.get("c") or 0) / cmds["b"]
+        rows.append(
+            (
+                f"live: Redis commands/s, {lv['clients']:,} clients / {lv['items']:,}",
+                f"{ratio:.3f}",
+                "~1 (0.9-1.1)",
+                verdict(0.9 <= ratio <= 1.1),
+            )
+        )
+    rows.append(
+        (
+            "live: client CPU share / loop lag max",
+            f"{c.get('client_cpu_share_max', 0):.2f} / {c.get('client_loop_lag_max_ms', 0):,.0f} ms",
+            "(noise check)",
+            "-",
+        )
+    )
+    rows.append(
+        ("live: run valid (all connected, exact)", str(lv.get("valid")), "True", verdict(lv.get("valid")))
     )
     return rows
 

@@ -101,10 +101,14 @@ def test_first_message_is_the_stats_and_writes_arrive_on_both_transports(
             want = {"views": 8, "likes": 1, "comments": 1}
             by_ws = await _until(lambda t: next_message(ws, t), want)
             by_sse = await _until(sse.next, want)
-            assert [first_ws, *by_ws] == [first_sse, *by_sse]  # the same messages, ts included
+            assert _counts(first_ws) == _counts(first_sse)  # each stamped when its connection opened
+            assert by_ws == by_sse  # then the same messages, ts included
             assert _counts(by_ws[-1]) == _stats(api, item)
             stamps = [m["ts"] for m in [first_ws, *by_ws]]
             assert stamps == sorted(set(stamps))  # each message is a change, in order
+            async with websocket(api.base_url, path) as late:  # a later client: the same counts, its own ts
+                joined = await next_message(late)
+                assert _counts(joined) == _counts(by_ws[-1]) and joined["ts"] > by_ws[-1]["ts"]
 
     asyncio.run(run())
 

@@ -120,6 +120,7 @@ def _announce(
         "",
         "engagementd dev is running",
         f"  API            http://{host}:{port}   (metrics at /metrics)",
+        f"  live counts    http://{host}:{port}/live/<contentId>   (a page; post views and watch)",
         f"  flusher        metrics at http://127.0.0.1:{metrics_port}/metrics",
         f"  Redis          {settings.redis_url}",
         f"  Postgres       {settings.database_url}",
