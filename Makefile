@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: install
-	$(BIN)/engagementd dev
+	$(BIN)/engagementd dev $(if $(PORT),--port $(PORT))
 
 test: install
 	@scripts/install-system-deps.sh --test

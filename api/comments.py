@@ -127,7 +127,7 @@ async def post_comment(request: Request) -> Response:
     key = idempotency_key(request)
     max_chars = services.settings.comment_max_chars
     # A character is at most 12 bytes of JSON (an escaped surrogate pair).
-    body = await services.bodies.read(request, 12 * max_chars + 1024)
+    body = await services.bodies.read_json(request, 12 * max_chars + 1024)
     text, parent_id = parse_comment(body, max_chars)
     await check_rate(services, "comment", principal.sub, f"{content_id}|{key}" if key else None)
     pool = await _pool(services)

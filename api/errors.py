@@ -50,6 +50,14 @@ class ApiError(DomainError):
         return error_response(self.status, self.code, self.message, self.headers, **self.extra)
 
 
+class ClientClosed(ApiError):
+    """The client closed the connection before it sent its whole request: nobody reads the answer. It is
+    counted as 499 (nginx's "client closed request"), apart from the server's errors."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "client_closed_request", "The client closed the connection mid-request.")
+
+
 # The status of each domain error (its class or the nearest base listed).
 STATUSES: dict[type[DomainError], int] = {
     NotFound: 404,

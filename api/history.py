@@ -56,7 +56,7 @@ async def put_entry(request: Request) -> Response:
     principal = services.auth.require(request.headers.get("authorization"))
     content_id = services.bodies.content_id(request.path_params["contentId"])
     progress, position = parse_heartbeat(
-        await services.bodies.read(request, services.settings.body_max_bytes)
+        await services.bodies.read_json(request, services.settings.body_max_bytes)
     )
     await check_rate(services, "history", principal.sub, None)
     try:

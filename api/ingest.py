@@ -7,6 +7,7 @@ to name the first bad item's index. A batch is all or nothing: any bad item reje
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from itertools import compress, repeat
@@ -15,9 +16,9 @@ from typing import Any
 
 import msgpack
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from api.errors import ApiError
+from api.errors import ApiError, ClientClosed
 from daemon.ids import (
     EVENT_TYPES,
     MEDIA_STARTED,
@@ -28,6 +29,8 @@ from daemon.ids import (
 )
 from daemon.keys import PLAYBACK_COUNTERS
 from daemon.settings import Settings
+
+log = logging.getLogger(__name__)
 
 ITEM_FIELDS = frozenset({"content_id", "user_id", "watch_seconds", "event_type", "session_id"})
 SINGLE_FIELDS = frozenset({"watch_seconds", "event_type", "session_id"})
@@ -66,6 +69,11 @@ class Batch:
         return len(self.ids) if self.items < 0 else self.items
 
 
+def media_type(content_type: str) -> str:
+    """``application/json; charset=utf-8`` -> ``application/json``."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 class _Slow(Exception):
     """The fast check failed; find the precise error item by item."""
 
@@ -81,6 +89,27 @@ class BodyReader:
     # -- reading --------------------------------------------------------------------------------
 
     async def read(self, request: Request, limit: int) -> bytes:
+        """The body, at most ``limit`` bytes (413 past it). A client that closes the connection before
+        sending it all gets ``ClientClosed`` (499 in the metrics, one log line, never a 500)."""
+        try:
+            return await self._read(request, limit)
+        except ClientDisconnect:
+            log.info(
+                "client closed the connection before sending its body: %s %s",
+                request.method,
+                request.url.path,
+            )
+            raise ClientClosed() from None
+
+    async def read_json(self, request: Request, limit: int) -> bytes:
+        """``read``, for an endpoint whose body is JSON: a body sent as another media type (curl's form
+        type, say) is 415, as on the batch endpoint. No Content-Type means JSON."""
+        body = await self.read(request, limit)
+        if body and media_type(request.headers.get("content-type", "")) not in ("application/json", ""):
+            raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+        return body
+
+    async def _read(self, request: Request, limit: int) -> bytes:
         length = request.headers.get("content-length")
         if length is not None:
             try:
@@ -159,7 +188,7 @@ class BodyReader:
     # -- batch ----------------------------------------------------------------------------------
 
     def decode_batch(self, body: bytes, content_type: str) -> Any:
-        media = content_type.split(";", 1)[0].strip().lower()
+        media = media_type(content_type)
         if media == "application/msgpack" or media == "application/x-msgpack":
             try:
                 return msgpack.unpackb(body, raw=False, strict_map_key=True)

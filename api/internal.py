@@ -29,7 +29,7 @@ async def put_content(request: Request) -> Response:
     services = request.app.state.services
     services.auth.require(request.headers.get("authorization"), scope="internal")
     content_id = services.bodies.content_id(request.path_params["contentId"])
-    body = await services.bodies.read(request, services.settings.body_max_bytes)
+    body = await services.bodies.read_json(request, services.settings.body_max_bytes)
     doc = json_object(body, REGISTRY_FIELDS)
     creator_id = doc.get("creator_id")
     if not isinstance(creator_id, str) or not services.bodies.id_re.fullmatch(creator_id):

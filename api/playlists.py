@@ -79,7 +79,7 @@ def _playlist_id(request: Request) -> int:
 
 
 async def _body(services: Services, request: Request, fields: frozenset[str]) -> dict[str, Any]:
-    return json_object(await services.bodies.read(request, BODY_MAX_BYTES), fields)
+    return json_object(await services.bodies.read_json(request, BODY_MAX_BYTES), fields)
 
 
 # -- transactions ---------------------------------------------------------------------------------

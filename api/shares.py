@@ -40,7 +40,9 @@ async def share(request: Request) -> Response:
     principal = services.auth.require(request.headers.get("authorization"))
     content_id = services.bodies.content_id(request.path_params["contentId"])
     key = idempotency_key(request)
-    platform, external = parse_share(await services.bodies.read(request, services.settings.body_max_bytes))
+    platform, external = parse_share(
+        await services.bodies.read_json(request, services.settings.body_max_bytes)
+    )
     await check_rate(services, "share", principal.sub, f"{content_id}|{key}" if key else None)
     result = await add_share(services, content_id, principal.sub, platform, external, key)
     if result["status"] == "added" and services.events is not None:

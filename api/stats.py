@@ -56,7 +56,7 @@ async def batch_stats(request: Request) -> Response:
     services: Services = request.app.state.services
     principal = services.auth.authenticate(request.headers.get("authorization"))
     max_bytes = STATS_BATCH_MAX * (services.settings.content_id_max_len + 4) + 1024
-    ids = parse_batch(services, await services.bodies.read(request, max_bytes))
+    ids = parse_batch(services, await services.bodies.read_json(request, max_bytes))
     found = await read_stats(services, ids, principal.sub if principal is not None else None)
     return json_response({"items": [stats.body for stats in found]})
 

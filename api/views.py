@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from time import perf_counter
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -16,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from api import idempotency
 from api.errors import ApiError, api_error, json_response
 from api.ingest import MEDIA_STARTED, NO_BODY
+from api.ingest import SingleView as SingleViewBody
 from api.services import Services
 from daemon import keys
 from daemon.errors import DomainError
@@ -57,14 +59,15 @@ class SingleView:
             if authorization is not None:
                 principal = services.auth.authenticate(authorization.decode("latin-1"))
             view = NO_BODY
-            body = b""
             if chunked or (length is not None and length != b"0"):
-                body = await services.bodies.read(Request(scope, receive), services.settings.body_max_bytes)
+                body = await services.bodies.read_json(
+                    Request(scope, receive), services.settings.body_max_bytes
+                )
                 view = services.bodies.single_view(body)
             user = None if principal is None else principal.sub
             claim: idempotency.Claim | None = None
             if idem_key is not None:
-                claim = await _claim(services, content_id, user or "-", idem_key, body)
+                claim = await _claim(services, content_id, user or "-", idem_key, view)
                 if claim is _REPLAYED:
                     await send(_REPLAYED_START)
                     await send(_EMPTY_BODY)
@@ -97,12 +100,14 @@ _REPLAYED: idempotency.Claim = (-1, "", "")
 
 
 async def _claim(
-    services: Services, content_id: str, user: str, header: bytes, body: bytes
+    services: Services, content_id: str, user: str, header: bytes, view: SingleViewBody
 ) -> idempotency.Claim:
-    """The single view's Idempotency-Key claimed (its record), or ``_REPLAYED``."""
+    """The single view's Idempotency-Key claimed (its record), or ``_REPLAYED``. The request is compared
+    parsed, not byte for byte: the same JSON with other spacing or key order is the same request."""
     key = idempotency.checked_idempotency_key(header.decode("latin-1"))
     shard = keys.shard_of(content_id, services.settings.shards)
-    record = (shard, keys.view_record(content_id, user, key), idempotency.fingerprint(body))
+    parsed = orjson.dumps([view.given_seconds, view.event_type, view.session_id])
+    record = (shard, keys.view_record(content_id, user, key), idempotency.fingerprint(parsed))
     if await idempotency.claim(services, record, "") is not None:
         return _REPLAYED
     return record

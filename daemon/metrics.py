@@ -19,6 +19,8 @@ from prometheus_client.registry import Collector
 from daemon.keys import COLD_KINDS as COLD_KEY_KINDS
 from daemon.redis_memory import RedisMemoryMetrics
 
+# The values of the ``method`` label: a request with any other method counts as "other".
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 COLD_KINDS = tuple(dict.fromkeys(COLD_KEY_KINDS.values()))
 FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -35,6 +37,8 @@ class RequestMetrics(Collector):
         self._durations: dict[str, list[float]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        if method not in HTTP_METHODS:  # a client's made-up method must not add a series
+            method = "other"
         key = (route, method, status)
         counts = self._counts
         counts[key] = counts.get(key, 0) + 1

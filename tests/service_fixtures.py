@@ -55,9 +55,11 @@ def service_env(settings: Settings) -> dict[str, str]:
 class ApiProcess:
     """``engagementd api`` on a free port; ``stop()`` sends SIGTERM and waits (graceful drain)."""
 
-    def __init__(self, settings: Settings, workers: int = 1) -> None:
+    def __init__(self, settings: Settings, workers: int = 1, log_path: Path | None = None) -> None:
+        """``log_path``: where its stdout and stderr go (else the test's own)."""
         self.settings = settings
         self.port = free_port()
+        self._log = open(log_path, "wb") if log_path is not None else None  # noqa: SIM115 - closed in stop/kill
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [
@@ -73,6 +75,8 @@ class ApiProcess:
             env=service_env(settings),
             cwd=ROOT,
             start_new_session=True,
+            stdout=self._log,
+            stderr=self._log,
         )
         self.client = httpx.Client(base_url=self.base_url, timeout=10.0)
         wait_until(self._healthy, 30, "the api to answer /healthz")
@@ -92,12 +96,16 @@ class ApiProcess:
             return self.proc.wait(timeout=timeout_s)
         finally:
             self.client.close()
+            if self._log is not None:
+                self._log.close()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.client.close()
+        if self._log is not None:
+            self._log.close()
 
 
 def run_flusher_once(settings: Settings, timeout_s: float = 120.0) -> str:

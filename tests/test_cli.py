@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,34 @@ def test_the_flusher_serves_its_metrics_and_stops_on_sigterm(migrated: Settings)
         assert proc.wait(timeout=30) == 0
 
 
+def _readme_tour() -> str:
+    """The first ``sh`` block of the README: the five-line tour."""
+    text = (ROOT / "README.md").read_text()
+    return text.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_dev_on_a_taken_port_says_so_in_one_line_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "ENGAGEMENT_DEV_DATA_DIR": str(tmp_path / "data")}
+        out = subprocess.run(
+            [sys.executable, "-m", "daemon.proc.cli", "dev", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert out.stdout == ""  # no banner, no tokens
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port} is already in use" in lines[0], out.stderr
+    assert f"make run PORT={port + 1}" in lines[0]
+    assert not (tmp_path / "data").exists()  # no Redis, no Postgres started
+
+
 @pytest.mark.slow
 def test_dev_mode_runs_everything_and_one_interrupt_stops_it_all() -> None:
     # Given `engagementd dev` on a fresh data folder (what `make run` starts)
@@ -123,12 +152,33 @@ def test_dev_mode_runs_everything_and_one_interrupt_stops_it_all() -> None:
         wait_until(
             lambda: httpx.get(f"{base}/api/v1/content/dev-item/stats").json()["views"] == 1, what="stats"
         )
+        # And the README's tour, run as written (but for the port and the data folder), says what its
+        # comments say
+        tour = _readme_tour().replace(":8080", f":{port}").replace(".data/", f"{data / 'data'}/")
+        ran = subprocess.run(["bash", "-c", tour], capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        for expected in (
+            "HTTP/1.1 202 Accepted",
+            '{"state":"liked","likes":1,"dislikes":0}',
+            '"body":"Great video!"',
+            '"views":1,"likes":1,"dislikes":0,"comments":1',
+            '"viewer_state":"liked"',
+            "engagement_views_accepted_total 2.0",  # the tour's view and dev-item's
+        ):
+            assert expected in ran.stdout, (expected, ran.stdout)
+        # And the purge example of docs/api.md removes what the tour wrote
+        tokens = dict(line.split("=", 1) for line in (data / "data" / "tokens.env").read_text().split())
+        purged = httpx.delete(
+            f"{base}/internal/v1/users/dev-user", headers={"Authorization": f"Bearer {tokens['INTERNAL']}"}
+        )
+        assert purged.status_code == 202, purged.text
+        assert purged.json()["removed"]["likes"] == 1 and purged.json()["removed"]["comments"] == 1
     finally:
         # Then one interrupt stops the api, the flusher and both servers, and dev exits 0
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    assert "ingest token" in out
+    assert "ingest token" in out and "internal token" in out and "tokens.env" in out
     leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout
     assert leftovers == "", leftovers
 

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,17 +43,47 @@ def _dev_secret(data_dir: Path, settings: Settings) -> str:
     return path.read_text().strip()
 
 
+def _tokens(secret: str) -> dict[str, str]:
+    """Tokens for trying the service by hand, valid 24 h: a user's, an ingest service's, an operator's."""
+    exp = int(time.time()) + 86_400
+    claims = {
+        "TOKEN": {"sub": "dev-user"},
+        "INGEST": {"sub": "dev-ingest", "scope": "ingest"},
+        "INTERNAL": {"sub": "dev-ops", "scope": "internal"},
+    }
+    return {name: jwt.encode({**body, "exp": exp}, secret, "HS256") for name, body in claims.items()}
+
+
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Own session: a Ctrl-C reaches only this supervisor, which stops the children in order.
     return subprocess.Popen([sys.executable, "-m", "daemon.proc.cli", *args], env=env, start_new_session=True)
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Whether the api could listen on ``host:port`` (checked before anything starts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def run_dev(settings: Settings, host: str, port: int) -> int:
+    if not _port_free(host, port):
+        print(
+            f"engagementd dev: {host}:{port} is already in use (another make run?); stop it, or choose"
+            f" another port: make run PORT={port + 1}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     data_dir = Path(settings.dev_data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     redis = RedisServer(data_dir / "redis")
     postgres = PostgresServer(data_dir / "postgres")
-    children: list[subprocess.Popen[bytes]] = []
+    children: dict[str, subprocess.Popen[bytes]] = {}  # "engagementd api" -> its process
     mock: MockCluster | None = None
     stop = False
 
@@ -80,27 +111,29 @@ def run_dev(settings: Settings, host: str, port: int) -> int:
             )
         env = {**os.environ, **settings.as_env()}
         metrics_port = free_port()
-        children.append(_spawn(["api", "--host", host, "--port", str(port)], env))
+        children["engagementd api"] = _spawn(["api", "--host", host, "--port", str(port)], env)
         flusher = ["flusher", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
-        children.append(_spawn(flusher, env))
+        children["engagementd flusher"] = _spawn(flusher, env)
         consumer_port = free_port() if settings.kafka_bootstrap else None
         if consumer_port is not None:
             consume = ["consume", "--metrics-port", str(consumer_port), "--metrics-host", "127.0.0.1"]
-            children.append(_spawn(consume, env))
+            children["engagementd consume"] = _spawn(consume, env)
         secret_shown = secret if not settings.jwt_public_key else None
-        _announce(settings, host, port, metrics_port, consumer_port, secret_shown)
+        _announce(settings, data_dir, host, port, metrics_port, consumer_port, secret_shown)
         while not stop:
-            for child in children:
+            for name, child in children.items():
                 if child.poll() is not None:
-                    log.error("a child process exited with %s; stopping everything", child.returncode)
+                    log.error(
+                        "%s exited with %s (its output is above); stopping everything", name, child.returncode
+                    )
                     return 1
             time.sleep(0.2)  # supervision tick: signals interrupt it
         return 0
     finally:
-        for child in children:
+        for child in children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in children:
+        for child in children.values():
             try:
                 child.wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -114,7 +147,13 @@ def run_dev(settings: Settings, host: str, port: int) -> int:
 
 
 def _announce(
-    settings: Settings, host: str, port: int, metrics_port: int, consumer_port: int | None, secret: str | None
+    settings: Settings,
+    data_dir: Path,
+    host: str,
+    port: int,
+    metrics_port: int,
+    consumer_port: int | None,
+    secret: str | None,
 ) -> None:
     lines = [
         "",
@@ -130,13 +169,17 @@ def _announce(
             f"  consumer       {settings.kafka_bootstrap}, metrics at http://127.0.0.1:{consumer_port}/metrics"
         )
     if secret:
-        exp = int(time.time()) + 86_400
-        ingest = jwt.encode({"sub": "dev-ingest", "scope": "ingest internal", "exp": exp}, secret, "HS256")
-        user = jwt.encode({"sub": "dev-user", "exp": exp}, secret, "HS256")
+        tokens = _tokens(secret)
+        path = data_dir / "tokens.env"
+        path.write_text("".join(f"{name}={value}\n" for name, value in tokens.items()))
+        path.chmod(0o600)
         lines += [
             f"  JWT secret     {settings.dev_data_dir}/jwt_secret (HS256)",
-            f"  user token     {user}",
-            f"  ingest token   {ingest}",
+            f"  user token     {tokens['TOKEN']}   (sub dev-user)",
+            f"  ingest token   {tokens['INGEST']}   (scope ingest: batches)",
+            f"  internal token {tokens['INTERNAL']}   (scope internal: registry, purge)",
+            f"  tokens         {settings.dev_data_dir}/tokens.env (TOKEN, INGEST, INTERNAL; valid 24 h):"
+            f" . {settings.dev_data_dir}/tokens.env",
         ]
     lines += ["  Ctrl-C stops everything.", ""]
     print("\n".join(lines), flush=True)
