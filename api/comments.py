@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from api.errors import ApiError, json_response
 from api.idempotency import idempotency_key
-from api.ingest import json_object
+from api.ingest import integral, json_object
 from api.instrument import instrumented
 from api.pagination import MAX_ID, bad_cursor, limit_param, positive_int
 from api.reactions import check_rate
@@ -52,7 +52,7 @@ def parse_comment(body: bytes, max_chars: int) -> tuple[str, int | None]:
         raise ApiError(422, "comment_body_too_long", f"body must be at most {max_chars} characters.")
     if "\x00" in text:
         raise ApiError(422, "invalid_comment_body", "body must not contain NUL characters.")
-    parent = data.get("parent_comment_id")
+    parent = integral(data.get("parent_comment_id"))
     if parent is not None and (type(parent) is not int or not 1 <= parent <= MAX_ID):
         raise _bad_parent()
     return text, parent
@@ -155,7 +155,7 @@ async def list_comments(request: Request) -> Response:
     parent_id = None
     if "parent_comment_id" in query:
         parent_id = _positive_id(query["parent_comment_id"], _bad_parent())
-    after = decode_cursor(query["cursor"], content_id, parent_id) if "cursor" in query else None
+    after = decode_cursor(query["cursor"], content_id, parent_id) if query.get("cursor") else None
     pool = await _pool(services)
     try:
         async with pool.acquire() as conn:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ApiError, json_response
-from api.ingest import json_object
+from api.ingest import integral, json_object
 from api.instrument import instrumented
 from api.pagination import bad_cursor, cursor_param, encode_cursor, limit_param
 from api.reactions import check_rate
@@ -42,7 +42,7 @@ def parse_heartbeat(body: bytes) -> tuple[float, int]:
         type(progress) not in (int, float) or not math.isfinite(progress) or not 0 <= progress <= 100  # type: ignore[operator]
     ):
         raise ApiError(422, "invalid_progress_pct", "progress_pct must be a number from 0 to 100.")
-    position = doc.get("position_seconds")
+    position = integral(doc.get("position_seconds"))
     if type(position) is not int or not 0 <= position <= POSITION_MAX:
         raise ApiError(
             422, "invalid_position_seconds", f"position_seconds must be an integer from 0 to {POSITION_MAX}."

@@ -69,6 +69,14 @@ class Batch:
         return len(self.ids) if self.items < 0 else self.items
 
 
+def integral(value: Any) -> Any:
+    """An integral number as an int: JSON Schema's ``integer`` admits ``37.0``, and so do we. Anything
+    else is returned as it is, for the caller's check to refuse."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 def media_type(content_type: str) -> str:
     """``application/json; charset=utf-8`` -> ``application/json``."""
     return content_type.split(";", 1)[0].strip().lower()
@@ -177,6 +185,7 @@ class BodyReader:
     def _watch_seconds(self, value: Any, where: str) -> int:
         if value is None:
             return 0
+        value = integral(value)
         if type(value) is not int or not 0 <= value <= self.settings.watch_seconds_max:
             raise ApiError(
                 422,
@@ -288,7 +297,11 @@ class BodyReader:
         if not with_seconds:
             return [], []
         seconds = list(map(dict.get, items, repeat("watch_seconds", n), repeat(0, n)))  # absent: 0
-        if not set(map(type, seconds)) <= _SECONDS_TYPES:
+        kinds = set(map(type, seconds))
+        if float in kinds:  # 37.0 is an integer
+            seconds = list(map(integral, seconds))
+            kinds = set(map(type, seconds))
+        if not kinds <= _SECONDS_TYPES:
             raise _Slow
         given = list(filter(None, seconds))
         if given and (min(given) < 0 or max(given) > self.settings.watch_seconds_max):
@@ -316,7 +329,7 @@ class BodyReader:
                 self._event_type(item["event_type"], f"{where}: event_type", index)
             if item.get("session_id") is not None:
                 self._session_id(item["session_id"], f"{where}: session_id", index)
-            seconds = item.get("watch_seconds")
+            seconds = integral(item.get("watch_seconds"))
             if seconds is not None and (
                 type(seconds) is not int or not 0 <= seconds <= self.settings.watch_seconds_max
             ):

@@ -48,7 +48,7 @@ def encode_cursor(value: Any) -> str:
 def cursor_param(request: Request) -> Any:
     """The decoded ``?cursor=``, or None when absent; the caller checks its shape (``bad_cursor``)."""
     raw = request.query_params.get("cursor")
-    if raw is None:
+    if not raw:  # absent, or empty (`cursor=`): the first page
         return None
     try:
         return orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))

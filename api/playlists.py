@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from api.errors import ApiError, json_response
 from api.idempotency import idempotency_key
-from api.ingest import json_object
+from api.ingest import integral, json_object
 from api.instrument import instrumented
 from api.pagination import MAX_ID, bad_cursor, cursor_param, encode_cursor, limit_param, positive_int
 from api.reactions import check_rate
@@ -66,6 +66,7 @@ def _description(value: Any) -> str:
 
 
 def _position(value: Any) -> int:
+    value = integral(value)
     if type(value) is not int or value < 0:
         raise ApiError(422, "invalid_position", "position must be an integer of at least 0.")
     return value

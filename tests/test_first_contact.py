@@ -138,3 +138,38 @@ def test_every_api_series_a_panel_queries_exists_from_the_start(api: ApiProcess)
     exported = set(re.findall(r"^(engagement_[a-z0-9_]+)(?:\{| )", text, re.M))
     missing = {name for name in _dashboard_series("api") if name not in exported}
     assert not missing, sorted(missing)
+
+
+def test_integral_numbers_are_integers_and_an_empty_cursor_is_none(api: ApiProcess) -> None:
+    """JSON Schema's integer admits 37.0: so does every integer field; 37.5 stays a 422."""
+    user = _auth("u-int")
+    ingest = _auth("ingester", "ingest")
+    r = api.client.post("/api/v1/content/int-clip/views", json={"watch_seconds": 37.0})
+    assert r.status_code == 202, r.text
+    r = api.client.post(
+        "/api/v1/views/batch", json=[{"content_id": "int-clip", "watch_seconds": 3.0}], headers=ingest
+    )
+    assert r.status_code == 202, r.text
+    r = api.client.post(
+        "/api/v1/views/batch", json=[{"content_id": "int-clip", "watch_seconds": 3.5}], headers=ingest
+    )
+    assert (r.status_code, r.json()["error"], r.json()["index"]) == (422, "invalid_watch_seconds", 0)
+    wait_until(
+        lambda: api.client.get("/api/v1/content/int-clip/stats").json()["watch_seconds"] == 40, what="40 s"
+    )
+    r = api.client.put(
+        "/api/v1/users/me/history/int-clip", json={"progress_pct": 10, "position_seconds": 12.0}, headers=user
+    )
+    assert r.status_code in (200, 204), r.text
+    first = api.client.post("/api/v1/content/int-clip/comments", json={"body": "top"}, headers=user).json()
+    reply = {"body": "re", "parent_comment_id": float(first["comment_id"])}
+    r = api.client.post("/api/v1/content/int-clip/comments", json=reply, headers=user)
+    assert r.status_code == 201 and r.json()["parent_comment_id"] == first["comment_id"], r.text
+    playlist = api.client.post("/api/v1/users/me/playlists", json={"name": "p"}, headers=user).json()
+    items = f"/api/v1/users/me/playlists/{playlist['playlist_id']}/items"
+    r = api.client.post(items, json={"content_id": "int-clip", "position": 0.0}, headers=user)
+    assert r.status_code == 201, r.text
+    r = api.client.post(items, json={"content_id": "int-clip-2", "position": 0.5}, headers=user)
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_position")
+    r = api.client.get("/api/v1/content/int-clip/comments", params={"cursor": ""})
+    assert r.status_code == 200 and len(r.json()["items"]) == 1, r.text
