@@ -13,6 +13,7 @@ changed (flusher/uniques.py: absolute values, so they need no ledger).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -54,6 +55,7 @@ class Flusher(Loop):
         self.metrics = metrics
         self.store = Store(settings, redis, scripts, db.provided(pool), metrics)
         self.owner = f"flusher-{uuid.uuid4().hex[:12]}"
+        self.leased_elsewhere: list[int] = []  # shards another flusher's lease held at the last capture
         self._last_prune = 0.0
         self._last_reconcile = time.monotonic()  # the first run one interval after start
 
@@ -61,7 +63,8 @@ class Flusher(Loop):
 
     async def capture(self) -> list[CapturedBatch]:
         batches, with_drains = [], []
-        for shard, result in await self.store.capture_batches(self.owner):
+        captured, self.leased_elsewhere = await self.store.capture_batches(self.owner)
+        for shard, result in captured:
             batch_id, flat, states, subscriptions, heartbeats, drains = result
             rows, creators, daily = _parse_rows(flat)
             subs = _parse_states(subscriptions)
@@ -125,12 +128,19 @@ class Flusher(Loop):
         processes gone quiet): removed, so that they cost memory only while they matter."""
         return await self.store.sweep_records()
 
-    async def drain(self) -> tuple[int, int]:
-        """Flush until nothing is pending (``--once``). Returns (batches, rows)."""
+    async def drain(self, wait_s: float = 0.0) -> tuple[int, int]:
+        """Flush until nothing is pending (``--once``). Returns (batches, rows). Shards another flusher's
+        lease holds (a live flusher in its pass, or a killed one's until ENGAGEMENT_FLUSH_LEASE_MS ran
+        out) are tried again for up to ``wait_s``; those still held then are ``leased_elsewhere``."""
+        deadline = time.monotonic() + wait_s
         batches = rows = 0
-        while (result := await self.flush_once()) is not None:
-            batches += len(result.committed)
-            rows += result.rows
+        while True:
+            while (result := await self.flush_once()) is not None:
+                batches += len(result.committed)
+                rows += result.rows
+            if not self.leased_elsewhere or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
         while not await self.flush_unique_viewers():
             pass
         return batches, rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from prometheus_client import start_http_server
 
@@ -22,7 +23,11 @@ log = logging.getLogger(__name__)
 
 
 async def run_flusher(
-    settings: Settings, once: bool = False, metrics_port: int | None = None, metrics_host: str = "0.0.0.0"
+    settings: Settings,
+    once: bool = False,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+    wait_s: float = 60.0,
 ) -> int:
     metrics = Metrics(roles=("flusher",))
     if metrics_port is not None:
@@ -33,8 +38,18 @@ async def run_flusher(
     try:
         await keys.check_shards(redis, settings.shards)
         if once:
-            batches, rows = await flusher.drain()
+            batches, rows = await flusher.drain(wait_s)
             print(f"flushed {batches} batches, {rows} rows", flush=True)
+            if flusher.leased_elsewhere:
+                shards = flusher.leased_elsewhere
+                print(
+                    f"{len(shards)} shards still leased by another flusher after {wait_s:g} s (shards"
+                    f" {', '.join(map(str, shards[:10]))}{', ...' if len(shards) > 10 else ''}): their"
+                    " pending changes were not flushed here; run it again, or with a longer --wait-s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 3
             return 0
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -107,7 +107,13 @@ def cmd_flusher(settings: Settings, args: argparse.Namespace) -> int:
     from flusher.main import run_flusher
 
     return asyncio.run(
-        run_flusher(settings, once=args.once, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+        run_flusher(
+            settings,
+            once=args.once,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            wait_s=args.wait_s,
+        )
     )
 
 
@@ -146,7 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
 
     flusher = sub.add_parser("flusher", help="drain Redis deltas to Postgres")
-    flusher.add_argument("--once", action="store_true", help="drain everything pending, then exit 0")
+    flusher.add_argument(
+        "--once",
+        action="store_true",
+        help="drain everything pending, then exit: 0, or 3 when shards another flusher holds were left",
+    )
+    flusher.add_argument(
+        "--wait-s",
+        type=float,
+        default=60.0,
+        help="with --once: how long to wait for shards another flusher's lease holds (a killed flusher's"
+        " expires after ENGAGEMENT_FLUSH_LEASE_MS)",
+    )
     flusher.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     flusher.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics server")
     flusher.set_defaults(func=cmd_flusher)

@@ -21,10 +21,10 @@ UNIQUES_PER_CALL = 200  # members of each touch set per shard per call: a dense 
 class FlushStore(StoreBase):
     # -- count batches --------------------------------------------------------------------------------
 
-    async def capture_batches(self, owner: str) -> list[tuple[int, list[Any]]]:
+    async def capture_batches(self, owner: str) -> tuple[list[tuple[int, list[Any]]], list[int]]:
         """``capture_batch.lua`` on every shard under ``owner``'s lease: (shard, [batch_id, rows,
         states, subscriptions, heartbeats, drains]) for each shard with something to flush (a new batch,
-        or the one an interrupted flusher left behind)."""
+        or the one an interrupted flusher left behind); and the shards another flusher's lease holds."""
         calls = [
             (
                 [
@@ -42,7 +42,8 @@ class FlushStore(StoreBase):
         ]
         results = all_checked(await self.scripts.capture_batch.call_many(self.redis, calls))
         # None: leased by another flusher; []: nothing to flush
-        return [(shard, result) for shard, result in enumerate(results) if result]
+        captured = [(shard, result) for shard, result in enumerate(results) if result]
+        return captured, [shard for shard, result in enumerate(results) if result is None]
 
     async def batch_drains(self, shards: Sequence[int]) -> list[list[bytes]]:
         """The view drains captured with each shard's batch (its ``vbatch`` list), in one round trip."""
