@@ -32,6 +32,7 @@ from api import (
 from api.errors import handle_domain_error, handle_http_exception, handle_unexpected
 from api.hotpaths import HotPaths
 from api.services import Services
+from daemon import logs
 from daemon.errors import DomainError
 from daemon.proc.server import before_worker_stops
 from daemon.settings import Settings
@@ -126,6 +127,7 @@ def build_app(services: Services) -> HotPaths:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        logs.log_start("api", services.settings)
         await services.start()
         try:
             yield
@@ -148,7 +150,7 @@ def build_app(services: Services) -> HotPaths:
 def create_app() -> HotPaths:
     """Factory used by the server: settings from the environment."""
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings)
     services = Services.create(settings)
     live_streams = services.live
     assert live_streams is not None

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import internal_error
+from daemon.logs import request_id
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,16 @@ class HotPaths:
                     self.table[(last, method)] = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":  # the logs of this request name it (daemon/logs.py)
+                token = request_id.set(value[:128].decode("latin-1"))
+                try:
+                    return await self._dispatch(scope, receive, send)
+                finally:
+                    request_id.reset(token)
+        await self._dispatch(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
             path: str = scope["path"]
             if path.startswith(PREFIX):

@@ -14,7 +14,7 @@ from consumer.dlq import DeadLetterProducer
 from consumer.loop import ConsumeLoop
 from consumer.metrics import ConsumerMetrics
 from consumer.store import OffsetStore
-from daemon import db, keys, purge
+from daemon import db, keys, logs, purge
 from daemon.core import Core
 from daemon.kafka_mock import MockCluster
 from daemon.metrics import Metrics
@@ -52,6 +52,7 @@ async def run_consumer(
 ) -> int:
     """Consume until SIGTERM (or, with ``once``, until caught up). ``purge_user`` overrides
     ``purge_for`` (tests inject a recorder)."""
+    logs.log_start("consume --once" if once else "consume", settings)
     if not settings.kafka_bootstrap:
         log.error("ENGAGEMENT_KAFKA_BOOTSTRAP is not set: nothing to consume")
         return 2

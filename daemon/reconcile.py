@@ -42,7 +42,7 @@ from typing import Any
 
 import asyncpg
 
-from daemon import comment_counts, keys, reconcile_fallbacks
+from daemon import comment_counts, keys, logs, reconcile_fallbacks
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 from daemon.store import Store
@@ -305,6 +305,7 @@ async def run_reconcile(settings: Settings) -> int:
     from daemon.redis_client import make_redis
     from lua import Scripts
 
+    logs.log_start("reconcile", settings)
     redis = make_redis(settings)
     pool = await db.create_pool(settings)
     metrics = Metrics(roles=("flusher",))

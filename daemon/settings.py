@@ -138,6 +138,7 @@ class Settings:
     gc_gen0_threshold: int = 50_000  # Python's cyclic GC gen-0 threshold in api processes
 
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one JSON object per line (daemon/logs.py)
     dev_data_dir: str = ".data"
 
     @property
@@ -217,6 +218,8 @@ class Settings:
             raise SettingsError(
                 "ENGAGEMENT_LIVE_KEEPALIVE_S and ENGAGEMENT_LIVE_SEND_TIMEOUT_S must be positive"
             )
+        if self.log_format not in ("text", "json"):
+            raise SettingsError("ENGAGEMENT_LOG_FORMAT must be text or json")
         if self.playlists_max_per_user < 1 or self.playlist_items_max < 1:
             raise SettingsError("playlist limits must be at least 1")
         if self.consumer_batch_max_messages < 1 or self.consumer_batch_timeout_ms < 1:

@@ -9,7 +9,7 @@ import sys
 
 from prometheus_client import start_http_server
 
-from daemon import db, keys
+from daemon import db, keys, logs
 from daemon.loops import Every
 from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
@@ -29,6 +29,7 @@ async def run_flusher(
     metrics_host: str = "0.0.0.0",
     wait_s: float = 60.0,
 ) -> int:
+    logs.log_start("flusher --once" if once else "flusher", settings)
     metrics = Metrics(roles=("flusher",))
     if metrics_port is not None:
         start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)

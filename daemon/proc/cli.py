@@ -3,33 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
+import uvloop
+
+from daemon import logs
 from daemon.keys import LayoutError
 from daemon.settings import Settings, SettingsError
 
 log = logging.getLogger("engagementd")
 
 
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _run(main: Coroutine[Any, Any, Any]) -> Any:
+    """Every role's event loop is uvloop's (the api's too: granian runs it on uvloop)."""
+    return uvloop.run(main)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from daemon import db
 
-    applied = asyncio.run(db.migrate(settings))
+    applied = _run(db.migrate(settings))
     for m in applied:
         print(f"applied {m.version:04d}_{m.name}")
     print(f"schema up to date ({len(applied)} applied)")
-    return asyncio.run(_upgrade_redis(settings))
+    return _run(_upgrade_redis(settings))
 
 
 async def _upgrade_redis(settings: Settings) -> int:
@@ -70,7 +70,7 @@ async def _row_filters(settings: Settings, redis: Any, rebuild: bool) -> int:
 
 
 def cmd_row_filter(settings: Settings, args: argparse.Namespace) -> int:
-    return asyncio.run(_row_filter_status(settings, args.rebuild))
+    return _run(_row_filter_status(settings, args.rebuild))
 
 
 async def _row_filter_status(settings: Settings, rebuild: bool) -> int:
@@ -106,7 +106,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_flusher(settings: Settings, args: argparse.Namespace) -> int:
     from flusher.main import run_flusher
 
-    return asyncio.run(
+    return _run(
         run_flusher(
             settings,
             once=args.once,
@@ -120,7 +120,7 @@ def cmd_flusher(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     from consumer.main import run_consumer
 
-    return asyncio.run(
+    return _run(
         run_consumer(settings, once=args.once, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     )
 
@@ -128,7 +128,7 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.reconcile import run_reconcile
 
-    return asyncio.run(run_reconcile(settings))
+    return _run(run_reconcile(settings))
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"engagementd: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings)
+    logs.configure(settings)
     try:
         return int(args.func(settings, args) or 0)
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from daemon.logs import granian_config
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def _serve(host: str, port: int, workers: int, settings: Settings) -> None:
         workers=workers,
         loop=Loops.uvloop,
         log_level=settings.log_level.lower(),  # type: ignore[arg-type]
+        log_dictconfig=granian_config(settings),
         log_access=False,
         backlog=2048,
         websockets=True,
