@@ -51,7 +51,11 @@ def test_flusher_and_reconcile_log_json_on_uvloop_with_secrets_masked(migrated: 
         assert ran.returncode == 0, ran.stderr
         line = _start_line(_json_lines(ran.stderr), role)
         assert "(event loop: uvloop)" in line, line
-        assert f'"shards":{settings.shards}' in line and '"jwt_secret":"set"' in line and ":***@127.0.0.1" in line, line
+        assert (
+            f'"shards":{settings.shards}' in line
+            and '"jwt_secret":"set"' in line
+            and ":***@127.0.0.1" in line
+        ), line
         assert SECRET not in ran.stderr and "hunter2" not in ran.stderr
 
 
