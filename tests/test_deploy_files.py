@@ -52,7 +52,7 @@ UNTRACKED_DIRS = {".git", ".venv", ".data", ".pytest_cache", ".ruff_cache", ".my
 TEXT_SUFFIXES = {".py", ".lua", ".md", ".toml", ".yml", ".yaml", ".json", ".sh", ".sql", ".txt", ".cfg"}
 TEXT_NAMES = {"Makefile", "Dockerfile", "run"}  # run: .ci/run
 
-ENGAGEMENTD_SERVICES = ("migrate", "api", "flusher")
+ENGAGEMENTD_SERVICES = ("migrate", "topics", "api", "flusher")
 ALL_SERVICES = ("redis", "postgres", "kafka", *ENGAGEMENTD_SERVICES, "prometheus", "grafana")
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}: compose interpolation.
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -321,6 +321,9 @@ def test_services_start_in_order() -> None:
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["redis"]["condition"] == "service_healthy", name
+    assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert parsed_command(services["topics"]).command == "topics"
+    assert services["api"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
 
 
 def test_prometheus_scrapes_the_ports_the_commands_open() -> None:

@@ -131,6 +131,18 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     return _run(run_reconcile(settings))
 
 
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.topics import run_topics
+
+    return run_topics(settings, args.bootstrap or settings.kafka_bootstrap, args.check, args.timeout_s)
+
+
+def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.tail import run_tail
+
+    return run_tail(args.bootstrap or settings.kafka_bootstrap, args.topic, args.from_beginning, args.max)
+
+
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.proc.dev import run_dev
 
@@ -185,6 +197,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--rebuild", action="store_true", help="build every shard's filter again from Redis and Postgres"
     )
     row_filter.set_defaults(func=cmd_row_filter)
+    topics = sub.add_parser(
+        "topics", help="create the Kafka topics this service owns and check them all against seed 003"
+    )
+    topics.add_argument("--check", action="store_true", help="only check: create nothing")
+    topics.add_argument("--bootstrap", default="", help="Kafka servers (default ENGAGEMENT_KAFKA_BOOTSTRAP)")
+    topics.add_argument("--timeout-s", type=float, default=10.0, help="per admin request")
+    topics.set_defaults(func=cmd_topics)
+
+    events = sub.add_parser("events", help="watch the engagement events the service publishes")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    tail = events_sub.add_parser("tail", help="print each event as one JSON line (Ctrl-C stops)")
+    tail.add_argument("--bootstrap", default="", help="Kafka servers (default ENGAGEMENT_KAFKA_BOOTSTRAP)")
+    tail.add_argument(
+        "--topic",
+        action="append",
+        default=None,
+        help="a topic to follow (repeatable; default: user.engagement.events and"
+        " engagement.subscription.changed)",
+    )
+    tail.add_argument(
+        "--from-beginning", action="store_true", help="from the oldest event kept, not only new ones"
+    )
+    tail.add_argument("--max", type=int, default=0, help="exit after this many events (0: never)")
+    tail.set_defaults(func=cmd_events)
+
     dev = sub.add_parser("dev", help="private Redis and Postgres, migrate, api and flusher in one command")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8080)
