@@ -178,16 +178,21 @@ def cli_reconcile(settings: Settings) -> str:
 
 def cli(settings: Settings, *args: str) -> str:
     """``engagementd <args>`` as a process; its stdout. Fails the test on a non-zero exit."""
-    out = subprocess.run(
+    out = run_cli(settings, *args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def run_cli(settings: Settings, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """``engagementd <args>`` as a process, whatever its exit code."""
+    return subprocess.run(
         [sys.executable, "-m", "daemon.proc.cli", *args],
         env=service_env(settings),
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout_s,
     )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 def fetch(database_url: str, query: str, *args: object) -> list[asyncpg.Record]:

@@ -10,20 +10,13 @@ import subprocess
 import sys
 
 from lease_helpers import held_leases_sync
-from service_fixtures import ROOT, counters_in_postgres, service_env, token, wait_until
+from service_fixtures import ROOT, counters_in_postgres, run_cli, service_env, token, wait_until
 
 from daemon.settings import Settings
 
 
 def _flusher_once(settings: Settings, wait_s: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon.proc.cli", "flusher", "--once", "--wait-s", str(wait_s)],
-        env=service_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(settings, "flusher", "--once", "--wait-s", str(wait_s))
 
 
 def test_flusher_once_waits_for_a_killed_flushers_leases(

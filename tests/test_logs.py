@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
-from service_fixtures import ROOT, ApiProcess, service_env, wait_until
+from service_fixtures import ApiProcess, run_cli, wait_until
 
 from daemon.settings import Settings
 
@@ -40,14 +38,7 @@ def _settings(migrated: Settings) -> Settings:
 def test_flusher_and_reconcile_log_json_on_uvloop_with_secrets_masked(migrated: Settings) -> None:
     settings = _settings(migrated)
     for role, args in (("flusher --once", ["flusher", "--once"]), ("reconcile", ["reconcile"])):
-        ran = subprocess.run(
-            [sys.executable, "-m", "daemon.proc.cli", *args],
-            env=service_env(settings),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        ran = run_cli(settings, *args)
         assert ran.returncode == 0, ran.stderr
         line = _start_line(_json_lines(ran.stderr), role)
         assert "(event loop: uvloop)" in line, line

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 from consumer_helpers import produce
-from service_fixtures import ROOT, service_env, token
+from service_fixtures import run_cli, token
 
 from daemon.settings import Settings
 from daemon.topics import plan
@@ -32,24 +31,7 @@ def test_the_plan_is_seed_003s() -> None:
 
 
 def _topics(settings: Settings, bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "daemon.proc.cli",
-            "topics",
-            "--bootstrap",
-            bootstrap,
-            "--timeout-s",
-            "2",
-            *args,
-        ],
-        env=service_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(settings, "topics", "--bootstrap", bootstrap, "--timeout-s", "2", *args)
 
 
 def test_topics_reports_too_few_partitions_and_what_it_could_not_create(kafka_cluster) -> None:
@@ -75,24 +57,8 @@ def test_events_tail_prints_the_events_the_api_publishes(
     headers = {"Authorization": f"Bearer {token('fan-1')}"}
     assert api.client.post("/api/v1/content/tail-clip/like", headers=headers).status_code == 200
     assert api.client.post("/api/v1/creators/studio-t/subscribe", headers=headers).status_code == 200
-    tail = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "daemon.proc.cli",
-            "events",
-            "tail",
-            "--bootstrap",
-            bootstrap,
-            "--from-beginning",
-            "--max",
-            "2",
-        ],
-        env=service_env(migrated),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    tail = run_cli(
+        migrated, "events", "tail", "--bootstrap", bootstrap, "--from-beginning", "--max", "2", timeout_s=60
     )
     assert tail.returncode == 0, tail.stderr
     lines = [json.loads(line) for line in tail.stdout.splitlines()]
