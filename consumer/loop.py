@@ -36,7 +36,7 @@ MAX_IN_FLIGHT = 2
 
 
 def consumer_config(settings: Settings, bootstrap_servers: str) -> dict[str, Any]:
-    return {
+    config = {
         "bootstrap.servers": bootstrap_servers,
         "group.id": settings.consumer_group,
         "group.protocol": settings.consumer_group_protocol,
@@ -46,6 +46,9 @@ def consumer_config(settings: Settings, bootstrap_servers: str) -> dict[str, Any
         "auto.offset.reset": "earliest",
         "logger": _rdkafka_log,
     }
+    if settings.consumer_group_protocol == "classic":  # KIP-848's session timeout is the broker's
+        config["session.timeout.ms"] = settings.consumer_session_timeout_ms
+    return config
 
 
 class ConsumeLoop(Loop):
@@ -62,9 +65,12 @@ class ConsumeLoop(Loop):
         processor: BatchProcessor,
         metrics: ConsumerMetrics,
         once: bool = False,
+        wait_s: float = 60.0,
     ) -> None:
         super().__init__()
         self._once = once
+        self._wait_s = wait_s
+        self.left: list[str] = []  # with once: what was not consumed when wait_s ran out
         self._settings = settings
         self._topics = topics
         self._processor = processor
@@ -81,6 +87,7 @@ class ConsumeLoop(Loop):
         size = self._settings.consumer_batch_max_messages
         timeout_s = self._settings.consumer_batch_timeout_ms / 1000
         in_flight: deque[asyncio.Task[None]] = deque()  # batches being applied or finished, in order
+        deadline = time.monotonic() + self._wait_s
         try:
             while not self.stopping:
                 msgs = await asyncio.to_thread(consumer.consume, size, timeout_s)
@@ -100,8 +107,13 @@ class ConsumeLoop(Loop):
                 if now >= self._lag_at:
                     self._lag_at = now + LAG_INTERVAL_S
                     await asyncio.to_thread(self._update_lag)
-                if once and not good and not in_flight and await asyncio.to_thread(self._caught_up):
-                    break
+                if once and not good and not in_flight:
+                    left = await asyncio.to_thread(self._behind)
+                    if not left:
+                        break
+                    if time.monotonic() >= deadline:
+                        self.left = left
+                        break
         except Abandoned:
             log.warning("shutdown while a dependency is unreachable: batch left uncommitted")
         finally:
@@ -164,13 +176,24 @@ class ConsumeLoop(Loop):
             self._m.lag.remove(*label)
         self._lag_labels = labels
 
-    def _caught_up(self) -> bool:
-        """Every assigned partition consumed to its end (``--once``)."""
+    def _behind(self) -> list[str]:
+        """What keeps ``--once`` from being caught up: partitions of the topics this consumer is not
+        assigned (another member holds them: a dead one until its session times out), and assigned
+        partitions not consumed to their end. Empty: caught up."""
         consumer = self._consumer
         assignment = consumer.assignment()
-        if not assignment:
-            return False
         try:
+            topics = consumer.list_topics(timeout=10.0).topics
+            assigned = {(tp.topic, tp.partition) for tp in assignment}
+            left = [
+                f"{topic}[{partition}]: assigned to another member of group {self._settings.consumer_group}"
+                for topic in self._topics
+                if topic in topics
+                for partition in sorted(topics[topic].partitions)
+                if (topic, partition) not in assigned
+            ]
+            if not assignment:
+                return left or ["no partition assigned yet"]
             positions = consumer.position(assignment)
             committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(assignment, 10.0)}
             for tp in positions:
@@ -181,8 +204,7 @@ class ConsumeLoop(Loop):
                 if offset < 0:
                     offset = low
                 if offset < high:
-                    return False
+                    left.append(f"{tp.topic}[{tp.partition}]: {high - offset} messages not consumed")
         except KafkaException as exc:
-            log.warning("could not read the partitions' ends (%s)", exc)
-            return False
-        return True
+            return [f"could not read the partitions' ends ({exc})"]
+        return left

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from prometheus_client import start_http_server
 
@@ -49,6 +50,7 @@ async def run_consumer(
     metrics_host: str = "0.0.0.0",
     purge_user: PurgeUser | None = None,
     ready: asyncio.Event | None = None,
+    wait_s: float = 60.0,
 ) -> int:
     """Consume until SIGTERM (or, with ``once``, until caught up). ``purge_user`` overrides
     ``purge_for`` (tests inject a recorder)."""
@@ -84,7 +86,7 @@ async def run_consumer(
             settings, store, metrics, consumer_metrics, offsets, runner, dead_letters, stopping
         )
         await asyncio.to_thread(dead_letters.touch_topics, topics)
-        loop = ConsumeLoop(settings, bootstrap, topics, processor, consumer_metrics, once)
+        loop = ConsumeLoop(settings, bootstrap, topics, processor, consumer_metrics, once, wait_s)
         event_loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             event_loop.add_signal_handler(sig, loop.stop)
@@ -92,6 +94,16 @@ async def run_consumer(
         if ready is not None:
             ready.set()
         await loop.run()
+        if loop.left:
+            print(
+                f"not caught up after {wait_s:g} s: "
+                + "; ".join(loop.left[:12])
+                + ("; ..." if len(loop.left) > 12 else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+            return 3
+        print(f"consumed {loop.batches} batches", flush=True)
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -123,6 +123,7 @@ class Settings:
     consumer_batch_timeout_ms: int = 100  # longest wait to fill a batch
     consumer_retry_max_tries: int = 10  # tries of a failing message before it is dead-lettered
     consumer_retry_base_ms: int = 100  # first backoff between tries, doubled each time
+    consumer_session_timeout_ms: int = 45_000  # classic protocol: a member silent this long leaves the group
     consumer_retry_max_ms: int = 5_000  # ceiling of that backoff (and of the wait while Redis is down)
 
     # Postgres pool.

@@ -1,6 +1,6 @@
 """The catch-up commands operators script (issue 18): ``flusher --once`` does not exit 0 having flushed
-nothing while a killed flusher's leases cover shards: it waits for them up to ``--wait-s``, then says what
-it left and exits 3."""
+nothing while a killed flusher's leases cover shards, nor ``consume --once`` while a killed member holds
+partitions: each waits up to ``--wait-s``, then says what it left and exits 3."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+from consumer_helpers import INGEST, ConsumerProcess, envelope, produce
 from lease_helpers import held_leases_sync
 from service_fixtures import ROOT, counters_in_postgres, run_cli, service_env, token, wait_until
 
@@ -73,3 +75,36 @@ def test_flusher_once_waits_for_a_killed_flushers_leases(
     assert done.returncode == 0, (done.stdout, done.stderr)
     counters = counters_in_postgres(settings.database_url)
     assert {item: row["views"] for item, row in counters.items()} == dict.fromkeys(items, 1)
+
+
+@pytest.mark.slow
+def test_consume_once_waits_for_partitions_a_killed_member_holds(
+    start_api, migrated: Settings, kafka_cluster
+) -> None:
+    """The classic protocol (production's): a SIGKILLed member keeps its partitions until its session
+    times out. consume --once does not call that "caught up": it waits up to --wait-s, then names them
+    and exits 3; given long enough, it gets them and consumes everything, exactly."""
+    settings = migrated.replace(
+        kafka_bootstrap=kafka_cluster.bootstrap_servers,
+        consumer_group_protocol="classic",
+        consumer_session_timeout_ms=6_000,
+    )
+    api = start_api(migrated)  # (no Kafka: only to read the counts)
+
+    def views() -> int:
+        return api.client.get("/api/v1/content/once-k/stats").json()["views"]
+
+    view = envelope({"event_type": "media_started", "content_id": "once-k"})
+    produce(settings.kafka_bootstrap, INGEST, [(f"u{n}", view) for n in range(20)])
+    member = ConsumerProcess(settings)
+    try:
+        wait_until(lambda: views() == 20, 60, "the first member to consume 20 views")
+    finally:
+        member.kill()
+    produce(settings.kafka_bootstrap, INGEST, [(f"v{n}", view) for n in range(10)])
+    short = run_cli(settings, "consume", "--once", "--wait-s", "1")
+    assert short.returncode == 3, (short.stdout, short.stderr[-2000:])
+    assert "assigned to another member of group engagementd" in short.stderr, short.stderr[-2000:]
+    done = run_cli(settings, "consume", "--once", "--wait-s", "90")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert views() == 30

@@ -121,7 +121,13 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     from consumer.main import run_consumer
 
     return _run(
-        run_consumer(settings, once=args.once, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+        run_consumer(
+            settings,
+            once=args.once,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            wait_s=args.wait_s,
+        )
     )
 
 
@@ -181,7 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     flusher.set_defaults(func=cmd_flusher)
 
     consume = sub.add_parser("consume", help="apply Kafka events (views, likes, registry, purges) to Redis")
-    consume.add_argument("--once", action="store_true", help="exit 0 once caught up")
+    consume.add_argument(
+        "--once",
+        action="store_true",
+        help="exit 0 once every partition of its topics is assigned to it and consumed to its end; 3 when"
+        " --wait-s ran out first (a dead member still holding partitions, say)",
+    )
+    consume.add_argument(
+        "--wait-s", type=float, default=60.0, help="with --once: how long to wait to be caught up"
+    )
     consume.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     consume.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics server")
     consume.set_defaults(func=cmd_consume)
