@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps run test lint fmt bench clean
+.PHONY: install system-deps run test lint fmt bench loadtest clean
 
 install: system-deps $(STAMP)
 
@@ -37,6 +37,20 @@ fmt: install
 
 bench: install
 	$(BIN)/python -m loadtest.bench
+
+# locust, headless, against a running service (make run's by default): SCENARIO=viral|views|likes|bulk|
+# browse|live (empty: all), USERS, DURATION, HOST. The CSV and HTML reports go to loadtest/results/.
+SCENARIO ?=
+USERS ?= 50
+DURATION ?= 30s
+HOST ?= http://127.0.0.1:8080
+loadtest: install
+	@mkdir -p loadtest/results
+	ENGAGEMENT_JWT_SECRET="$${ENGAGEMENT_JWT_SECRET:-$$(cat .data/jwt_secret 2>/dev/null)}" \
+	$(BIN)/locust -f loadtest/locustfile.py --headless -u $(USERS) -r $(USERS) -t $(DURATION) \
+		--host $(HOST) $(if $(SCENARIO),--tags $(SCENARIO)) \
+		--csv loadtest/results/locust$(if $(SCENARIO),-$(SCENARIO)) \
+		--html loadtest/results/locust$(if $(SCENARIO),-$(SCENARIO)).html
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .ruff_cache build dist *.egg-info
