@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
-from service_fixtures import ApiProcess, token, wait_until
+from service_fixtures import ApiProcess, service_env, token, wait_until
 
+from daemon.proc.servers import free_port
 from daemon.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,3 +177,37 @@ def test_integral_numbers_are_integers_and_an_empty_cursor_is_none(api: ApiProce
     assert (r.status_code, r.json()["error"]) == (422, "invalid_position")
     r = api.client.get("/api/v1/content/int-clip/comments", params={"cursor": ""})
     assert r.status_code == 200 and len(r.json()["items"]) == 1, r.text
+
+
+def test_every_flusher_series_a_panel_queries_exists_from_the_start(migrated: Settings) -> None:
+    """The flusher's panels too: its /metrics, scraped as soon as it answers (the Redis memory sample
+    and the row filters are taken at start), has every series the dashboard reads from the flusher."""
+    port = free_port()
+    flusher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daemon.proc.cli",
+            "flusher",
+            "--metrics-port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
+        ],
+        env=service_env(migrated),
+        cwd=ROOT,
+    )
+    try:
+
+        def exported() -> set[str]:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except httpx.TransportError:
+                return set()
+            return set(re.findall(r"^(engagement_[a-z0-9_]+)(?:\{| )", text, re.M))
+
+        wanted = _dashboard_series("flusher")
+        wait_until(lambda: wanted <= exported(), what=f"the flusher's series: {sorted(wanted - exported())}")
+    finally:
+        flusher.terminate()
+        flusher.wait(30)
