@@ -1,7 +1,8 @@
 """The list endpoints (comments, watch history, playlists, a playlist's items) share one rule for their
 query parameters: a ``limit`` out of range is a 422 ``invalid_limit``, a ``cursor`` that is not a
 ``next_cursor`` the same list returned is a 400 ``invalid_cursor`` (an opaque token the client did not
-build), and neither ever reaches the database as a value it cannot hold."""
+build; an empty ``cursor=`` is no cursor: the first page), and neither ever reaches the database as a
+value it cannot hold."""
 
 from __future__ import annotations
 
@@ -39,9 +40,12 @@ def test_every_list_refuses_a_bad_limit_with_422_and_a_bad_cursor_with_400(api: 
             r = api.client.get(path, params={"limit": limit}, headers=_auth("lena"))
             assert (r.status_code, r.json()["error"]) == (422, "invalid_limit"), (path, limit)
         assert api.client.get(path, params={"limit": maximum}, headers=_auth("lena")).status_code == 200
-        for cursor in ("", "!!!", "not-a-cursor", "x" * 200, encode_cursor({}), encode_cursor("a")):
+        for cursor in ("!!!", "not-a-cursor", "x" * 200, encode_cursor({}), encode_cursor("a")):
             r = api.client.get(path, params={"cursor": cursor}, headers=_auth("lena"))
             assert (r.status_code, r.json()["error"]) == (400, "invalid_cursor"), (path, cursor)
+        first = api.client.get(path, headers=_auth("lena"))
+        empty = api.client.get(path, params={"cursor": ""}, headers=_auth("lena"))  # `cursor=`: none
+        assert (empty.status_code, empty.json()) == (200, first.json()), path
 
 
 def test_a_cursor_with_values_the_database_cannot_hold_is_a_400_not_a_server_error(api: ApiProcess) -> None:

@@ -126,8 +126,8 @@ async def exercise(stack: Stack) -> None:
     assert (await store.read_daily("a"))[1][1:] == [1, 5]  # a's one view of 5 s, pending
     assert (await store.top_views([window_of(s, "1h", keys.trend_bucket())], 5))[0][:2] == ["a", "1"]
     # the flusher's, the reconcile's
-    captured = await store.capture_batches(owner)
-    assert captured
+    captured, leased_elsewhere = await store.capture_batches(owner)
+    assert captured and leased_elsewhere == []
     await store.batch_drains([shard for shard, _ in captured])
     await store.trim_history([(stack.shard("u1"), "u1", ["a", "0|10.0|5"])])
     await store.finish_batches([(shard, result[0]) for shard, result in captured], owner)

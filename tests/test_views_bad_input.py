@@ -342,7 +342,11 @@ def test_bad_batches_get_their_documented_error_and_none_of_their_items_count(
         ("watch_seconds a float", {"content_id": "victim-0", "watch_seconds": 7.5}, "invalid_watch_seconds"),
         ("watch_seconds true", {"content_id": "victim-0", "watch_seconds": True}, "invalid_watch_seconds"),
         ("watch_seconds false", {"content_id": "victim-0", "watch_seconds": False}, "invalid_watch_seconds"),
-        ("watch_seconds 0.0", {"content_id": "victim-0", "watch_seconds": 0.0}, "invalid_watch_seconds"),
+        (
+            "watch_seconds infinite",
+            {"content_id": "victim-0", "watch_seconds": float("inf")},
+            "invalid_watch_seconds",
+        ),
         (
             "watch_seconds empty string",
             {"content_id": "victim-0", "watch_seconds": ""},
