@@ -5,8 +5,8 @@ commands per second as clients are added.
 One ``engagementd api`` (granian, one worker, server CPU) with ENGAGEMENT_LIVE_INTERVAL_MS
 (``--live-interval-ms``, 1,000). The clients (``websockets``' asyncio client) live in
 ``--live-client-procs`` child processes of their own (``python -m loadtest.live``, client CPU, their
-RLIMIT_NOFILE raised to the hard limit); client k watches item k mod W. Four scenarios, each on fresh
-items (every item seeded with one view first, so its counts are in Redis), each with the same view rounds:
+RLIMIT_NOFILE raised to the hard limit); client k watches item k mod W. The items are seeded with one
+view each first (their counts in Redis). Four scenarios, on the same items, with the same view rounds:
 
 - ``none``: no client (the cost of the views alone);
 - ``a``: 1 client on 1 item;
@@ -14,21 +14,25 @@ items (every item seeded with one view first, so its counts are in Redis), each 
 - ``c``: ``--live-clients`` (5,000) clients on the same number of items (50 per item).
 
 A round posts one view to each of the items in one ``POST /api/v1/views/batch`` (JSON, ingest token) at
-``T_r`` (``time.time()``); rounds are 3 intervals apart plus a random part of one interval (seeded: every
-scenario gets the same schedule), so the rounds fall at every phase of the api's tick. Every client
-records the time (``time.time()``, same clock) at which each new view count arrives; a (client, round)
-pair's delay is the first time its item's count reached the round's count minus ``T_r``. Reported:
-p50 / p99 / max of the delays, the share within 2 intervals [goal >= 99%], the pairs never seen [must
-be 0], and per round the spread of the receive times over the clients (the fan-out). Also the client
-processes' CPU share and event-loop lag over the rounds (a saturated client delays its own receive
-times), and the api's CPU share.
+``T_r`` (``time.time()``). Round r is due at r x 4 intervals + k_r / R of an interval (k a seeded
+permutation of 0 … R-1; rounds at least 3 intervals apart): whatever the phase of the api's tick, the R
+rounds sample it evenly, and every scenario gets the same schedule. Every client records the time
+(``time.time()``, same clock) at which each new view count arrives: when its bytes reach the client's
+event loop (``data_received``; the wait for the client's task after that is reported apart). A (client,
+round) pair's delay is the first time its item's count reached the round's count minus ``T_r``.
+Reported: p50 / p99 / max of the delays, the share within 2 intervals [goal >= 99%], the pairs never
+seen [must be 0], and per round the spread of the receive times over the clients (the fan-out). Also the
+client processes' CPU share and event-loop lag over the rounds (a saturated client delays even the
+arrival stamps of the frames it has not read yet), and the api's CPU share.
 
 Memory: VmRSS of the granian worker (the api's child) with no client (after scenarios a and b ended, so
 one-time costs are paid) and with all of scenario c's clients connected: (after - before) / clients.
 
 Redis: INFO commandstats from just before the first round to one gap after the last, every command but
 the measuring connections' own (INFO, CONFIG, HELLO, CLIENT SETINFO), per second. The live read is one
-round trip per tick for all watched items of the process, so b and c should cost the same.
+round trip per tick for all watched items of the process, so b and c should cost the same. The views
+are the same in every scenario, so (commands - those of ``none``) / live ticks (the api's
+engagement_live_tick_duration_seconds_count) is the Redis cost of one live read.
 """
 
 from __future__ import annotations
@@ -58,11 +62,12 @@ CLIENTS = 5_000
 ITEMS = 100
 ROUNDS = 10
 INTERVAL_MS = 1_000
-GAP_INTERVALS = 3  # rounds at least this many intervals apart (plus a random part of one interval)
+PERIOD_INTERVALS = 4  # a round every 4 intervals, shifted by k/R of one (so at least 3 apart)
 GOAL_SHARE = 0.99  # of (client, round) pairs seen within 2 intervals
 CONNECT_CONCURRENCY = 100  # WebSocket handshakes in flight per client process
 CONNECT_TIMEOUT_S = 180
 SEED = 17
+TICKS = "engagement_live_tick_duration_seconds_count"  # the api's live reads (one per tick)
 
 
 def bench_live(ns: argparse.Namespace, backends: Backends, workdir: Path, out: dict[str, Any]) -> None:
@@ -93,32 +98,34 @@ def bench_live(ns: argparse.Namespace, backends: Backends, workdir: Path, out: d
             raise BenchError(f"live: the api worker may open {res['api_worker_nofile']} files, too few")
         res["rss_fresh_kib"] = rss_kib(worker)
         token = ingest_token(backends.env["ENGAGEMENT_JWT_SECRET"])
-        tag = f"lv{int(time.time())}"
+        tag = f"lv{int(time.time())}-"
+        ids = [f"{tag}{i}" for i in range(items)]  # the same items in every scenario (same Redis work)
+        post_views(http, token, ids)  # seed: every item's counts in Redis
+        wait_views(backends, ids, len(ids))
         scenarios = [("none", 0, 0), ("a", 1, 1), ("b", items, items), ("c", clients, items)]
         for name, n_clients, watched in scenarios:
-            ids = [f"{tag}-{name}-{i}" for i in range(items)]
             sc: dict[str, Any] = {"clients": n_clients, "watched_items": watched}
             res["scenarios"][name] = sc
-            post_views(http, token, ids)  # seed: every item's counts in Redis
-            wait_views(backends, ids, len(ids))
             group: ClientGroup | None = None
             try:
                 if n_clients:
                     if name == "c":
                         sc["rss_before_kib"] = rss_kib(worker)
                         sc["rss_group_before_kib"] = group_rss_kib(api.proc.pid)
-                    group = ClientGroup(name, api.port, f"{tag}-{name}-", watched, n_clients, procs, workdir)
+                    group = ClientGroup(name, api.port, tag, watched, n_clients, procs, workdir)
                     sc["connect"] = group.wait_ready(CONNECT_TIMEOUT_S)
                     api.alive()
+                    # A connection gets at most one message per interval: its first one (on connect) must
+                    # not hold back round 1's. Also: every first frame sent, buffers settled (memory).
+                    time.sleep(max(1.0, 2 * interval_ms / 1000))
                     if name == "c":
-                        time.sleep(1.0)  # the first frames sent, buffers settled
                         sc["rss_after_kib"] = rss_kib(worker)
                         sc["rss_group_after_kib"] = group_rss_kib(api.proc.pid)
                         connected = sc["connect"]["connected"]
                         sc["rss_per_connection_kib"] = (sc["rss_after_kib"] - sc["rss_before_kib"]) / max(
                             connected, 1
                         )
-                rounds = run_rounds(ns, backends, api, http, token, ids, random.Random(SEED), sc)
+                rounds = run_rounds(ns, backends, api, http, token, ids, sc)
                 if group is not None:
                     results = group.stop()
                     group = None
@@ -146,26 +153,28 @@ def run_rounds(
     http: Http,
     token: str,
     ids: list[str],
-    rng: random.Random,
     sc: dict[str, Any],
 ) -> list[float]:
     """``--live-rounds`` batches of one view per item; the time.time() of each post. Fills in the Redis
-    commands and the api's CPU over the rounds (through one gap after the last)."""
+    commands and the api's CPU over the rounds (through one period after the last)."""
     interval_s = ns.live_interval_ms / 1000
+    n = ns.live_rounds
+    shifts = list(range(n))
+    random.Random(SEED).shuffle(shifts)
     times: list[float] = []
+    ticks0 = live_metrics(http).get(TICKS, 0.0)
     before = backends.redis.info("commandstats")
     cpu0, wall0 = api.cpu_seconds(), time.monotonic()
-    next_at = wall0
-    for _ in range(ns.live_rounds):
-        time.sleep(max(0.0, next_at - time.monotonic()))
-        sent = time.monotonic()
+    for r in range(n):
+        due = wall0 + (r * PERIOD_INTERVALS + shifts[r] / n) * interval_s
+        time.sleep(max(0.0, due - time.monotonic()))
         times.append(time.time())
         post_views(http, token, ids)
-        next_at = sent + GAP_INTERVALS * interval_s + rng.uniform(0, interval_s)
-    time.sleep(max(0.0, next_at - time.monotonic()))
+    time.sleep(max(0.0, wall0 + n * PERIOD_INTERVALS * interval_s - time.monotonic()))
     wall = time.monotonic() - wall0
     cpu = api.cpu_seconds() - cpu0
     after = backends.redis.info("commandstats")
+    ticks = live_metrics(http).get(TICKS, 0.0) - ticks0
     api.alive()
     by_name = {
         k.removeprefix("cmdstat_"): int(v["calls"]) - int(before.get(k, {}).get("calls", 0))
@@ -180,6 +189,7 @@ def run_rounds(
         redis_commands_by_name=by_name,
         redis_commands_per_s=total / wall,
         api_cpu_share=round(cpu / wall, 3),
+        live_ticks=int(ticks),
     )
     return times
 
@@ -393,6 +403,7 @@ def score(
     errors: list[str] = []
     inexact = 0
     seen: list[list[float]] = [[] for _ in rounds]  # per round, the receive times
+    queued: list[float] = []  # arrival to the client task's turn, in the client process
     for proc in results:
         for c in proc["clients"]:
             if c["error"]:
@@ -413,10 +424,21 @@ def score(
                     break
                 delays.append((changes[j][1] - sent) * 1000)
                 seen[r].append(changes[j][1])
+                queued.append((changes[j][2] - changes[j][1]) * 1000)
     delays.sort()
     limit = 2 * interval_ms
     pairs = len(delays) + missed
     fanout = [(max(t) - min(t)) * 1000 for t in seen if t]
+    per_round = [
+        {
+            "first_ms": round((min(t) - sent) * 1000, 1),
+            "median_ms": round((statistics.median(t) - sent) * 1000, 1),
+            "last_ms": round((max(t) - sent) * 1000, 1),
+            "seen": len(t),
+        }
+        for t, sent in zip(seen, rounds, strict=True)
+        if t
+    ]
     within = sum(1 for d in delays if d <= limit) / pairs if pairs else 0.0
     return {
         "pairs": pairs,
@@ -431,6 +453,9 @@ def score(
         "client_error_examples": errors[:5],
         "fanout_spread_ms_median": statistics.median(fanout) if fanout else None,
         "fanout_spread_ms_max": max(fanout) if fanout else None,
+        "per_round": per_round,  # delays of the first, median and last client
+        "client_queue_ms_p50": statistics.median(queued) if queued else None,
+        "client_queue_ms_max": max(queued) if queued else None,
     }
 
 
@@ -456,13 +481,20 @@ def summarize(res: dict[str, Any]) -> None:
     ):
         res[key] = c.get(key)
     res["redis_commands_per_s"] = {name: s.get("redis_commands_per_s") for name, s in sc.items()}
+    if "none" in sc:  # the same views in every scenario: the rest is the live reads
+        views_only = sc["none"]["redis_commands"]
+        for s in sc.values():
+            if s.get("live_ticks"):
+                s["live_commands_per_tick"] = (s["redis_commands"] - views_only) / s["live_ticks"]
+        res["live_commands_per_tick"] = {n: s.get("live_commands_per_tick") for n, s in sc.items()}
     res["valid"] = all(
         s.get("missed", 0) == 0 and s.get("client_errors", 0) == 0 and s.get("final_count_wrong", 0) == 0
         for s in sc.values()
     ) and all(name in sc for name in ("none", "a", "b", "c"))
     res["goal_met"] = bool(res["valid"] and (res["within_2x_interval_share"] or 0) >= GOAL_SHARE)
     rows = [
-        ("scenario", "clients", "items", "Redis cmd/s", "delay p50/p99/max ms", "<=2x", "missed", "cli CPU")
+        ("scenario", "clients", "items", "Redis cmd/s", "cmd/read", "delay p50/p99/max ms", "<=2x", "missed")
+        + ("client CPU", "fan-out max ms", "loop lag max ms")
     ]
     for name, s in sc.items():
         d = "-"
@@ -475,10 +507,13 @@ def summarize(res: dict[str, Any]) -> None:
                 str(s["clients"]),
                 str(s["watched_items"]),
                 f"{s.get('redis_commands_per_s', 0):.1f}",
+                "-" if s.get("live_commands_per_tick") is None else f"{s['live_commands_per_tick']:.1f}",
                 d,
                 "-" if share is None else f"{share:.2%}",
                 str(s.get("missed", "-")),
                 "-" if "client_cpu_share_max" not in s else f"{s['client_cpu_share_max']:.2f}",
+                "-" if s.get("fanout_spread_ms_max") is None else f"{s['fanout_spread_ms_max']:.0f}",
+                "-" if "client_loop_lag_max_ms" not in s else f"{s['client_loop_lag_max_ms']:.0f}",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -509,8 +544,18 @@ def log_scenario(name: str, sc: dict[str, Any]) -> None:
 async def client_main(a: argparse.Namespace) -> dict[str, Any]:
     """Connect this process's clients, say so on stdout, record until "stop" on stdin; the records."""
     import orjson
-    from websockets.asyncio.client import connect
+    from websockets.asyncio.client import ClientConnection, connect
     from websockets.exceptions import ConnectionClosed
+
+    class Stamped(ClientConnection):
+        """Stamps the arrival of its bytes (time.time()), before this process's queue of frames: a
+        frame's receive time is when its data reached the event loop, not when its task ran."""
+
+        arrived = 0.0
+
+        def data_received(self, data: bytes) -> None:
+            self.arrived = time.time()
+            super().data_received(data)
 
     raise_nofile(0)
     loop = asyncio.get_running_loop()
@@ -542,6 +587,7 @@ async def client_main(a: argparse.Namespace) -> dict[str, Any]:
                     compression=None,
                     open_timeout=CONNECT_TIMEOUT_S,
                     close_timeout=10,
+                    create_connection=Stamped,
                 )
             conns.append(ws)
             last = None
@@ -551,8 +597,8 @@ async def client_main(a: argparse.Namespace) -> dict[str, Any]:
                 views = orjson.loads(raw).get("views")
                 if views is None:
                     continue  # keepalive
-                if views != last:
-                    changes.append((views, now))
+                if views != last:  # frames come an interval apart: the last bytes that arrived hold it
+                    changes.append((views, ws.arrived, now))
                     last = views
                 if first:
                     first = False

@@ -324,6 +324,16 @@ def live_rows(lv: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
             "-",
         ),
     ]
+    per_tick = lv.get("live_commands_per_tick") or {}
+    if per_tick.get("b") is not None:
+        rows.append(
+            (
+                f"live: Redis commands per live read, clients 1 / {lv['items']:,} / {lv['clients']:,}",
+                " / ".join(f"{per_tick.get(k) or 0:,.1f}" for k in ("a", "b", "c")),
+                "",
+                "-",
+            )
+        )
     if cmds.get("b"):
         ratio = (cmds.get("c") or 0) / cmds["b"]
         rows.append(
@@ -336,8 +346,8 @@ def live_rows(lv: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
         )
     rows.append(
         (
-            "live: client CPU share / loop lag max",
-            f"{c.get('client_cpu_share_max', 0):.2f} / {c.get('client_loop_lag_max_ms', 0):,.0f} ms",
+            "live: fan-out spread max / client loop lag max",
+            f"{c.get('fanout_spread_ms_max') or 0:,.0f} / {c.get('client_loop_lag_max_ms', 0):,.0f} ms",
             "(noise check)",
             "-",
         )
