@@ -37,6 +37,16 @@ _rdkafka_log = logging.getLogger("librdkafka")
 SOURCE_SERVICE = "engagement-service"
 USER_ENGAGEMENT_EVENTS = "user.engagement.events"  # keyed on user_id
 SUBSCRIPTION_CHANGED = "engagement.subscription.changed"  # keyed on creator_id
+# engagement_events_dropped_total's reasons
+DROP_REASONS = (
+    "closed",
+    "unserializable",
+    "error",
+    "refused",
+    "retry_queue_full",
+    "attempts_exhausted",
+    "shutdown",
+)
 MEDIA_STARTED = "media_started"
 MEDIA_COMPLETED = "media_completed"
 MEDIA_SKIPPED = "media_skipped"
@@ -117,6 +127,11 @@ class _EventMetrics:
         self.in_flight = Gauge(
             "engagement_events_in_flight", "Events in the producer awaiting a delivery report.", registry=r
         )
+        for topic in (USER_ENGAGEMENT_EVENTS, SUBSCRIPTION_CHANGED):  # the series exist at zero
+            for family in (self.produced, self.delivered, self.failures, self.queue_full):
+                family.labels(topic)
+            for reason in DROP_REASONS:
+                self.dropped.labels(topic, reason)
 
 
 _registered: weakref.WeakKeyDictionary[CollectorRegistry, _EventMetrics] = weakref.WeakKeyDictionary()
@@ -163,10 +178,11 @@ class EventProducer:
         # topic -> bound counter child: labels() costs ~2 us, a cached child's inc() ~0.3 us
         self._produced: dict[str, Any] = {}
         self._delivered: dict[str, Any] = {}
+        # Registered also when disabled: the dashboard's event panels show zeros, not "no data".
+        self._m = _event_metrics(metrics)
         if not self.enabled:
             self.bootstrap_servers = ""
             return
-        self._m = _event_metrics(metrics)
         if settings.kafka_bootstrap == "mock":
             self._mock = MockCluster()
             self.bootstrap_servers = self._mock.bootstrap_servers

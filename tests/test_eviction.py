@@ -118,6 +118,38 @@ async def _view(buffer: ViewBuffer) -> None:
             raise AssertionError("a drain stayed refused for a minute")
 
 
+async def _flushed(client: redis.asyncio.Redis, shards: int, timeout_s: float = 300.0) -> None:
+    """Until the flusher has written every pending change: no shard holds deltas, dirty keys or a batch.
+
+    While it writes the views' last batch, every key in Redis may be pending, none evictable: a write
+    then gets the OOM answer (503) the design promises (docs/redis-memory.md, "Memory pressure"), so the
+    late changes below, which must get none, start once cold state can be evicted again."""
+    pending = [
+        key(s)
+        for s in range(shards)
+        for key in (
+            keys.delta_key,
+            keys.batch_key,
+            keys.vdelta_key,
+            keys.vbatch_key,
+            keys.sdelta_key,
+            keys.sbatch_key,
+            keys.subdelta_key,
+            keys.subbatch_key,
+            keys.dirty_key,
+            keys.dirtybatch_key,
+            keys.uv_touch_key,
+            keys.uv_batch_key,
+            keys.uv_all_touch_key,
+            keys.uv_all_batch_key,
+        )
+    ]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while left := await client.exists(*pending):
+        assert asyncio.get_running_loop().time() < deadline, f"{left} pending keys after {timeout_s} s"
+        await asyncio.sleep(0.1)
+
+
 async def _build_row_filters(settings: Settings) -> None:
     client = make_redis(settings)
     pool = await db.create_pool(settings)
@@ -156,6 +188,7 @@ def test_far_more_states_than_fit_end_exact_after_eviction_and_late_changes(
                 await _subscribe(store, model, subs)
                 # and far more items than fit, viewed after them
                 await _view(ViewBuffer(settings, store, metrics))
+                await _flushed(client, settings.shards)
                 # (Redis evicted: most of the first users' states are no longer in Redis)
                 info = await client.info("stats")
                 assert int(info["evicted_keys"]) > 0

@@ -135,12 +135,6 @@ def _dashboard_series(job: str) -> set[str]:
     return names
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 18, open: registering the event metrics with Kafka off (and their series at zero) made"
-    " tests/test_eviction.py fail when it runs after tests/test_events.py (an OOM reply; reproduced, cause"
-    " not found), so that change was taken back",
-)
 def test_every_api_series_a_panel_queries_exists_from_the_start(api: ApiProcess) -> None:
     """Kafka disabled, no request served yet (but the scrape itself): every series the dashboard reads
     from the api exists, at zero, so that panels show 0 and not "no data"."""
