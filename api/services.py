@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from api.auth import Authenticator
 from api.ingest import BodyReader
+from daemon.breaker import Breaker
 from daemon.core import Core
 from daemon.engagement_events import EngagementEvents
 from daemon.events import EventProducer
@@ -25,6 +26,24 @@ from daemon.trending import Trending
 from daemon.views.buffer import ViewBuffer
 
 log = logging.getLogger(__name__)
+
+
+def api_breaker(settings: Settings, metrics: Metrics) -> Breaker:
+    """The breaker in front of the api's Redis calls: a request waits for a hung Redis about one
+    ENGAGEMENT_REDIS_TIMEOUT_S, then falls back or answers 503; a probe every second at most."""
+
+    def changed(is_open: bool) -> None:
+        metrics.redis_breaker_open.set(1 if is_open else 0)
+        if is_open:
+            metrics.redis_breaker_trips.inc()
+            log.warning(
+                "Redis did not answer within %s s: Redis calls fail at once until it answers again",
+                settings.redis_timeout_s,
+            )
+        else:
+            log.warning("Redis answers again: Redis calls resume")
+
+    return Breaker(min(1.0, settings.redis_timeout_s), on_change=changed)
 
 
 @dataclass(kw_only=True)
@@ -46,7 +65,7 @@ class Services(Core):
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics | None = None) -> Services:
         metrics = metrics or Metrics(roles=("api",))
-        parts = Core.parts(settings, metrics)
+        parts = Core.parts(settings, metrics, api_breaker(settings, metrics))
         services = cls(
             **parts,
             buffer=ViewBuffer(settings, parts["store"], metrics),

@@ -12,6 +12,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from daemon import db
+from daemon.breaker import Breaker
 from daemon.errors import Unavailable
 from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
@@ -30,10 +31,10 @@ class Core:
     lazy_pool: db.LazyPool
 
     @staticmethod
-    def parts(settings: Settings, metrics: Metrics) -> dict:
-        """The fields of a core for ``settings``: a Redis client, the scripts, a pool made on first use
-        (a role starts while Postgres is down) and the store on them."""
-        redis = make_redis(settings)
+    def parts(settings: Settings, metrics: Metrics, breaker: Breaker | None = None) -> dict:
+        """The fields of a core for ``settings``: a Redis client (behind ``breaker`` if given), the
+        scripts, a pool made on first use (a role starts while Postgres is down) and the store on them."""
+        redis = make_redis(settings, breaker)
         scripts = Scripts.load()
         lazy_pool = db.LazyPool(settings)
         store = Store(settings, redis, scripts, lazy_pool, metrics)

@@ -162,6 +162,18 @@ class Metrics:
         )
         for kind in ("like", "subscription", "history"):
             self.fallback_writes.labels(kind=kind)
+        # The Redis breaker (daemon/breaker.py): open while Redis is known to hang.
+        self.redis_breaker_open = Gauge(
+            "engagement_redis_breaker_open",
+            "1 while this process's Redis breaker is open: a call timed out and Redis has not answered"
+            " since, so Redis calls fail at once (fallbacks or 503).",
+            registry=r,
+        )
+        self.redis_breaker_trips = Counter(
+            "engagement_redis_breaker_trips",
+            "Times the Redis breaker opened (a call got no answer within ENGAGEMENT_REDIS_TIMEOUT_S).",
+            registry=r,
+        )
         # Live counts (daemon/live.py): streams is "content" or "creator", transport "websocket" or "sse".
         self.live_connections = Gauge(
             "engagement_live_connections",

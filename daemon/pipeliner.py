@@ -31,6 +31,11 @@ Each caller is one request: its awaited commands keep their order (the next one 
 the previous one answered); calls of different callers have no order between them, exactly as with
 concurrent calls on a connection pool.
 
+With the api's breaker on the client (daemon/breaker.py), a call made while it is open fails at once
+(``RedisUnavailableError``), unless it is the probe; the channel opens it when its calls got no reply for
+``socket_timeout`` (counted from the last reply, so a call waits one timeout, not two) and closes it on
+any reply; calls still queued when it opens fail then, not after another timeout on a new connection.
+
 Bounded: at most ``max_pending`` calls are queued or waiting for replies; past that a caller waits for
 room, up to ``timeout`` seconds, then gets a ``PipelineFullError`` (a redis-py ConnectionError, so
 callers that handle Redis being unreachable handle this too).
@@ -45,7 +50,9 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from daemon.breaker import RedisUnavailableError, guarded
 from daemon.redis_channel import Channel, direct_settings, pack, resolve
 
 
@@ -90,6 +97,9 @@ class Pipeliner:
         # commands packed here, replies dispatched as they arrive. Anything else (Redis Cluster, TLS,
         # unix sockets, RESP3, credential providers): redis-py's own pipelines.
         self._direct = direct_settings(client)
+        # The api's breaker (daemon/breaker.py), consulted here and told by the channel; redis-py's
+        # pipelines (the other path) consult the client's own.
+        self._breaker = guarded(client) if self._direct is not None else None
         self._encoding = self._direct.get("encoding", "utf-8") if self._direct else "utf-8"
         self._channel: Channel | None = None
         self._connecting: asyncio.Future[Channel] | None = None
@@ -98,6 +108,9 @@ class Pipeliner:
 
     def execute_command(self, *args: Any) -> Awaitable[Any]:
         """Queue one command; the awaitable resolves to its reply or raises its error."""
+        breaker = self._breaker
+        if breaker is not None and breaker.open:
+            breaker.admit()  # raises RedisUnavailableError, unless this call is the probe
         if self._pending >= self.max_pending or self._room:
             return self._queue_when_room(args)
         return self._queue_now(args)
@@ -200,6 +213,10 @@ class Pipeliner:
             if live:
                 try:
                     if self._direct is not None:
+                        breaker = self._breaker
+                        if breaker is not None and breaker.open and not breaker.probing:
+                            # queued before Redis stopped answering: fail now, not one timeout later
+                            raise RedisUnavailableError("Redis did not answer within its timeout")
                         channel = await self._connected()
                         self._in_flight -= 1  # the channel counts its own replies from here
                         in_channel = True
@@ -267,6 +284,11 @@ class Pipeliner:
                 channel = await self._connect()
             except BaseException as exc:
                 self._connecting = None
+                if self._breaker is not None:
+                    if isinstance(exc, TimeoutError | RedisTimeoutError):
+                        self._breaker.timed_out()
+                    else:
+                        self._breaker.failed()
                 error = (
                     exc if isinstance(exc, RedisError) else RedisConnectionError(f"Error connecting: {exc}")
                 )

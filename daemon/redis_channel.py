@@ -15,8 +15,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from daemon.breaker import Breaker
+
 
 class Owner(Protocol):
+    _breaker: Breaker | None
+
     def _answered(self, n: int) -> None: ...
 
 
@@ -32,11 +36,13 @@ class Channel(asyncio.Protocol):
             kwargs["errors"] = settings.get("encoding_errors", "strict")
         self.reader = hiredis.Reader(**kwargs)
         self.owner = owner
+        self.breaker = owner._breaker  # told of answers and timeouts (daemon/breaker.py)
         self.timeout = settings.get("socket_timeout")
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.replies = 0
+        self.progress_at = 0.0  # loop time of the last reply, or of a send to an idle connection
         self._watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -49,10 +55,12 @@ class Channel(asyncio.Protocol):
                 resolve(future, error)
             self.owner._answered(len(batch))
             return
+        if not self.waiting:
+            self.progress_at = asyncio.get_running_loop().time()
         self.waiting.extend([future for _, future in batch])
         self.transport.write(b"".join([command for command, _ in batch]))
         if self._watch is None and self.timeout:
-            self._watch = asyncio.get_running_loop().call_later(self.timeout, self._check, self.replies)
+            self._watch = asyncio.get_running_loop().call_later(self.timeout, self._check)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -71,7 +79,11 @@ class Channel(asyncio.Protocol):
         except (hiredis.ProtocolError, IndexError) as exc:
             self.fail(RedisConnectionError(f"Protocol error from Redis: {exc}"))
         finally:
-            self.replies += n
+            if n:
+                self.replies += n
+                self.progress_at = asyncio.get_running_loop().time()
+                if self.breaker is not None and self.breaker.open:
+                    self.breaker.answered()
             self.owner._answered(n)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -81,17 +93,23 @@ class Channel(asyncio.Protocol):
             )
         )
 
-    def _check(self, replies: int) -> None:
+    def _check(self) -> None:
         self._watch = None
         if not self.waiting or self.closed:
             return
-        if self.replies == replies:  # no reply for a whole timeout
+        loop = asyncio.get_running_loop()
+        left = self.progress_at + self.timeout - loop.time()
+        if left <= 0:  # calls waiting, and no reply for a whole timeout
+            if self.breaker is not None:  # first: the calls queued behind these must not be sent
+                self.breaker.timed_out()
             self.fail(RedisTimeoutError("Timeout reading from Redis"))
         else:
-            self._watch = asyncio.get_running_loop().call_later(self.timeout, self._check, self.replies)
+            self._watch = loop.call_later(left, self._check)
 
     def fail(self, error: Exception) -> None:
         self.closed = True
+        if self.breaker is not None and not isinstance(error, RedisTimeoutError):
+            self.breaker.failed()
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
@@ -106,7 +124,7 @@ class Channel(asyncio.Protocol):
 
 def direct_settings(client: Any) -> dict[str, Any] | None:
     """The connection settings of a plain TCP client the pipeliner can open its own connection with."""
-    if type(client) is not aioredis.Redis:
+    if not isinstance(client, aioredis.Redis):  # the breaker's subclass included
         return None
     pool = client.connection_pool
     settings = dict(pool.connection_kwargs)

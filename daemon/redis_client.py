@@ -9,12 +9,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from daemon.breaker import Breaker, GuardedRedis, GuardedRedisCluster
 from daemon.keys import HASH_MAX_LISTPACK_ENTRIES
 from daemon.settings import Settings
 
 
-def make_redis(settings: Settings) -> aioredis.Redis:
-    """A Redis client; with ``redis_cluster`` a cluster client (every script touches one slot).
+def make_redis(settings: Settings, breaker: Breaker | None = None) -> aioredis.Redis:
+    """A Redis client; with ``redis_cluster`` a cluster client (every script touches one slot). With
+    ``breaker`` (the api's), every call fails at once while Redis is known to hang (daemon/breaker.py).
 
     A pooled connection that broke (typically: idle while Redis restarted) is retried once, at once, on a
     new connection; timeouts are not retried. Without that, the first command or pipeline on each
@@ -23,13 +25,16 @@ def make_redis(settings: Settings) -> aioredis.Redis:
     a reaction or subscription sets an absolute state, a share or comment carries its record).
     """
     if settings.redis_cluster:
-        return RedisCluster.from_url(  # type: ignore[return-value]
+        cluster = (RedisCluster if breaker is None else GuardedRedisCluster).from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
             decode_responses=True,
             max_connections=settings.redis_max_connections,
         )
+        if breaker is not None:
+            cluster.breaker = breaker  # type: ignore[attr-defined]
+        return cluster  # type: ignore[return-value]
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -38,10 +43,16 @@ def make_redis(settings: Settings) -> aioredis.Redis:
         socket_connect_timeout=settings.redis_timeout_s,
         decode_responses=True,
         health_check_interval=30,
-        retry=Retry(NoBackoff(), 1),
+        # redis-py's Retry also retries timeouts unless told which errors: a hung Redis would cost two
+        # timeouts per call, and a script that ran but answered late would run twice
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         retry_on_error=[RedisConnectionError],
     )
-    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+    if breaker is None:
+        return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+    client = GuardedRedis.from_pool(pool)
+    client.breaker = breaker
+    return client
 
 
 # Policies that evict only keys with a TTL: never pending data (docs/redis-memory.md). "noeviction" never
