@@ -43,7 +43,7 @@ def api_breaker(settings: Settings, metrics: Metrics) -> Breaker:
         else:
             log.warning("Redis answers again: Redis calls resume")
 
-    return Breaker(min(1.0, settings.redis_timeout_s), on_change=changed)
+    return Breaker(min(1.0, settings.redis_timeout_s), settings.redis_timeout_s, on_change=changed)
 
 
 @dataclass(kw_only=True)

@@ -36,13 +36,19 @@ class RedisUnavailableError(RedisConnectionError):
 
 
 class Breaker:
-    __slots__ = ("cooldown_s", "open", "probing", "retry_at", "trips", "on_change")
+    """``cooldown_s``: how long it stays open before a probe; ``timeout_s``: the calls' own timeout (a
+    probe that never reports, its caller gone, is replaced after ``cooldown_s + timeout_s``)."""
 
-    def __init__(self, cooldown_s: float, on_change: Callable[[bool], None] | None = None) -> None:
+    __slots__ = ("cooldown_s", "timeout_s", "open", "probing", "retry_at", "trips", "on_change")
+
+    def __init__(
+        self, cooldown_s: float, timeout_s: float, on_change: Callable[[bool], None] | None = None
+    ) -> None:
         self.cooldown_s = cooldown_s
+        self.timeout_s = timeout_s
         self.open = False
-        self.probing = False  # the probe is out: the other calls keep failing
-        self.retry_at = 0.0  # monotonic time after which the next call probes
+        self.probing = False  # a probe is out: the other calls keep failing
+        self.retry_at = 0.0  # while open: monotonic time from which the next call probes
         self.trips = 0
         self.on_change = on_change  # called with the new state (True: open)
 
@@ -50,11 +56,13 @@ class Breaker:
         """Return if a call may go to Redis now (closed, or this call is the probe); else raise."""
         if not self.open:
             return
-        if self.probing or time.monotonic() < self.retry_at:
+        now = time.monotonic()
+        if now < self.retry_at:
             raise RedisUnavailableError(
                 "Redis did not answer within its timeout; calls fail at once until it answers again"
             )
         self.probing = True
+        self.retry_at = now + self.cooldown_s + self.timeout_s
 
     def answered(self) -> None:
         """Redis answered a call: closed."""
@@ -76,8 +84,11 @@ class Breaker:
                 self.on_change(True)
 
     def failed(self) -> None:
-        """The call failed otherwise (refused, reset): if it was the probe, the next call probes."""
-        self.probing = False
+        """A call failed otherwise (refused, reset, cancelled): if a probe was out, the next call
+        probes at once (a refused connection costs nothing to try)."""
+        if self.probing:
+            self.probing = False
+            self.retry_at = time.monotonic()
 
 
 async def _watched(breaker: Breaker, call: Any) -> Any:

@@ -111,7 +111,7 @@ def test_every_request_bounds_its_wait_on_a_hung_redis(start_api, migrated: Sett
 
 def test_breaker_opens_on_a_timeout_probes_after_the_cooldown_and_closes_on_an_answer() -> None:
     changes: list[bool] = []
-    breaker = Breaker(cooldown_s=0.2, on_change=changes.append)
+    breaker = Breaker(cooldown_s=0.2, timeout_s=0.3, on_change=changes.append)
     breaker.admit()  # closed: every call goes
     breaker.failed()  # a refused connection is not a hang
     assert not breaker.open
@@ -129,6 +129,12 @@ def test_breaker_opens_on_a_timeout_probes_after_the_cooldown_and_closes_on_an_a
     breaker.admit()
     breaker.failed()  # a probe refused: the next call probes
     breaker.admit()
+    # a probe that never reports (its caller gone) is replaced after the cooldown and a timeout
+    assert breaker.retry_at - time.monotonic() > 0.4
+    with pytest.raises(RedisUnavailableError):
+        breaker.admit()
+    wait_until(lambda: time.monotonic() >= breaker.retry_at, what="the probe's time")
+    breaker.admit()
     breaker.answered()
     assert (breaker.open, changes) == (False, [True, False])
     breaker.admit()
@@ -140,7 +146,7 @@ def test_a_call_on_a_busy_pipeliner_connection_waits_one_timeout_not_two(redis_s
     settings = migrated.replace(redis_timeout_s=TIMEOUT_S)
 
     async def scenario() -> tuple[float, float]:
-        breaker = Breaker(cooldown_s=60)
+        breaker = Breaker(cooldown_s=60, timeout_s=TIMEOUT_S)
         client = make_redis(settings, breaker)
         pipeliner = Pipeliner(client, timeout=TIMEOUT_S)
         try:
