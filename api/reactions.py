@@ -1,7 +1,8 @@
 """Likes and dislikes: POST|DELETE /api/v1/content/{contentId}/like and .../dislike.
 
-One ``set_reaction`` script call per request checks the Idempotency-Key, reads and writes the user's
-state, enforces like/dislike mutual exclusion and moves the counts, atomically in the item's slot.
+One ``set_reaction`` script call per request checks the user's rate limit, the Idempotency-Key, reads
+and writes the user's state, enforces like/dislike mutual exclusion and moves the counts, atomically. On
+Redis Cluster the rate limit (the user's slot) is a call of its own before it (the item's slot).
 """
 
 from __future__ import annotations
@@ -79,11 +80,18 @@ class ReactionEndpoint:
             principal = services.auth.require(authorization)
             content_id = services.bodies.content_id(scope["path_params"]["contentId"])
             key = checked_idempotency_key(key)
-            await check_rate(
-                services, self.limit_action, principal.sub, f"{content_id}|{key}" if key else None
-            )
+            request_id = f"{content_id}|{key}" if key else None
+            limit = services.limits.get(self.limit_action)
+            checked = None
+            if limit is not None and services.limiter is not None:
+                if services.settings.redis_cluster:  # the user's slot is not the item's: two calls
+                    await check_rate(services, self.limit_action, principal.sub, request_id)
+                else:  # one script call checks the limit, then sets the reaction
+                    checked = (limit, services.limiter.check_with(limit, request_id))
             pipeliner = pipeliner_for(services)
-            result = await set_reaction(services, content_id, principal.sub, self.action, key, pipeliner)
+            result = await set_reaction(
+                services, content_id, principal.sub, self.action, key, pipeliner, checked
+            )
         except DomainError as exc:
             error = api_error(exc)
             await error.response()(scope, receive, send)

@@ -64,16 +64,32 @@ class RateLimiter:
         or closed is the caller's choice (see the module docstring). ``client``: the Redis client (by
         default) or the process's auto-pipeliner.
         """
-        if request_id is None:
-            request_id = f"{self._prefix}:{next(self._counter)}"
-        else:
-            request_id = f"k:{request_id}"  # never equal to a generated id
         allowed, remaining, retry_after_ms = await self.store.rate_limit(
-            user_id, limit.action, limit.window_ms, limit.limit, request_id, client
+            user_id, limit.action, limit.window_ms, limit.limit, self.request_id(request_id), client
         )
-        retry_after_ms = int(retry_after_ms)
-        retry_after_s = 0 if allowed else max(1, math.ceil(retry_after_ms / 1000))
-        return Decision(limit, bool(allowed), int(remaining), retry_after_ms, retry_after_s)
+        return decision(limit, bool(allowed), int(remaining), int(retry_after_ms))
+
+    def request_id(self, request_id: str | None = None) -> str:
+        """The member a request takes in the window: ``request_id`` (an Idempotency-Key, so that a
+        retry takes no second place) or, by default, one new per call."""
+        if request_id is None:
+            return f"{self._prefix}:{next(self._counter)}"
+        return f"k:{request_id}"  # never equal to a generated id
+
+    def check_with(self, limit: Limit, request_id: str | None = None) -> tuple[str, int, int, str]:
+        """The same check made by another script in the same call (``set_reaction.lua`` on a single
+        Redis): its arguments for the store; the script answers ``refused(limit, retry_after_ms)``."""
+        return (limit.action, limit.window_ms, limit.limit, self.request_id(request_id))
+
+
+def decision(limit: Limit, allowed: bool, remaining: int, retry_after_ms: int) -> Decision:
+    retry_after_s = 0 if allowed else max(1, math.ceil(retry_after_ms / 1000))
+    return Decision(limit, allowed, remaining, retry_after_ms, retry_after_s)
+
+
+def refused(limit: Limit, retry_after_ms: int) -> Decision:
+    """The decision of a request the limit refused, ``retry_after_ms`` before one more is admitted."""
+    return decision(limit, False, 0, retry_after_ms)
 
 
 def refusal(decision: Decision) -> Refused:

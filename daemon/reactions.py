@@ -21,6 +21,8 @@ from daemon import fallback
 from daemon.core import Core
 from daemon.errors import REDIS_ERRORS, ColdLoadError, KeyReused, MemoryFull
 from daemon.ids import STATE_NAMES, SUBSCRIPTION_STATES
+from daemon.ratelimit import Limit, refusal, refused
+from daemon.store.engagement import LimitCheck
 
 # The store could not read a cold key from Postgres (Redis is up): 503, not a Postgres fallback write.
 COLD_LOAD_ERRORS = (ColdLoadError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -47,16 +49,39 @@ async def _through_redis(
 
 
 async def set_reaction(
-    core: Core, content_id: str, user_id: str, action: str, key: str, client: Any = None
+    core: Core,
+    content_id: str,
+    user_id: str,
+    action: str,
+    key: str,
+    client: Any = None,
+    limit: tuple[Limit, LimitCheck] | None = None,
 ) -> dict:
     """``action`` (like, unlike, dislike, undislike) of ``user_id`` on ``content_id``; ``client``: the
-    Redis client (default) or the process's auto-pipeliner."""
+    Redis client (default) or the process's auto-pipeliner. ``limit``: the user's rate limit, checked
+    by the same script call (a single Redis; ``RateLimiter.check_with``): ``Refused`` (429) past it.
+    Like a separate check, it fails open: with Redis unreachable the fallback writes, uncounted."""
+    fell_back = False
+
+    def fallback_write() -> Awaitable[dict]:
+        nonlocal fell_back
+        fell_back = True
+        return fallback.set_reaction(core, content_id, user_id, action, key)
+
     answer = await _through_redis(
         core,
-        core.store.set_reaction(content_id, user_id, action, key, client=client),
-        lambda: fallback.set_reaction(core, content_id, user_id, action, key),
+        core.store.set_reaction(
+            content_id, user_id, action, key, client=client, limit=limit[1] if limit else None
+        ),
+        fallback_write,
         "item",
     )
+    if limit is not None:
+        if fell_back:
+            core.metrics.rate_limit_errors.labels(action=limit[0].action).inc()
+        elif answer[0] == "limited":
+            core.metrics.rate_limited.labels(action=limit[0].action).inc()
+            raise refusal(refused(limit[0], int(answer[1])))
     if isinstance(answer, dict):
         return answer
     status, state, likes, dislikes = answer

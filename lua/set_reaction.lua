@@ -15,6 +15,8 @@
 --                                    "l:<key>" -> the load token of a missing cold key (lib/cold.lua)
 --   KEYS[6]  eng:{s:N}:recexp   ZSET  record -> expiry (ms)
 --   KEYS[7]  eng:{s:N}:dirty    SET   cold keys changed since the last capture
+--   KEYS[8]  eng:{u:<user_id>}:rl:<action>  ZSET  the user's rate-limit log (optional)
+--                                    (another slot: sent on a single Redis only; see ARGV[7])
 --   derived, same hash tag: eng:{s:N}:rows  STRING  the row filter: keys new to Postgres (lib/cold.lua)
 -- ARGV:
 --   ARGV[1]  content id
@@ -23,20 +25,33 @@
 --   ARGV[4]  idempotency record lifetime, seconds
 --   ARGV[5]  request fingerprint ("" when the request has no Idempotency-Key)
 --   ARGV[6]  the record's name in KEYS[5] (read and written only with a fingerprint)
---   ARGV[7]  seeds of missing cold keys, or "" (lib/cold.lua)
+--   ARGV[7]  "<window ms> <limit> <request id>": admit the request in KEYS[8] first (lib/ratelimit.lua),
+--            so that a limited like costs one round trip; "" without KEYS[8]
+--   ARGV[8]  seeds of missing cold keys, or "" (lib/cold.lua)
 -- Returns {status, state, likes, dislikes}:
 --   status  "changed" | "unchanged" | "replayed" (the stored first answer) | "conflict" (the key
 --           was used for a different request; state and counts are then the stored ones)
 --   state   1, -1 or 0
--- or {"unknown", key, token, ...} when KEYS[1] or KEYS[2] is missing (lib/cold.lua).
+-- or {"limited", retry_after_ms} when the rate limit refused the request (nothing else is done),
+-- or {"unknown", key, token, ...} when KEYS[1] or KEYS[2] is missing (lib/cold.lua; the limit admitted
+-- the request and, re-sent with the seeds, admits it again without taking a second place).
 
 -- @include records
 -- @include cold
+-- @include ratelimit
 
 local counts_key, state_key, delta_key, sdelta_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rec_key, recexp_key, dirty_key = KEYS[5], KEYS[6], KEYS[7]
 local content_id, user_id, action = ARGV[1], ARGV[2], ARGV[3]
 local record_ttl_seconds, fingerprint, record = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+
+if ARGV[7] ~= '' then
+  local window_ms, limit, request_id = string.match(ARGV[7], '^(%d+) (%d+) (.+)$')
+  local admitted = ratelimit.admit(KEYS[8], tonumber(window_ms), tonumber(limit), request_id)
+  if admitted[1] == 0 then
+    return {'limited', admitted[3]}
+  end
+end
 
 if fingerprint ~= '' then
   local stored = records.get(rec_key, recexp_key, record)
@@ -47,7 +62,7 @@ if fingerprint ~= '' then
   end
 end
 
-local unknown = cold.load(ARGV[7], rec_key, recexp_key, {counts_key, state_key})
+local unknown = cold.load(ARGV[8], rec_key, recexp_key, {counts_key, state_key})
 if unknown then
   return unknown
 end

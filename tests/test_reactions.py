@@ -7,6 +7,7 @@ import random
 
 import asyncpg
 import httpx
+import redis
 from service_fixtures import ApiProcess, counters_in_postgres, run_flusher_once, token
 
 from daemon.settings import Settings
@@ -187,3 +188,23 @@ def test_likes_past_the_per_user_limit_get_429_with_retry_after(start_api, migra
     assert _react(api, "POST", "like", "other-item", "bob").status_code == 200
     assert _react(api, "POST", "dislike", "other-item", "alice").status_code == 200
     assert 'engagement_rate_limited_total{action="like"} 1.0' in api.client.get("/metrics").text
+
+
+def test_a_limited_like_on_evicted_keys_is_loaded_and_admitted_once(start_api, migrated: Settings) -> None:
+    """The limit and the reaction are one script call: when the item's keys are missing (evicted), the
+    call answers "unknown", they are loaded from Postgres and the call is sent again; the limit admits
+    the re-sent call as the same request, not as a second one."""
+    api = start_api(migrated.replace(rate_limits="like=1/60s"))
+    assert _react(api, "POST", "like", "cold-item", "bob").status_code == 200
+    run_flusher_once(migrated)  # Postgres has the item and bob's like
+    with redis.Redis.from_url(migrated.redis_url) as client:
+        evicted = [k for k in client.scan_iter("eng:*:c:cold-item")] + list(
+            client.scan_iter("eng:*:lk:cold-item|*")
+        )
+        assert len(evicted) == 2 and client.delete(*evicted) == 2
+    r = _react(api, "POST", "like", "cold-item", "alice")
+    assert (r.status_code, r.json()) == (200, {"state": "liked", "likes": 2, "dislikes": 0}), r.text
+    with redis.Redis.from_url(migrated.redis_url) as client:
+        assert client.zcard("eng:{u:alice}:rl:like") == 1
+    r = _react(api, "POST", "like", "other-item", "alice")  # her second like in the window
+    assert (r.status_code, r.json()["error"]) == (429, "rate_limited")

@@ -221,3 +221,26 @@ def test_row_filters_on_a_cluster_spare_first_likes_a_postgres_read_and_never_hi
     run_flusher_once(settings)
     rows = counters_in_postgres(settings.database_url)
     assert {c: r["likes"] for c, r in rows.items()} == {f"c-{i}": 2 for i in range(20)}
+
+
+@pytest.mark.slow
+def test_likes_past_the_limit_get_429_on_a_redis_cluster(
+    redis_cluster: RedisClusterServers, migrated: Settings
+) -> None:
+    """On a cluster the user's rate-limit log and the item are in different slots: two script calls
+    (on one Redis it is one call, tests/test_reactions.py); the refusal is the same."""
+    settings = migrated.replace(
+        redis_url=redis_cluster.url, redis_cluster=True, shards=64, rate_limits="like=2/60s"
+    )
+    auth = {"Authorization": f"Bearer {token('alice')}"}
+    api = ApiProcess(settings)
+    try:
+        assert api.client.post("/api/v1/content/c-1/like", headers=auth).status_code == 200
+        assert api.client.delete("/api/v1/content/c-1/like", headers=auth).status_code == 200
+        r = api.client.post("/api/v1/content/c-2/like", headers=auth)
+        assert (r.status_code, r.json()["error"]) == (429, "rate_limited"), r.text
+        assert api.client.get("/api/v1/content/c-2/stats").json()["likes"] == 0
+        bob = {"Authorization": f"Bearer {token('bob')}"}
+        assert api.client.post("/api/v1/content/c-2/like", headers=bob).json()["likes"] == 1
+    finally:
+        api.stop()

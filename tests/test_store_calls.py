@@ -110,6 +110,9 @@ async def exercise(stack: Stack) -> None:
     s = stack.shard("a")
     # writes
     assert (await store.set_reaction("a", "u1", "like", "k1"))[:2] == ["changed", 1]
+    limited = ("like", 60_000, 1, "r1")  # the rate limit in the same call: admitted, then refused
+    assert (await store.set_reaction("a", "u3", "like", "", limit=limited))[:2] == ["changed", 1]
+    assert (await store.set_reaction("b", "u3", "like", "", limit=(*limited[:3], "r2")))[0] == "limited"
     assert len(await store.set_reactions([("a", "u2", "dislike", ""), ("b", "u2", "like", "")])) == 2
     assert (await store.set_subscription("cr", "u1", "subscribe", "k2"))[1] == 1
     assert (await store.add_share("a", "u1", "k3", "fp", 7, "add"))[0] == "added"
@@ -171,11 +174,11 @@ async def test_every_script_is_called_with_the_keys_and_argv_its_header_declares
 
 
 def test_the_header_parser_reads_fixed_variable_optional_and_seeded_parts() -> None:
-    assert header("set_reaction") == Header(7, False, False, 7, False, True)
+    assert header("set_reaction") == Header(8, False, True, 8, False, True)
     assert header("read_counts") == Header(2, False, False, 2, True, False)
     assert header("read_cold") == Header(2, True, False, 0, True, False)
     assert header("begin_consumed") == Header(4, False, False, 3, True, False)
     assert header("take_lease") == Header(1, False, False, 2, False, False)
-    assert header("set_reaction").argv_counts_ok(6) and not header("set_reaction").argv_counts_ok(5)
+    assert header("set_reaction").argv_counts_ok(7) and not header("set_reaction").argv_counts_ok(6)
     optional = Header(6, False, True, 0, False, False)  # a last key that may be left out
     assert optional.key_counts_ok(5) and optional.key_counts_ok(6) and not optional.key_counts_ok(4)

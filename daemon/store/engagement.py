@@ -24,6 +24,10 @@ _SUBSCRIPTION = {"creator": 1, "subscription": 1}
 _COUNTS = {"counts": 1}
 
 
+# (the rate limit's action, window ms, requests admitted per window, request id): daemon/ratelimit.py
+LimitCheck = tuple[str, int, int, str]
+
+
 class EngagementStore(StoreBase):
     # -- likes and dislikes ---------------------------------------------------------------------------
 
@@ -57,14 +61,31 @@ class EngagementStore(StoreBase):
             [target, user_id, action, self.settings.idempotency_ttl_s, action if key else "", record],
         )
 
-    def _reaction(self, content_id: str, user_id: str, action: str, key: str) -> cold.Call:
-        return self._pair_call("like", content_id, user_id, action, key)
+    def _reaction(
+        self, content_id: str, user_id: str, action: str, key: str, limit: LimitCheck | None = None
+    ) -> cold.Call:
+        script_keys, args = self._pair_call("like", content_id, user_id, action, key)
+        if limit is None:
+            return script_keys, [*args, ""]
+        limit_action, window_ms, most, request_id = limit
+        return (
+            [*script_keys, keys.rate_limit_key(user_id, limit_action)],
+            [*args, f"{window_ms} {most} {request_id}"],
+        )
 
     async def set_reaction(
-        self, content_id: str, user_id: str, action: str, key: str, client: Any = None
+        self,
+        content_id: str,
+        user_id: str,
+        action: str,
+        key: str,
+        client: Any = None,
+        limit: LimitCheck | None = None,
     ) -> list[Any]:
-        """``set_reaction.lua``'s answer: [status, state, likes, dislikes]."""
-        script_keys, args = self._reaction(content_id, user_id, action, key)
+        """``set_reaction.lua``'s answer: [status, state, likes, dislikes], or ["limited",
+        retry_after_ms] when ``limit`` (a single Redis only: its key is in the user's slot) refused the
+        request, in the same call."""
+        script_keys, args = self._reaction(content_id, user_id, action, key, limit)
         return await cold.call(
             self.scripts.set_reaction, client or self.redis, script_keys, args, self.loader, _LIKE
         )
