@@ -1,6 +1,7 @@
 """The load benchmark of one api process, with private Redis and Postgres, in one command.
 
-    python -m loadtest.bench [--runs 5] [--duration 10] [--only single|likes|bulk|viral|bulk-matrix|cold|live]
+    python -m loadtest.bench [--runs 5] [--duration 10]
+                             [--only single|likes|flush|bulk|viral|bulk-matrix|consume|reads|cold|live]
                              [--bulk-items mixed|ids] [--bulk-ids uniform|zipf] [--viral-views 200000]
                              [--cold-requests 2000] [--cold-rate 500] [--live-clients 5000] [--live-items 100]
                              [--live-rounds 10] [--live-interval-ms 1000] [--live-client-procs 1]
@@ -18,6 +19,9 @@ likes   requests/sec of ``POST|DELETE /api/v1/content/{id}/like`` with Bearer HS
         and vs loadtest/naive_likes_app.py (PyJWT decode + one awaited EVALSHA of set_reaction.lua per
         request); the three alternate for --runs rounds; medians of the per-round ratios real/bare
         [>= 0.5] and real/naive [>= 1.5]. No non-2xx allowed; Redis's like counts = liked states.
+flush   content_counters rows/s of the flusher (capture, COPY, upsert, content_daily, finish; in process)
+        vs raw COPY + one upsert of as many rows with asyncpg, same Postgres, fresh ids, --flush-items per
+        round [>= 0.8] (loadtest/flushbench.py).
 bulk    events/s through ``POST /api/v1/views/batch``: 1,000-event msgpack bodies; by default ids
         uniform from 100,000 and mixed events (some user_id / watch_seconds); --bulk-items ids sends
         content ids only, --bulk-ids zipf draws ids Zipf-like (s = 1.1) from 1,000,000
@@ -63,6 +67,8 @@ from loadtest.cold import RATE as COLD_RATE
 from loadtest.cold import REQUESTS as COLD_REQUESTS
 from loadtest.cold import bench_cold
 from loadtest.consume import bench_consume
+from loadtest.flushbench import ITEMS as FLUSH_ITEMS
+from loadtest.flushbench import bench_flush
 from loadtest.likes import CONNECTIONS as LIKE_CONNECTIONS
 from loadtest.likes import bench_likes
 from loadtest.live import CLIENTS as LIVE_CLIENTS
@@ -78,7 +84,7 @@ from loadtest.single import SINGLE_POOL, bench_single
 from loadtest.viral import bench_viral
 from loadtest.wrkrun import CONNECTIONS, WARMUP_S, run_wrk
 
-PARTS = ["single", "likes", "bulk", "viral", "bulk-matrix", "consume", "reads", "cold", "live"]
+PARTS = ["single", "likes", "flush", "bulk", "viral", "bulk-matrix", "consume", "reads", "cold", "live"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -114,6 +120,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--like-connections", type=int, default=LIKE_CONNECTIONS, help="wrk connections of the likes runs"
     )
     parser.add_argument("--viral-views", type=int, default=200_000)
+    parser.add_argument(
+        "--flush-items",
+        type=int,
+        default=FLUSH_ITEMS,
+        help="flush part: items (rows) per flush and per round",
+    )
     parser.add_argument("--consume-events", type=int, default=500_000, help="events per consume run")
     parser.add_argument("--consume-batch", type=int, default=50_000, help="consumer batch (service default)")
     parser.add_argument("--consume-ids", choices=IDS, default="uniform", help="content ids of consume events")
@@ -184,6 +196,12 @@ def run_parts(ns: argparse.Namespace, backends: Backends | None, workdir: Path, 
             except BenchError as exc:
                 out["errors"]["likes"] = str(exc)
                 log(f"likes failed: {exc}")
+    if ns.only in (None, "flush") and backends is not None:
+        try:
+            bench_flush(ns, backends, out)
+        except BenchError as exc:
+            out["errors"]["flush"] = str(exc)
+            log(f"flush failed: {exc}")
     if ns.only in (None, "consume") and backends is not None:
         try:
             bench_consume(ns, backends, workdir, out)
@@ -205,7 +223,7 @@ def run_parts(ns: argparse.Namespace, backends: Backends | None, workdir: Path, 
             except BenchError as exc:
                 out["errors"]["live"] = str(exc)
                 log(f"live failed: {exc}")
-    if ns.only in ("consume", "reads", "cold", "live"):
+    if ns.only in ("flush", "consume", "reads", "cold", "live"):
         if ns.only == "cold":
             run_cold(ns, backends, workdir, out)
         return

@@ -6,12 +6,17 @@ Three servers, each one granian process (ASGI, uvloop, one worker) pinned to the
   body; no token check, no Redis): the ceiling of Starlette + granian on this machine;
 - ``naive``: loadtest/naive_likes_app.py, the straightforward implementation (PyJWT decode and one
   awaited EVALSHA of lua/set_reaction.lua per request);
-- ``real``: ``engagementd api`` with ENGAGEMENT_RATE_LIMITS="" (so no request is refused).
+- ``real``: ``engagementd api`` with ENGAGEMENT_RATE_LIMITS="" (no rate limit);
+- ``limited``: ``engagementd api`` with the like and dislike rate limits on, as shipped (one sliding-window
+  check per request, in the same script call as the reaction on a single Redis) but at 1,000,000 per
+  60 s, so that no request is refused (at the shipped 100 per 60 s, 2,000 users at ~10,000 req/s would
+  be refused after ~20 s, and a 429 is cheaper than a like).
 
 wrk/post_like.lua sends, on 128 connections (--like-connections), POST or DELETE like at random with a
 random token of 2,000 users and a random content id of 1,000. Rounds measure the three in turn, the order
 rotating every round; reported: median req/s and CPU share of each, and the medians of the per-round
-ratios real/bare [>= 0.5] and real/naive [>= 1.5]. A round with any non-2xx answer or socket error is
+ratios real/bare and limited/bare [>= 0.5] and real/naive [>= 1.5], and each server's latency p50 / p99
+(wrk --latency, at the rate wrk drove it: saturation). A round with any non-2xx answer or socket error is
 invalid. After the rounds, Redis must agree with itself: the live like counts of the ids equal the liked
 states.
 """
@@ -37,7 +42,8 @@ USERS = 2_000
 CONNECTIONS = 128
 LIKE_POOL = 1_000
 LIKE_PREFIX = "lk-"
-KINDS = ("bare", "naive", "real")
+KINDS = ("bare", "naive", "real", "limited")
+LIMITED = "like=1000000/60s,dislike=1000000/60s"
 TARGET_BARE = 0.5
 TARGET_NAIVE = 1.5
 
@@ -72,7 +78,8 @@ def bench_likes(ns: argparse.Namespace, backends: Backends, workdir: Path, out: 
     servers: dict[str, AppServer] = {}
     try:
         for kind in KINDS:
-            servers[kind] = AppServer(kind, env, workdir)
+            kind_env = {**env, "ENGAGEMENT_RATE_LIMITS": LIMITED} if kind == "limited" else env
+            servers[kind] = AppServer(kind, kind_env, workdir)
         for kind, server in servers.items():
             log(f"likes: warming up {kind}")
             run_wrk("post_like.lua", server.url, WARMUP_S, ns.like_connections, args)
@@ -85,8 +92,10 @@ def bench_likes(ns: argparse.Namespace, backends: Backends, workdir: Path, out: 
                 log(
                     f"likes round {r + 1} {kind}: {w['requests_per_s']:.0f} req/s, non-2xx {w['non_2xx']}, "
                     f"socket errors {w['socket_errors']}, server CPU share {w['server_cpu_share']:.2f}, "
-                    f"{w['ok_per_server_cpu_s'] or 0:.0f} req per CPU-second"
+                    f"{w['ok_per_server_cpu_s'] or 0:.0f} req per CPU-second, "
+                    f"p50 {w.get('latency_p50_ms', 0):.2f} ms, p99 {w.get('latency_p99_ms', 0):.2f} ms"
                 )
+            row["ratio_limited_bare"] = row["limited"]["requests_per_s"] / row["bare"]["requests_per_s"]
             for ref in ("bare", "naive"):
                 row[f"ratio_{ref}"] = row["real"]["requests_per_s"] / row[ref]["requests_per_s"]
                 if row["real"]["ok_per_server_cpu_s"] and row[ref]["ok_per_server_cpu_s"]:
@@ -110,6 +119,10 @@ def _summarise(res: dict[str, Any]) -> None:
         res[f"{kind}_rps"] = [row[kind]["requests_per_s"] for row in rounds]
         res[f"{kind}_median_rps"] = statistics.median(res[f"{kind}_rps"])
         res[f"{kind}_median_cpu_share"] = statistics.median(row[kind]["server_cpu_share"] for row in rounds)
+        for pct in ("p50", "p99"):
+            values = [row[kind][f"latency_{pct}_ms"] for row in rounds if f"latency_{pct}_ms" in row[kind]]
+            res[f"{kind}_median_{pct}_ms"] = statistics.median(values) if values else None
+    res["ratio_limited_bare_median"] = statistics.median(row["ratio_limited_bare"] for row in rounds)
     for ref in ("bare", "naive"):
         res[f"ratio_{ref}_median"] = statistics.median(row[f"ratio_{ref}"] for row in rounds)
         cpu = [row[f"cpu_ratio_{ref}"] for row in rounds if f"cpu_ratio_{ref}" in row]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loadtest.flushbench import TARGET as TARGET_FLUSH
 from loadtest.likes import TARGET_BARE, TARGET_NAIVE
 from loadtest.live import GOAL_SHARE
 from loadtest.procs import REPO
@@ -94,6 +95,7 @@ def summary(out: dict[str, Any]) -> str:
             ("single: run valid (no non-2xx, counts)", str(s.get("valid")), "True", verdict(s.get("valid")))
         )
     rows += likes_rows(out.get("likes"))
+    rows += flush_rows(out.get("flush"))
     b = out.get("bulk")
     if b and b.get("rounds"):
         # The default shape keeps the old labels; another one is named in each label.
@@ -358,16 +360,59 @@ def live_rows(lv: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def flush_rows(fl: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """The flush part: rows/s of the flusher and of raw COPY + upsert, and their ratio."""
+    if not fl or "ratio_median" not in fl:
+        return []
+    ratio = fl["ratio_median"]
+    return [
+        ("flush: flusher rows/s (median)", f"{fl['flusher_median_rows_per_s']:,.0f}", "", "-"),
+        ("flush: raw COPY + upsert rows/s (median)", f"{fl['reference_median_rows_per_s']:,.0f}", "", "-"),
+        (
+            "flush: ratio flusher/reference (median)",
+            f"{ratio:.3f}",
+            f">= {TARGET_FLUSH}",
+            verdict(ratio >= TARGET_FLUSH),
+        ),
+    ]
+
+
 def likes_rows(lk: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
     """The likes part: req/s and CPU share of each server, the two ratios and their targets."""
     if not lk or "real_median_rps" not in lk:
         return []
-    names = {"bare": "bare like route", "naive": "naive (PyJWT + EVALSHA)", "real": "engagementd"}
+    names = {
+        "bare": "bare like route",
+        "naive": "naive (PyJWT + EVALSHA)",
+        "real": "engagementd",
+        "limited": "engagementd, rate limits on",
+    }
     rows: list[tuple[str, str, str, str]] = []
     for kind, name in names.items():
+        if f"{kind}_median_rps" not in lk:
+            continue
         rows.append((f"likes: {name} req/s (median)", f"{lk[f'{kind}_median_rps']:,.0f}", "", "-"))
         rows.append(
             (f"likes: {name} CPU share (median)", f"{lk[f'{kind}_median_cpu_share']:.2f}", "~1.0", "-")
+        )
+        if lk.get(f"{kind}_median_p50_ms") is not None and lk.get(f"{kind}_median_p99_ms") is not None:
+            rows.append(
+                (
+                    f"likes: {name} latency p50 / p99 at saturation (median)",
+                    f"{lk[f'{kind}_median_p50_ms']:.2f} / {lk[f'{kind}_median_p99_ms']:.2f} ms",
+                    "",
+                    "-",
+                )
+            )
+    if "ratio_limited_bare_median" in lk:
+        ratio = lk["ratio_limited_bare_median"]
+        rows.append(
+            (
+                "likes: ratio limited/bare (median)",
+                f"{ratio:.3f}",
+                f">= {TARGET_BARE}",
+                verdict(ratio >= TARGET_BARE),
+            )
         )
     for ref, target in (("bare", TARGET_BARE), ("naive", TARGET_NAIVE)):
         ratio = lk[f"ratio_{ref}_median"]

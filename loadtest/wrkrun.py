@@ -31,7 +31,16 @@ def run_wrk(
     sleeps for -d; the harness sees its worker threads gone and interrupts that sleep with SIGINT, so
     wrk's reported duration is the real one.
     """
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "-s", str(WRK_DIR / script), url]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        "-s",
+        str(WRK_DIR / script),
+        url,
+    ]
     extra = list(args)
     if extra:
         cmd += ["--", *extra]
@@ -89,6 +98,11 @@ def parse_wrk(text: str) -> dict[str, Any]:
         "socket_errors": 0,
         "latency_avg": (re.search(r"Latency\s+(\S+)", text) or [None, None])[1],
     }
+    # --latency: "  50%    1.23ms" ... "  99%   10.50ms" (wrk's own histogram, at the rate it drove)
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        if m:
+            result[f"latency_p{pct}_ms"] = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if errs:
         result["socket_errors"] = sum(int(g) for g in errs.groups())
