@@ -19,7 +19,9 @@
 7. Once the batch ahead is finished: mark the offsets applied and drop the journal in one call
    (``finish_consumed``).
 
-8. Forget the batch's drain marks (nobody re-applies a finished batch's drains).
+8. Forget the batch's drain marks (nobody re-applies a finished batch's drains). A batch recovered from
+   another consumer's journal keeps them until the sweeper removes them: that consumer may still be
+   sending the same drains (cut off from Redis, retrying), and the marks make them count once.
 
 The caller then commits the offsets to Kafka. A SIGKILL anywhere: before 5, nothing counted is
 unmarked except the idempotent actions, which a replay repeats harmlessly; between 5 and 7 the
@@ -54,7 +56,6 @@ from daemon.settings import Settings
 from daemon.store import Store
 from daemon.store.upgrade import journaled_calls
 from daemon.views.buffer import Drain, ViewBuffer
-from daemon.views.drains import mark_of
 
 log = logging.getLogger(__name__)
 
@@ -234,14 +235,15 @@ class BatchProcessor:
         ranges, journaled = journal
         log.warning("recovering journaled batch %s (%d drains)", batch_id, len(journaled))
         calls = await self._retrying(lambda: journaled_calls(self._data, journaled))
-        marks = [mark_of(c) for c in calls]
         while calls:
             results = await self._retrying(lambda c=calls: self._data.apply_drains(c, [{}] * len(c)))
             calls = [c for c, result in zip(calls, results, strict=True) if isinstance(result, Exception)]
             if calls:
                 await self._backoff(self._settings.consumer_retry_max_ms / 1000)
         await self._retrying(lambda: self._store.finish(batch_id, ranges))
-        await self._forget_marks(marks)
+        # Its marks are left to the sweeper (ENGAGEMENT_DRAIN_MARKER_TTL_S), not forgotten: the consumer
+        # that journaled the batch may still be sending the same drains (cut off from Redis, retrying),
+        # and only the marks make those count once when they land.
 
     async def _forget_marks(self, marks: list[tuple[int, str]]) -> None:
         """Step 8 (best effort: a mark left behind is swept after ENGAGEMENT_DRAIN_MARKER_TTL_S)."""

@@ -9,13 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 from service_fixtures import ROOT, service_env
 from service_fixtures import fetch as fetch  # re-exported for the consumer tests
 
@@ -73,6 +74,39 @@ def produce(
     if located is not None:
         located += (where[i] for i in range(n))
     return n
+
+
+def fetch_messages(
+    bootstrap: str, topic: str, n: int, group_protocol: str = "consumer", timeout_s: float = 30.0
+) -> list[Message]:
+    """Exactly ``n`` messages of ``topic`` as a consumer of a new group takes them from the earliest
+    offset (confluent_kafka ``Message`` objects, to drive consumer/batch.py directly), in partition and
+    offset order. ``classic`` waits out the mock coordinator's ~3 s initial rebalance delay."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"fetch-{uuid.uuid4().hex[:8]}",
+            "group.protocol": group_protocol,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "logger": _rdkafka_log,
+        }
+    )
+    msgs: list[Message] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout_s
+        while len(msgs) < n and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=n - len(msgs), timeout=0.1):
+                err = msg.error()
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                    raise AssertionError(f"consumer error on {topic}: {err}")
+                if err is None:
+                    msgs.append(msg)
+    finally:
+        consumer.close()
+    assert len(msgs) == n, f"read {len(msgs)} messages of {topic} in {timeout_s}s, expected {n}"
+    return sorted(msgs, key=lambda m: (m.partition(), m.offset()))
 
 
 def consumer_settings(settings: Settings, bootstrap: str, **changes: Any) -> Settings:
