@@ -22,6 +22,7 @@ from consumer_helpers import (
     envelope,
     produce,
 )
+from seeds import seeded_random
 from service_fixtures import counters_in_postgres, run_flusher_once, wait_until
 
 from daemon import keys
@@ -99,7 +100,7 @@ def test_consumer_killed_twice_mid_stream_counts_every_event_exactly_once(
     settings = consumer_settings(
         migrated, kafka_cluster.bootstrap_servers, consumer_batch_max_messages=400, log_level="WARNING"
     )
-    rng = random.Random()
+    rng = seeded_random("kill points")
 
     # When the consumer is SIGKILLed twice while it works, at random points of its batches
     for share in (rng.uniform(0.1, 0.3), rng.uniform(0.45, 0.65)):

@@ -134,6 +134,45 @@ def test_rate_limited_answers_are_documented_429s(start_api, migrated, tmp_path)
     assert LIMITED - answered(har, range(429, 430)) == set(), "operations the fuzzer never got a 429 from"
 
 
+def answers(har: Path) -> list[tuple[tuple[str, str], int, str | None]]:
+    """((METHOD, route), status, the body's ``error`` field or None) of every answer of a HAR report; the
+    route is the request's path when no route matches it."""
+    found = []
+    for entry in json.loads(har.read_text())["log"]["entries"]:
+        method, path = entry["request"]["method"], unquote(urlsplit(entry["request"]["url"]).path)
+        route = next(
+            (r.path for r in ROUTES if method in (r.methods or ()) and r.path_regex.fullmatch(path)), path
+        )
+        text = entry["response"].get("content", {}).get("text") or ""
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
+        found.append(((method, route), entry["response"]["status"], error))
+    return found
+
+
+# Operations that cannot serve a valid request without Redis (503), each with an error only its input
+# validation gives: seen in the Redis-down run, they prove that validation ran before Redis was needed.
+VALIDATED_WITHOUT_REDIS = {
+    ("POST", "/api/v1/content/{contentId}/views"): "invalid_watch_seconds",
+    ("POST", "/api/v1/views/batch"): "invalid_item",
+    ("POST", "/api/v1/content/{contentId}/shares"): "invalid_platform",
+    ("PUT", "/internal/v1/content/{contentId}"): "invalid_content_type",
+    ("GET", "/api/v1/trending"): "invalid_window",
+    ("DELETE", "/internal/v1/users/{userId}"): "invalid_user_id",
+}
+# Operations that answer from Postgres while Redis is down (docs/api.md, "While Redis is unreachable").
+FALLBACKS = {
+    ("POST", "/api/v1/content/{contentId}/like"),
+    ("POST", "/api/v1/creators/{creatorId}/subscribe"),
+    ("GET", "/api/v1/content/{contentId}/stats"),
+    ("GET", "/api/v1/creators/{creatorId}"),
+    ("POST", "/api/v1/content/{contentId}/comments"),
+}
+
+
 def test_with_redis_stopped_the_only_server_errors_are_documented_503s(fuzzed_api, redis_server, tmp_path):
     # The same run with Redis down: the fallbacks to Postgres answer, and what cannot be served is a
     # documented 503 with Retry-After (not_a_server_error lets 503 through; status and header
@@ -142,13 +181,46 @@ def test_with_redis_stopped_the_only_server_errors_are_documented_503s(fuzzed_ap
     config.write_text(
         CONFIG.read_text() + 'not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", 503]\n'
     )
+    har = tmp_path / "run.har"
     redis_server.kill()
     try:
-        result = st_run(fuzzed_api.base_url, tmp_path, "--max-examples", "5", timeout_s=240, config=config)
+        result = st_run(
+            fuzzed_api.base_url,
+            tmp_path,
+            "--max-examples",
+            "5",
+            "--report",
+            "har",
+            "--report-har-path",
+            str(har),
+            timeout_s=240,
+            config=config,
+        )
     finally:
         redis_server.start()
 
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
+    found = answers(har)
+    # Redis was down for the whole run: readiness said so every time it was asked
+    assert {error for op, status, error in found if op == ("GET", "/readyz")} == {"not_ready"}
+    # Every answer that is not a success names its error (the machine-readable ``error`` field), and the
+    # only 5xx are 503s with a documented error
+    assert [a for a in found if a[1] >= 400 and not a[2]] == []
+    assert {error for _, status, error in found if status >= 500} <= {
+        "unavailable",
+        "idempotency_unavailable",
+        "purge_incomplete",
+        "not_ready",
+    }
+    assert {status for _, status, _ in found if status >= 500} == {503}
+    # The operations that need Redis refused what was valid with a 503, yet still checked every request
+    # first: invalid ones got their specific 4xx, not a 503 (so requests reached validation)
+    for op, error in VALIDATED_WITHOUT_REDIS.items():
+        got = {e for o, status, e in found if o == op}
+        assert error in got, (op, got)
+        assert got & {"unavailable", "idempotency_unavailable", "purge_incomplete"}, (op, got)
+    # And the operations with a Postgres fallback answered with a success
+    assert FALLBACKS - {op for op, status, _ in found if 200 <= status < 300} == set()
 
 
 @pytest.mark.slow

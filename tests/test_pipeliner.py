@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -98,6 +99,17 @@ async def _ticks(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
+async def _blocked_in_redis(client: aioredis.Redis, n: int, timeout_s: float = 20.0) -> None:
+    """Wait until Redis lists ``n`` clients blocked in BLPOP (the calls went out and are waiting there)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        blocked = [c for c in await client.client_list() if c["cmd"] == "blpop"]
+        if len(blocked) == n:
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {n} clients blocked in BLPOP: {blocked}"
+        await asyncio.sleep(0.01)
+
+
 async def test_an_error_reply_fails_only_its_own_call(
     redis_client: aioredis.Redis, pipeliners: list[Pipeliner]
 ) -> None:
@@ -158,7 +170,7 @@ async def test_a_connection_that_stops_answering_fails_exactly_the_calls_waiting
         assert await pipeliner.execute_command("INCR", "before") == 1
         # Given calls stuck behind a command that blocks the connection past the socket timeout
         stuck = [
-            asyncio.ensure_future(pipeliner.execute_command("BLPOP", "never-pushed", 2)),
+            asyncio.ensure_future(pipeliner.execute_command("BLPOP", "never-pushed", 30)),
             asyncio.ensure_future(pipeliner.execute_command("INCR", "behind-it")),
         ]
         # Then both fail with redis-py's TimeoutError, and nothing else is left waiting
@@ -174,8 +186,8 @@ async def test_a_lost_connection_fails_its_waiting_calls_and_the_next_ones_recon
 ) -> None:
     pipeliner = _made(pipeliners, Pipeliner(redis_client))
     connection_id = await pipeliner.execute_command("CLIENT", "ID")
-    waiting = asyncio.ensure_future(pipeliner.execute_command("BLPOP", "never-pushed", 5))
-    await asyncio.sleep(0.05)
+    waiting = asyncio.ensure_future(pipeliner.execute_command("BLPOP", "never-pushed", 60))
+    await _blocked_in_redis(redis_client, 1)
     assert await redis_client.client_kill_filter(_id=connection_id) == 1
     with pytest.raises(RedisConnectionError):
         await waiting
@@ -196,23 +208,32 @@ async def test_an_unreachable_redis_is_a_connection_error(pipeliners: list[Pipel
         assert pipeliner.pending == 0
 
 
-async def test_the_queue_is_bounded(redis_url: str, pipeliners: list[Pipeliner]) -> None:
-    async with aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5) as client:
+async def test_the_queue_is_bounded(
+    redis_url: str, redis_client: aioredis.Redis, pipeliners: list[Pipeliner]
+) -> None:
+    async with aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=30) as client:
         pipeliner = _made(pipeliners, Pipeliner(client, max_batch=1, max_pending=2, timeout=0.2))
+        # Given two calls that Redis answers only when their lists get an element (pushed below)
         blocked = [
-            asyncio.ensure_future(pipeliner.execute_command("BLPOP", f"bounded-{i}", 0.5)) for i in range(2)
+            asyncio.ensure_future(pipeliner.execute_command("BLPOP", f"bounded-{i}", 20)) for i in range(2)
         ]
-        await asyncio.sleep(0.05)
         assert pipeliner.pending == 2
+        await _blocked_in_redis(redis_client, 1)  # the first went out (the second waits behind it)
 
         # A third call waits for room; past the timeout it is refused as a connection error
         with pytest.raises(PipelineFullError):
             await pipeliner.execute_command("PING")
+        assert pipeliner.pending == 2
 
         # One that waits long enough gets in once a blocked call has answered
-        pipeliner.timeout = 3
-        assert await pipeliner.execute_command("PING") in (True, "PONG")
-        assert await asyncio.gather(*blocked) == [None, None]
+        pipeliner.timeout = 30
+        ping = asyncio.ensure_future(pipeliner.execute_command("PING"))
+        await _ticks()
+        assert not ping.done()
+        await redis_client.rpush("bounded-0", "a")
+        await redis_client.rpush("bounded-1", "b")
+        assert await ping in (True, "PONG")
+        assert await asyncio.gather(*blocked) == [["bounded-0", "a"], ["bounded-1", "b"]]
         assert pipeliner.pending == 0
 
 

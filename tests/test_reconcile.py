@@ -5,7 +5,6 @@ lost; what Redis lost is loaded back exactly from Postgres on first use."""
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ import asyncpg
 import pytest
 import redis
 import redis.asyncio as aioredis
+from seeds import seeded_random
 from service_fixtures import ApiProcess, cli_reconcile, run_flusher_once, token, wait_until
 
 from daemon import db, keys
@@ -222,7 +222,8 @@ async def test_views_arriving_during_reconcile_are_not_lost(stack: Stack) -> Non
     # Given items on every shard, partly flushed, with drift on many of them
     items = [f"item-{i}" for i in range(200)]
     sent = dict.fromkeys(items, 0)
-    first = {item: random.randint(1, 5) for item in items}
+    rng = seeded_random("views and items")
+    first = {item: rng.randint(1, 5) for item in items}
     await stack.views(first)
     for item, n in first.items():
         sent[item] += n
@@ -235,7 +236,7 @@ async def test_views_arriving_during_reconcile_are_not_lost(stack: Stack) -> Non
 
     async def storm() -> None:
         while not stop.is_set():
-            batch = {item: random.randint(1, 3) for item in random.sample(items, 40)}
+            batch = {item: rng.randint(1, 3) for item in rng.sample(items, 40)}
             await stack.views(batch)
             for item, n in batch.items():
                 sent[item] += n
@@ -255,7 +256,8 @@ async def test_views_arriving_during_reconcile_are_not_lost(stack: Stack) -> Non
     await asyncio.gather(*tasks)
 
     # Then every live count is exact, and so is Postgres after a final flush
-    assert reports[0].drift >= 1000 * len(items[::3])
+    # (the storm's views are counted by the scripts reconcile compares against: no drift of their own)
+    assert reports[0].drift == 1000 * len(items[::3])
     assert sum(r.drift for r in reports) == reports[0].drift  # the later runs find nothing
     for item in items:
         assert await stack.live("views", item) == sent[item], item
@@ -280,7 +282,7 @@ async def test_the_flusher_reconciles_every_interval(stack: Stack) -> None:
     finally:
         flusher.stop()
         await running
-    # Then it ran, repaired the drift and counted it
+    # Then it ran, repaired the drift and counted it (a second run may start before stop(): >= 1)
     assert metrics.reconcile_runs._value.get() >= 1
     assert (metrics.reconcile_repaired_fields._value.get(), metrics.reconcile_drift._value.get()) == (1, 36)
     assert await stack.live("views", "a") == 4

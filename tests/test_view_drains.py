@@ -283,12 +283,18 @@ def test_over_http_past_the_limit_postgres_gets_every_view_once(
             assert r.status_code == 202, r.text
             wait_until(lambda item=item, n=n: views_of(item) == n, what="the view to reach Redis")
 
-    # Then the first drain of each shard is a list entry and the later ones are in the delta hash
+    # Then the first drain of each shard is a list entry and the later nine are in the delta hash
+    # (x and y are on different shards: each shard's list holds its item's first drain)
+    assert keys.shard_of("x", settings.shards) != keys.shard_of("y", settings.shards)
     with redis.Redis.from_url(settings.redis_url, decode_responses=True) as r:
         for item in ("x", "y"):
             shard = keys.shard_of(item, settings.shards)
             assert r.llen(keys.vdelta_key(shard)) == 1
-            assert int(r.hget(keys.delta_key(shard), keys.field("views", item)) or 0) >= 9
+            delta = r.hgetall(keys.delta_key(shard))
+            assert (delta[keys.field("views", item)], delta[keys.field("watch_seconds", item)]) == (
+                "9",
+                str(sum(range(2, 11))),
+            ), item
 
     # And after a flush Postgres holds every view and watch second once
     run_flusher_once(settings)
