@@ -75,10 +75,18 @@ JOIN unnest($1::text[], $2::text[]) AS d (user_id, creator_id)
   ON f.user_id = d.user_id AND f.target_id = d.creator_id
 WHERE NOT f.reconciled AND f.kind = 'subscription'
 """
-_DAILY = """
+_DAILY_TEMP = "daily_deltas"
+_DAILY_COLUMNS = ("content_id", "day", "views", "watch_seconds")
+_CREATE_DAILY = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS {_DAILY_TEMP} (
+    content_id text NOT NULL, day date NOT NULL, views bigint NOT NULL, watch_seconds bigint NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+# COPY, then one upsert, as for content_counters: about 1.5x faster than the same rows as unnest()
+# arrays (measured: 50,000 rows, loadtest/flushbench.py)
+_DAILY = f"""
 INSERT INTO content_daily AS d (content_id, day, views, watch_seconds, updated_at)
-SELECT content_id, day, views, watch_seconds, now()
-FROM unnest($1::text[], $2::date[], $3::bigint[], $4::bigint[]) AS n (content_id, day, views, watch_seconds)
+SELECT content_id, day, views, watch_seconds, now() FROM {_DAILY_TEMP}
 ON CONFLICT (content_id, day) DO UPDATE SET
     views = d.views + EXCLUDED.views,
     watch_seconds = d.watch_seconds + EXCLUDED.watch_seconds,
@@ -195,14 +203,14 @@ async def _write_daily(conn: asyncpg.Connection, batches: Sequence[CapturedBatch
     for batch in batches:  # one batch per shard, and an item lives in one shard: no overlap
         merged.update(batch.daily)
     if merged:
-        pairs = list(merged)
-        await conn.execute(
-            _DAILY,
-            [c for c, _ in pairs],
-            [day_date(d) for _, d in pairs],
-            [merged[p][0] for p in pairs],
-            [merged[p][1] for p in pairs],
-        )
+        days: dict[str, object] = {}  # yyyymmdd -> date, parsed once per day
+        records = [
+            (c, days.get(d) or days.setdefault(d, day_date(d)), views, seconds)
+            for (c, d), (views, seconds) in merged.items()
+        ]
+        await conn.execute(_CREATE_DAILY)
+        await conn.copy_records_to_table(_DAILY_TEMP, records=records, columns=_DAILY_COLUMNS)
+        await conn.execute(_DAILY)
 
 
 async def prune_ledger(conn: asyncpg.Connection, retention_days: int) -> int:

@@ -7,9 +7,10 @@ service's own view buffer (``ViewBuffer.add_many`` and ``drain_once``, as the ap
   ledger insert, COPY into a temporary table, the upsert into ``content_counters``, the ``content_daily``
   upsert, then ``finish_batch`` (idle TTLs given back to the flushed keys) — what ``engagementd flusher``
   does each pass;
-- ``reference``: the same number of rows of other new ids, same columns and values, written with asyncpg
-  alone: BEGIN, CREATE TEMPORARY TABLE, ``copy_records_to_table``, the same ``INSERT ... SELECT ... ON
-  CONFLICT DO UPDATE``, COMMIT — the least a flush of those rows can cost Postgres.
+- ``reference``: the same rows for other new ids — one ``content_counters`` row and one ``content_daily``
+  row (today) per item, same columns and values — written with asyncpg alone: BEGIN, per table CREATE
+  TEMPORARY TABLE, ``copy_records_to_table`` and one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``,
+  COMMIT — the least writing those rows can cost Postgres.
 
 Both insert new rows (fresh ids every round) into the same Postgres, from this process (pinned to the
 CPU that Redis and Postgres share); the order alternates by round. Reported: median rows/s of each, the
@@ -28,7 +29,7 @@ from typing import Any
 import asyncpg
 
 from daemon import db
-from daemon.keys import COUNTERS
+from daemon.keys import COUNTERS, day_date, uv_day
 from daemon.metrics import Metrics
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
@@ -46,6 +47,18 @@ _CREATE = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS bench_deltas (
     content_id text NOT NULL, {", ".join(f"{c} bigint NOT NULL" for c in COUNTERS)}
 ) ON COMMIT DELETE ROWS
+"""
+_CREATE_DAILY = """
+CREATE TEMPORARY TABLE IF NOT EXISTS bench_daily (
+    content_id text NOT NULL, day date NOT NULL, views bigint NOT NULL, watch_seconds bigint NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+_UPSERT_DAILY = """
+INSERT INTO content_daily AS d (content_id, day, views, watch_seconds, updated_at)
+SELECT content_id, day, views, watch_seconds, now() FROM bench_daily
+ON CONFLICT (content_id, day) DO UPDATE SET
+    views = d.views + EXCLUDED.views, watch_seconds = d.watch_seconds + EXCLUDED.watch_seconds,
+    updated_at = now()
 """
 _UPSERT = f"""
 INSERT INTO content_counters AS c ({", ".join(_COLUMNS)}, updated_at)
@@ -78,18 +91,26 @@ async def _fill(settings: Settings, store: Store, metrics: Metrics, ids: list[st
 
 
 async def _reference(conn: asyncpg.Connection, ids: list[str]) -> float:
-    """Seconds to COPY and upsert one row per id, in one transaction."""
+    """Seconds to COPY and upsert one content_counters and one content_daily row per id, in one
+    transaction (the rows built before the clock starts)."""
     index = {name: i for i, name in enumerate(COUNTERS)}
-    rows = []
+    today = day_date(uv_day())
+    rows, daily = [], []
     for i, cid in enumerate(ids):
         values = [0] * len(COUNTERS)
         values[index["views"]], values[index["watch_seconds"]] = _views(i)
         rows.append((cid, *values))
+        daily.append((cid, today, *_views(i)))
     started = time.perf_counter()
     async with conn.transaction():
         await conn.execute(_CREATE)
         await conn.copy_records_to_table("bench_deltas", records=rows, columns=_COLUMNS)
         await conn.execute(_UPSERT)
+        await conn.execute(_CREATE_DAILY)
+        await conn.copy_records_to_table(
+            "bench_daily", records=daily, columns=("content_id", "day", "views", "watch_seconds")
+        )
+        await conn.execute(_UPSERT_DAILY)
     return time.perf_counter() - started
 
 
