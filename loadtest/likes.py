@@ -87,13 +87,19 @@ def bench_likes(ns: argparse.Namespace, backends: Backends, workdir: Path, out: 
             order = [KINDS[(r + i) % len(KINDS)] for i in range(len(KINDS))]
             row: dict[str, Any] = {"round": r + 1, "order": order}
             for kind in order:
+                redis_cpu = _redis_cpu_s(backends)
                 w = servers[kind].measure("post_like.lua", ns.duration, ns.like_connections, args)
+                # Redis's CPU per request (it shares the client CPU with wrk): where a like's time goes
+                w["redis_cpu_us_per_request"] = (
+                    (_redis_cpu_s(backends) - redis_cpu) / w["requests"] * 1e6 if w["requests"] else None
+                )
                 row[kind] = w
                 log(
                     f"likes round {r + 1} {kind}: {w['requests_per_s']:.0f} req/s, non-2xx {w['non_2xx']}, "
                     f"socket errors {w['socket_errors']}, server CPU share {w['server_cpu_share']:.2f}, "
                     f"{w['ok_per_server_cpu_s'] or 0:.0f} req per CPU-second, "
-                    f"p50 {w.get('latency_p50_ms', 0):.2f} ms, p99 {w.get('latency_p99_ms', 0):.2f} ms"
+                    f"p50 {w.get('latency_p50_ms', 0):.2f} ms, p99 {w.get('latency_p99_ms', 0):.2f} ms, "
+                    f"Redis {w['redis_cpu_us_per_request'] or 0:.1f} CPU-us per request"
                 )
             row["ratio_limited_bare"] = row["limited"]["requests_per_s"] / row["bare"]["requests_per_s"]
             for ref in ("bare", "naive"):
@@ -111,6 +117,11 @@ def bench_likes(ns: argparse.Namespace, backends: Backends, workdir: Path, out: 
     res["valid"] = res["valid"] and res["consistency"]["ok"]
 
 
+def _redis_cpu_s(backends: Backends) -> float:
+    cpu = backends.redis.info("cpu")
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+
 def _summarise(res: dict[str, Any]) -> None:
     rounds = res["rounds"]
     if not rounds:
@@ -119,6 +130,8 @@ def _summarise(res: dict[str, Any]) -> None:
         res[f"{kind}_rps"] = [row[kind]["requests_per_s"] for row in rounds]
         res[f"{kind}_median_rps"] = statistics.median(res[f"{kind}_rps"])
         res[f"{kind}_median_cpu_share"] = statistics.median(row[kind]["server_cpu_share"] for row in rounds)
+        redis_us = [row[kind]["redis_cpu_us_per_request"] for row in rounds]
+        res[f"{kind}_median_redis_cpu_us"] = statistics.median(redis_us) if None not in redis_us else None
         for pct in ("p50", "p99"):
             values = [row[kind][f"latency_{pct}_ms"] for row in rounds if f"latency_{pct}_ms" in row[kind]]
             res[f"{kind}_median_{pct}_ms"] = statistics.median(values) if values else None

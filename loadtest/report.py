@@ -395,6 +395,15 @@ def likes_rows(lk: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
         rows.append(
             (f"likes: {name} CPU share (median)", f"{lk[f'{kind}_median_cpu_share']:.2f}", "~1.0", "-")
         )
+        if lk.get(f"{kind}_median_redis_cpu_us") is not None and kind != "bare":
+            rows.append(
+                (
+                    f"likes: {name} Redis CPU-us per request",
+                    f"{lk[f'{kind}_median_redis_cpu_us']:.1f}",
+                    "",
+                    "-",
+                )
+            )
         if lk.get(f"{kind}_median_p50_ms") is not None and lk.get(f"{kind}_median_p99_ms") is not None:
             rows.append(
                 (
