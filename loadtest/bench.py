@@ -78,7 +78,7 @@ from loadtest.live import ROUNDS as LIVE_ROUNDS
 from loadtest.live import bench_live
 from loadtest.procs import CHILDREN, RESULTS, BenchError, install_cleanup, log, pin_cpus
 from loadtest.reads import bench_reads
-from loadtest.report import machine_info, summary
+from loadtest.report import machine_info, scenario_markdown, summary
 from loadtest.servers import AppServer, Backends
 from loadtest.single import SINGLE_POOL, bench_single
 from loadtest.viral import bench_viral
@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         out["summary"] = summary(out)
         ns.output.parent.mkdir(parents=True, exist_ok=True)
         ns.output.write_text(json.dumps(out, indent=2, default=str) + "\n")
+        # the scenario table, as the README shows it
+        ns.output.with_name(ns.output.stem + "-table.md").write_text(scenario_markdown(out))
         print(out["summary"])
         print(f"\nfull results: {ns.output}")
     return 1 if out["errors"] else 0

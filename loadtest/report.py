@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -164,7 +165,7 @@ def summary(out: dict[str, Any]) -> str:
         f"{' '.join(f'{x:.2f}' for x in m['loadavg_start'])}  end "
         f"{' '.join(f'{x:.2f}' for x in m.get('loadavg_end', []))}"
     )
-    lines = [head, "", *table(("measure", "value", "target", ""), rows)]
+    lines = [head, "", *scenario_table(out), "", *table(("measure", "value", "target", ""), rows)]
     if bm and "valid" in bm:
         lines += ["", matrix_table(bm)]
     return "\n".join(lines)
@@ -358,6 +359,132 @@ def live_rows(lv: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
         ("live: run valid (all connected, exact)", str(lv.get("valid")), "True", verdict(lv.get("valid")))
     )
     return rows
+
+
+def _median_of(rounds: list[dict[str, Any]], kind: str | None, key: str) -> float | None:
+    """The median of ``key`` over the rounds (of the server ``kind`` in each round, or the round)."""
+    values = [(r[kind] if kind else r).get(key) for r in rounds if (r.get(kind) if kind else r)]
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+SCENARIO_HEADER = (
+    "scenario",
+    "rate",
+    "p50 ms",
+    "p99 ms",
+    "reference (same run)",
+    "ref rate",
+    "ratio",
+    "goal",
+)
+
+
+def scenario_rows(out: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per scenario measured: its rate and latency (wrk's, at saturation), its reference in the
+    same run and the ratio, medians of the rounds (issue 19's table; the README shows the latest)."""
+    rows: list[tuple[str, ...]] = []
+    s = out.get("single")
+    if s and s.get("rounds") and "real_median_rps" in s:
+        rows.append(
+            (
+                "single view (req/s)",
+                f"{s['real_median_rps']:,.0f}",
+                _ms(_median_of(s["rounds"], "real", "latency_p50_ms")),
+                _ms(_median_of(s["rounds"], "real", "latency_p99_ms")),
+                "bare Starlette route",
+                f"{s['bare_median_rps']:,.0f}",
+                f"{s['ratio_median']:.3f}",
+                ">= 0.9",
+            )
+        )
+    lk = out.get("likes")
+    if lk and "real_median_rps" in lk:
+        for kind, name, ratio in (
+            ("real", "like/unlike (req/s)", "ratio_bare_median"),
+            ("limited", "like/unlike, rate limits on (req/s)", "ratio_limited_bare_median"),
+        ):
+            if f"{kind}_median_rps" in lk:
+                rows.append(
+                    (
+                        name,
+                        f"{lk[f'{kind}_median_rps']:,.0f}",
+                        _ms(lk.get(f"{kind}_median_p50_ms")),
+                        _ms(lk.get(f"{kind}_median_p99_ms")),
+                        "bare like route",
+                        f"{lk['bare_median_rps']:,.0f}",
+                        f"{lk[ratio]:.3f}",
+                        f">= {TARGET_BARE}",
+                    )
+                )
+    b = out.get("bulk")
+    if b and b.get("rounds"):
+        rows.append(
+            (
+                f"bulk, {b.get('items', 'mixed')} items (events/s)",
+                f"{b['median_events_per_s']:,.0f}",
+                _ms(_median_of(b["rounds"], None, "latency_p50_ms")),
+                _ms(_median_of(b["rounds"], None, "latency_p99_ms")),
+                "-",
+                "-",
+                "-",
+                ">= 1,000,000/s",
+            )
+        )
+    c = out.get("consume")
+    if c and c.get("real_median_eps"):
+        rows.append(
+            (
+                "consume (events/s)",
+                f"{c['real_median_eps']:,.0f}",
+                "-",
+                "-",
+                "bare confluent-kafka loop",
+                f"{c['bare_median_eps']:,.0f}",
+                f"{c['ratio_median']:.3f}",
+                ">= 200,000/s",
+            )
+        )
+    fl = out.get("flush")
+    if fl and "ratio_median" in fl:
+        rows.append(
+            (
+                "flush (rows/s)",
+                f"{fl['flusher_median_rows_per_s']:,.0f}",
+                "-",
+                "-",
+                "raw COPY + upsert",
+                f"{fl['reference_median_rows_per_s']:,.0f}",
+                f"{fl['ratio_median']:.3f}",
+                f">= {TARGET_FLUSH}",
+            )
+        )
+    return rows
+
+
+def scenario_table(out: dict[str, Any]) -> list[str]:
+    rows = scenario_rows(out)
+    return table(SCENARIO_HEADER, rows) if rows else []
+
+
+def scenario_markdown(out: dict[str, Any]) -> str:
+    """The scenario table as Markdown, with the machine and the time (loadtest/results/table.md)."""
+    rows = scenario_rows(out)
+    m = out["machine"]
+    lines = [
+        f"`make bench` on {m['time']}, nproc={m['nproc']}, load average at start "
+        f"{' '.join(f'{x:.2f}' for x in m['loadavg_start'])}; medians of the rounds; p50/p99 are wrk's at"
+        " saturation.",
+        "",
+        "| " + " | ".join(SCENARIO_HEADER) + " |",
+        "|" + "---|" * len(SCENARIO_HEADER),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def flush_rows(fl: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
