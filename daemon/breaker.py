@@ -18,6 +18,7 @@ error, OOM) is an answer.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 TIMEOUTS = (RedisTimeoutError, TimeoutError)
@@ -92,11 +94,18 @@ class Breaker:
 
 
 async def _watched(breaker: Breaker, call: Any) -> Any:
-    """Await a call ``breaker`` admitted; tell it how the call ended."""
+    """Await a call ``breaker`` admitted; tell it how the call ended. An error reply (a script error,
+    NOSCRIPT, OOM) is an answer; a cancelled call says nothing (a probe cancelled is replaced after its
+    time)."""
     try:
         result = await call
     except TIMEOUTS:
         breaker.timed_out()
+        raise
+    except ResponseError:
+        breaker.answered()
+        raise
+    except asyncio.CancelledError:
         raise
     except BaseException:
         breaker.failed()
@@ -114,6 +123,8 @@ class GuardedPipeline(Pipeline):
     breaker: Breaker
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if not len(self):  # nothing is sent: no answer either
+            return await super().execute(raise_on_error)
         self.breaker.admit()
         return await _watched(self.breaker, super().execute(raise_on_error))
 
@@ -137,12 +148,16 @@ class GuardedClusterPipeline(ClusterPipeline):
     breaker: Breaker
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        if not len(self):  # nothing is sent: no answer either
+            return await super().execute(raise_on_error, allow_redirections)
         self.breaker.admit()
         return await _watched(self.breaker, super().execute(raise_on_error, allow_redirections))
 
 
 class GuardedRedisCluster(RedisCluster):
-    """The cluster client likewise; one breaker for the cluster (a hung node opens it for every slot)."""
+    """The cluster client likewise; one breaker for the cluster (a hung node opens it for every slot).
+    ``make_redis`` gives it no retries: redis-py's cluster client retries timeouts (with a topology
+    refresh that waits on the hung node too), which cost ~15 timeouts per call on a hung node."""
 
     breaker: Breaker
 
@@ -151,7 +166,8 @@ class GuardedRedisCluster(RedisCluster):
         return await _watched(self.breaker, super().execute_command(*args, **kwargs))
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
-        pipe = super().pipeline(transaction, shard_hint)
-        pipe.__class__ = GuardedClusterPipeline
-        pipe.breaker = self.breaker  # type: ignore[attr-defined]
+        if shard_hint:  # as RedisCluster.pipeline
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        pipe = GuardedClusterPipeline(self, transaction)
+        pipe.breaker = self.breaker
         return pipe

@@ -25,8 +25,12 @@ def make_redis(settings: Settings, breaker: Breaker | None = None) -> aioredis.R
     a reaction or subscription sets an absolute state, a share or comment carries its record).
     """
     if settings.redis_cluster:
+        # the api's (with a breaker): no retries, so a hung node costs a call one timeout; the other
+        # roles keep redis-py's (their scripts are safe to run twice; they retry batches anyway)
+        extra = {} if breaker is None else {"retry": Retry(NoBackoff(), 0)}
         cluster = (RedisCluster if breaker is None else GuardedRedisCluster).from_url(
             settings.redis_url,
+            **extra,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
             decode_responses=True,

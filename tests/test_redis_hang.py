@@ -203,3 +203,54 @@ def test_a_timed_out_call_on_the_pool_is_not_sent_again(redis_server, migrated) 
     with redis.Redis.from_url(redis_server.url) as client:
         wait_until(lambda: client.get("hang:sent") is not None, what="the INCR to run")
         assert client.get("hang:sent") == b"1"  # sent once: Redis ran it once it resumed
+
+
+def test_an_error_reply_is_an_answer_and_closes_the_breaker(redis_server, migrated) -> None:
+    """A probe Redis answers with an error (NOSCRIPT, OOM, a script error) closes the breaker: Redis
+    answers, and the caller gets that error, not the breaker's."""
+    settings = migrated.replace(redis_timeout_s=TIMEOUT_S)
+
+    async def scenario() -> None:
+        breaker = Breaker(cooldown_s=0.05, timeout_s=TIMEOUT_S)
+        client = make_redis(settings, breaker)
+        try:
+            breaker.timed_out()
+            wait_until(lambda: time.monotonic() >= breaker.retry_at, what="the cooldown")
+            with pytest.raises(redis.exceptions.NoScriptError):
+                await client.evalsha("0" * 40, 0)
+            assert not breaker.open
+            assert await client.ping()
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_a_hung_cluster_node_costs_a_call_one_timeout(redis_cluster, migrated) -> None:
+    """redis-py's cluster client retries timeouts, refreshing its topology from the hung node too (15 s
+    for a 1 s timeout); the api's cluster client does not retry, and its breaker opens."""
+    settings = migrated.replace(redis_url=redis_cluster.url, redis_cluster=True, redis_timeout_s=TIMEOUT_S)
+
+    async def scenario() -> None:
+        breaker = Breaker(cooldown_s=60, timeout_s=TIMEOUT_S)
+        client = make_redis(settings, breaker)
+        try:
+            await client.set("hang-key", "v")
+            node = client.get_node_from_key("hang-key")
+            (server,) = [n for n in redis_cluster.nodes if n.port == node.port]
+            with _stopped(server.proc.pid):
+                started = time.monotonic()
+                with pytest.raises(redis.TimeoutError):
+                    await client.get("hang-key")
+                waited = time.monotonic() - started
+                assert TIMEOUT_S * 0.9 <= waited < TIMEOUT_S * 1.5, waited
+                assert breaker.open
+                pipe = client.pipeline(transaction=False)
+                pipe.get("hang-key")
+                with pytest.raises(RedisUnavailableError):
+                    await pipe.execute()
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
