@@ -19,9 +19,11 @@
 7. Once the batch ahead is finished: mark the offsets applied and drop the journal in one call
    (``finish_consumed``).
 
-8. Forget the batch's drain marks (nobody re-applies a finished batch's drains). A batch recovered from
-   another consumer's journal keeps them until the sweeper removes them: that consumer may still be
-   sending the same drains (cut off from Redis, retrying), and the marks make them count once.
+8. Forget the batch's drain marks (nobody re-applies a finished batch's drains), unless another
+   consumer took the batch's journal for recovery (``take_journal``; step 7 says so): it may still be
+   re-applying them. A batch recovered from another consumer's journal keeps them too: that consumer
+   may still be sending the same drains (cut off from Redis, retrying). The sweeper removes marks
+   left so after ENGAGEMENT_DRAIN_MARKER_TTL_S.
 
 The caller then commits the offsets to Kafka. A SIGKILL anywhere: before 5, nothing counted is
 unmarked except the idempotent actions, which a replay repeats harmlessly; between 5 and 7 the
@@ -161,12 +163,13 @@ class BatchProcessor:
                 await self._drain(buffer)
 
         async def finish() -> dict[TopicPartition, int]:
+            recovered = False
             try:
                 if ranges:
-                    await self._retrying(lambda: self._store.finish(batch_id, ranges))
+                    recovered = await self._retrying(lambda: self._store.finish(batch_id, ranges))
             finally:
                 self._in_flight.discard(batch_id)
-            if drains:
+            if drains and not recovered:  # recovered: another consumer may still be re-applying them
                 await self._forget_marks([(d.shard, d.process) for d in drains])
             for topic, n in counted.items():
                 self._m.applied.labels(topic).inc(n)

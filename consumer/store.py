@@ -58,12 +58,15 @@ class OffsetStore:
             self.group, batch_id, ranges, _pack([ranges, calls]), _pack(ranges)
         )
 
-    async def finish(self, batch_id: str, ranges: list[Range]) -> None:
-        await self._store.finish_consumed(self.group, batch_id, ranges)
+    async def finish(self, batch_id: str, ranges: list[Range]) -> bool:
+        """Mark the ranges applied and drop the journal; True when a recovery took the journal meanwhile
+        (``journal``): the batch's drain marks must then stay until the sweeper removes them."""
+        return await self._store.finish_consumed(self.group, batch_id, ranges)
 
     async def journal(self, batch_id: str) -> tuple[list[Range], list[Any]] | None:
-        """A journaled batch: its ranges and drain calls ([keys, args] each); None once finished."""
-        blob = await self._store.journal_entry(self.group, batch_id)
+        """A journaled batch taken for recovery: its ranges and drain calls ([keys, args] each); None
+        once finished."""
+        blob = await self._store.take_journal(self.group, batch_id)
         if blob is None:
             return None
         ranges, calls = msgpack.unpackb(base64.b64decode(blob))

@@ -69,7 +69,8 @@ eng:{c:<group>}:offsets         hash    "<topic>:<partition>" -> last offset app
                                         consumer group (the idempotency store)
 eng:{c:<group>}:claims          hash    "<topic>:<partition>" -> last offset reserved by a batch
 eng:{c:<group>}:journal         hash    batch id -> msgpack: the batch's offset ranges and its view
-                                        drains, kept until the batch is applied (crash recovery)
+                                        drains, kept until the batch is applied (crash recovery);
+                                        "r:<batch id>" -> 1 while a recovery has taken it
 eng:{c:<group>}:journal_ranges  hash    batch id -> msgpack: the offset ranges alone
 ==============================  ======  =================================================
 """

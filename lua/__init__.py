@@ -133,6 +133,7 @@ class Scripts:
     trim_history: LuaScript
     begin_consumed: LuaScript
     finish_consumed: LuaScript
+    take_journal: LuaScript
     sweep_records: LuaScript
     finish_uniques: LuaScript
     read_counts: LuaScript

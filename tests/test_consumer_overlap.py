@@ -11,8 +11,10 @@ interleaving without sleeping. What a batch does with its messages depends only 
 partition and offset and on the store in Redis, not on how the group protocol assigned the partition,
 so the protocol only decides how the messages are fetched; the first test fetches them both ways.
 
-The last test: a batch whose drains have not landed yet when another consumer recovers its journal
-counts once (the recovery leaves the drain marks that deduplicate them to the sweeper).
+The last two: a batch whose drains have not landed yet when another consumer recovers its journal
+counts once (the recovery leaves the drain marks that deduplicate them to the sweeper); and so does one
+whose own consumer finishes it while another is recovering it (take_journal flags the journal, and
+finish_consumed tells the first consumer to keep its marks).
 """
 
 from __future__ import annotations
@@ -57,6 +59,15 @@ class RecordingOffsets(OffsetStore):
         super().__init__(store, group)
         self.begins: list[tuple[list[Range], list[str]]] = []
         self.before_begin: Callable[[], Awaitable[None]] | None = None
+        # awaited once, after the next ``journal`` (a recovery taking a batch's journal) read Redis
+        self.after_journal: Callable[[], Awaitable[None]] | None = None
+
+    async def journal(self, batch_id: str) -> tuple[list[Range], list[Any]] | None:
+        taken = await super().journal(batch_id)
+        hook, self.after_journal = self.after_journal, None
+        if hook is not None:
+            await hook()
+        return taken
 
     async def begin(self, batch_id: str, ranges: list[Range], calls: list[Any]) -> list[str]:
         hook, self.before_begin = self.before_begin, None
@@ -356,4 +367,36 @@ def test_a_batch_recovered_while_its_drains_are_still_in_flight_counts_once(
 
     # Then each view counts once
     assert _views_in_postgres(settings) == VIEWS
+    assert _store_state(settings) == ({field: last}, {field: last}, 0)
+
+
+def test_a_batch_its_consumer_finishes_while_another_recovers_it_counts_once(
+    kafka_cluster: MockCluster, migrated: Settings
+) -> None:
+    # Given 105 views on one partition, fetched from Kafka, and a first consumer that journaled and
+    # applied its batch of them, not finished yet
+    settings = consumer_settings(migrated, kafka_cluster.bootstrap_servers)
+    msgs = _fetched(kafka_cluster)
+    field, last = f"{INGEST}:{msgs[0].partition()}", msgs[-1].offset()
+
+    async def scenario() -> float:
+        async with members(settings, 2) as (first, second):
+            prepared = await first.processor.prepare(msgs)
+            await prepared.apply()
+
+            async def first_finishes() -> None:
+                await within(prepared.finish(), 30, "the first batch's finish")
+
+            # When a second consumer, handed the partition, takes the first one's journal to recover
+            # it, and the first one finishes its batch right then, before the recovery re-applies the
+            # drains (the first consumer must keep the drain marks the re-applied drains need)
+            second.offsets.after_journal = first_finishes
+            await within(second.processor.process(msgs), 30, "the second consumer's batch")
+            assert second.offsets.after_journal is None, "the second consumer recovered no journal"
+            return second.duplicates()
+
+    assert asyncio.run(scenario()) == len(msgs)
+
+    # Then each view counts once
+    assert _views_in_postgres(settings) == VIEWS, "the recovery's drains counted a second time"
     assert _store_state(settings) == ({field: last}, {field: last}, 0)

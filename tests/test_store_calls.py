@@ -148,7 +148,8 @@ async def exercise(stack: Stack) -> None:
     # the consumer's offsets
     ranges = [("t:0", 0, 9)]
     assert await store.begin_consumed("g", "batch-1", ranges, _pack([ranges, []]), _pack(ranges)) == []
-    await store.finish_consumed("g", "batch-1", ranges)
+    assert await store.take_journal("g", "batch-1") is not None
+    assert await store.finish_consumed("g", "batch-1", ranges) is True  # a recovery took the journal
     # the purge's
     assert await store.clear_reactions("u1", ["a"]) == (1, 0)
     assert await store.clear_subscriptions("u1", ["cr"]) == 1

@@ -23,9 +23,11 @@ class OffsetsStore(StoreBase):
         values, journals = await pipe.execute()
         return values, journals
 
-    async def journal_entry(self, group: str, batch_id: str) -> str | None:
-        """A journaled batch's packed entry (ranges and drain calls); None once finished."""
-        return await self.redis.hget(keys.consumer_journal_key(group), batch_id)
+    async def take_journal(self, group: str, batch_id: str) -> str | None:
+        """``take_journal.lua``: a journaled batch's packed entry (ranges and drain calls), flagged as
+        taken for recovery; None once finished."""
+        entry = await self.scripts.take_journal(self.redis, [keys.consumer_journal_key(group)], [batch_id])
+        return entry or None
 
     async def begin_consumed(
         self, group: str, batch_id: str, ranges: Sequence[Range], entry: str, packed_ranges: str
@@ -43,8 +45,9 @@ class OffsetsStore(StoreBase):
         ]
         return list(await self.scripts.begin_consumed(self.redis, store_keys, args))
 
-    async def finish_consumed(self, group: str, batch_id: str, ranges: Sequence[Range]) -> None:
-        """``finish_consumed.lua``: raise each range's applied offset, drop the batch's journal."""
+    async def finish_consumed(self, group: str, batch_id: str, ranges: Sequence[Range]) -> bool:
+        """``finish_consumed.lua``: raise each range's applied offset, drop the batch's journal; True
+        when a recovery had taken the journal meanwhile (take_journal)."""
         args: list[Any] = [batch_id]
         for field, _, last in ranges:
             args += (field, last)
@@ -53,4 +56,5 @@ class OffsetsStore(StoreBase):
             keys.consumer_journal_key(group),
             keys.consumer_journal_ranges_key(group),
         ]
-        await self.scripts.finish_consumed(self.redis, store_keys, args)
+        _, recovered = await self.scripts.finish_consumed(self.redis, store_keys, args)
+        return bool(recovered)
