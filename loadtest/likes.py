@@ -32,7 +32,7 @@ from typing import Any
 
 from loadtest.procs import BenchError, log
 from loadtest.servers import AppServer, Backends
-from loadtest.wrkrun import WARMUP_S, run_wrk
+from loadtest.wrkrun import PACED_CONNECTIONS, WARMUP_S, half_peak_pace_ms, run_wrk
 
 USERS = 2_000
 # wrk connections of the likes runs (--like-connections): many users at once. At 64 the real server is
@@ -109,6 +109,18 @@ def bench_likes(ns: argparse.Namespace, backends: Backends, workdir: Path, out: 
                         row["real"]["ok_per_server_cpu_s"] / row[ref]["ok_per_server_cpu_s"]
                     )
             res["rounds"].append(row)
+        # latency at about half the peak: paced requests (the goal: p99 under 10 ms)
+        res["paced"] = {}
+        for kind in ("real", "limited"):
+            peak = statistics.median(row[kind]["requests_per_s"] for row in res["rounds"])
+            pace_ms = half_peak_pace_ms(peak, PACED_CONNECTIONS)
+            w = servers[kind].measure("post_like.lua", ns.duration, PACED_CONNECTIONS, [*args, str(pace_ms)])
+            res["paced"][kind] = {"peak_rps": peak, "pace_ms": pace_ms, **w}
+            log(
+                f"likes paced {kind} ({pace_ms} ms x {PACED_CONNECTIONS}): "
+                f"{w['requests_per_s']:.0f} req/s, "
+                f"p50 {w.get('latency_p50_ms', 0):.2f} ms, p99 {w.get('latency_p99_ms', 0):.2f} ms"
+            )
     finally:
         for server in servers.values():
             server.stop()

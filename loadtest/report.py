@@ -16,6 +16,7 @@ from loadtest.likes import TARGET_BARE, TARGET_NAIVE
 from loadtest.live import GOAL_SHARE
 from loadtest.procs import REPO
 from loadtest.single import EXACT_VIEWS
+from loadtest.wrkrun import PACED_CONNECTIONS
 
 
 def machine_info() -> dict[str, Any]:
@@ -421,6 +422,28 @@ def scenario_rows(out: dict[str, Any]) -> list[tuple[str, ...]]:
                         f">= {TARGET_BARE}",
                     )
                 )
+    paced = [("single view at ~half the peak", (s or {}).get("paced"))]
+    paced += [
+        (f"{name} at ~half the peak", ((lk or {}).get("paced") or {}).get(kind))
+        for kind, name in (
+            ("real", "like/unlike"),
+            ("limited", "like/unlike, rate limits on"),
+        )
+    ]
+    for name, w in paced:
+        if w:
+            rows.append(
+                (
+                    f"{name} (req/s)",
+                    f"{w['requests_per_s']:,.0f}",
+                    _ms(w.get("latency_p50_ms")),
+                    _ms(w.get("latency_p99_ms")),
+                    f"paced: {w['pace_ms']} ms x {PACED_CONNECTIONS} connections",
+                    f"peak {w['peak_rps']:,.0f}",
+                    "-",
+                    "p99 < 10 ms",
+                )
+            )
     b = out.get("bulk")
     if b and b.get("rounds"):
         rows.append(

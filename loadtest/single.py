@@ -10,7 +10,7 @@ from typing import Any
 from loadtest.httpc import Http, metric, metrics, wait_drained
 from loadtest.procs import BenchError, log
 from loadtest.servers import AppServer, Backends
-from loadtest.wrkrun import CONNECTIONS, WARMUP_S, run_wrk
+from loadtest.wrkrun import CONNECTIONS, PACED_CONNECTIONS, WARMUP_S, half_peak_pace_ms, run_wrk
 
 SINGLE_POOL = 10_000
 EXACT_VIEWS = 50_000
@@ -46,6 +46,17 @@ def bench_single(
         if real is not None:
             assert client is not None and backends is not None
             _summarise_real(res)
+            # latency at about half the peak: paced requests (the goal: p99 under 10 ms)
+            pace_ms = half_peak_pace_ms(res["real_median_rps"], PACED_CONNECTIONS)
+            w = real.measure(
+                "post_view.lua", ns.duration, PACED_CONNECTIONS, ["paced-", str(SINGLE_POOL), str(pace_ms)]
+            )
+            res["paced"] = {"peak_rps": res["real_median_rps"], "pace_ms": pace_ms, **w}
+            log(
+                f"single paced ({pace_ms} ms x {PACED_CONNECTIONS}): "
+                f"{w['requests_per_s']:.0f} req/s, "
+                f"p50 {w.get('latency_p50_ms', 0):.2f} ms, p99 {w.get('latency_p99_ms', 0):.2f} ms"
+            )
             res["exact_count"] = exact_count(real, client, backends)
             res["valid"] = res["valid"] and res["exact_count"]["ok"]
     finally:

@@ -14,6 +14,9 @@ from typing import Any
 from loadtest.procs import CHILDREN, CPUS, WRK_DIR, BenchError, pinned
 
 CONNECTIONS = 64  # wrk -c of the single-view runs (ratio, exact count, viral)
+# wrk -c of the paced runs (latency at half the peak): few connections, each waiting its pace after an
+# answer, so that requests arrive spread out rather than in bursts of every connection at once
+PACED_CONNECTIONS = 32
 WARMUP_S = 2  # seconds of wrk before a server is measured
 
 
@@ -72,6 +75,13 @@ def run_wrk(
     if proc.returncode not in (0, -signal.SIGINT):
         raise BenchError(f"wrk exited {proc.returncode}: {err.decode(errors='replace')}\n{text}")
     return parse_wrk(text)
+
+
+def half_peak_pace_ms(peak_rps: float, connections: int, answer_ms: float = 2.0) -> int:
+    """wrk's delay() (whole ms, after each answer, per connection) that paces ``connections`` to about
+    half of ``peak_rps``: each connection's interval is the delay plus the answer's time (``answer_ms``
+    assumed), so the rate reached depends on the latency; the report gives the rate measured."""
+    return max(1, round(connections / (peak_rps / 2) * 1000 - answer_ms))
 
 
 def parse_wrk(text: str) -> dict[str, Any]:
