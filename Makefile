@@ -25,7 +25,7 @@ run: install
 
 test: install
 	@scripts/install-system-deps.sh --test
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q --durations=15 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
