@@ -187,6 +187,12 @@ def _views_in_postgres(settings: Settings) -> dict[str, int]:
     return {c: row["views"] for c, row in counters_in_postgres(settings.database_url).items() if row["views"]}
 
 
+def _assert_counted_once(settings: Settings, field: str, last: int) -> None:
+    """Each view counted once, item by item, in Postgres; every offset applied, nothing journaled."""
+    assert _views_in_postgres(settings) == VIEWS
+    assert _store_state(settings) == ({field: last}, {field: last}, 0)
+
+
 def _store_state(settings: Settings) -> tuple[dict[str, int], dict[str, int], int]:
     """(applied offsets, reserved offsets, unfinished journals) of the group."""
     group = settings.consumer_group
@@ -294,8 +300,7 @@ def test_a_batch_handed_back_to_its_consumer_waits_for_its_own_batch_in_flight(
 
     asyncio.run(scenario())
 
-    assert _views_in_postgres(settings) == VIEWS
-    assert _store_state(settings) == ({field: last}, {field: last}, 0)
+    _assert_counted_once(settings, field, last)
 
 
 def test_a_re_delivered_batch_skips_exactly_the_applied_offsets(
@@ -339,8 +344,7 @@ def test_a_re_delivered_batch_skips_exactly_the_applied_offsets(
     asyncio.run(scenario())
 
     # and each view counts once, item by item
-    assert _views_in_postgres(settings) == VIEWS
-    assert _store_state(settings) == ({field: last}, {field: last}, 0)
+    _assert_counted_once(settings, field, last)
 
 
 def test_a_batch_recovered_while_its_drains_are_still_in_flight_counts_once(
@@ -366,8 +370,7 @@ def test_a_batch_recovered_while_its_drains_are_still_in_flight_counts_once(
     assert asyncio.run(scenario()) == len(msgs)
 
     # Then each view counts once
-    assert _views_in_postgres(settings) == VIEWS
-    assert _store_state(settings) == ({field: last}, {field: last}, 0)
+    _assert_counted_once(settings, field, last)
 
 
 def test_a_batch_its_consumer_finishes_while_another_recovers_it_counts_once(
