@@ -77,3 +77,23 @@ def test_unavailable_means_a_server_could_not_be_reached() -> None:
     assert not is_unavailable(failed)
     assert is_unavailable(PurgeIncomplete({}, ["likes"], [TimeoutError()]))
     assert not is_unavailable(PurgeIncomplete({}, ["likes", "history"], [TimeoutError(), KeyError()]))
+
+
+async def test_cancel_ends_a_loop_whose_step_swallowed_the_cancellation() -> None:
+    """redis-py can turn a cancellation into a connection error, which a step catches: the loop must
+    still end at once, not after its next pause (the flusher's SIGTERM once waited on a 60 s one)."""
+    entered = asyncio.Event()
+
+    async def step() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # as a step that caught the error a cancelled Redis call raised
+
+    helper = Every("swallows", 60.0, step)
+    helper.start()
+    await asyncio.wait_for(entered.wait(), 5)
+    cancelling = asyncio.ensure_future(helper.cancel())
+    done, _ = await asyncio.wait({cancelling}, timeout=5)
+    assert done, "cancel() waited for the loop's next pause"
