@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bodies import default_pool, zipf_cdf, zipf_index
-from loadtest.procs import CHILDREN, CPUS, BenchError, engagementd_cmd, log, pinned, tail
+from loadtest.procs import CHILDREN, CPUS, BenchError, engagementd_cmd, log, pinned, run_cli, tail
 from loadtest.servers import Backends
 
 IDS = 100_000
@@ -83,6 +83,9 @@ def _real(
     backends: Backends, bootstrap: str, topic: str, n: int, batch: int, workdir: Path
 ) -> dict[str, Any]:
     backends.redis.flushall()
+    # A running deployment has its row filters (the flusher and migrate build them): without them
+    # every item new to Redis would be loaded from Postgres, as after a Redis that lost its data.
+    run_cli(["row-filter", "--rebuild"], backends.env)
     group = f"bench-{uuid.uuid4().hex[:8]}"
     env = {
         **backends.env,
@@ -98,6 +101,7 @@ def _real(
         "consume", engagementd_cmd() + ["consume", "--once"], env, log_path, cpu=CPUS.server
     )
     key = f"eng:{{c:{group}}}:offsets"
+    backends.redis.config_resetstat()
     redis_cpu = _redis_cpu(backends)
     first: tuple[float, int, float] | None = None
     last: tuple[float, int, float] = (0.0, 0, 0.0)
@@ -129,6 +133,22 @@ def _real(
         "eps": events / (last[0] - first[0]),
         "events_per_cpu_s": events / (last[2] - first[2]) if last[2] > first[2] else None,
         "redis_us_per_event": redis_us / n,
+        "redis_commands": _commands_per_event(backends, n),
+    }
+
+
+def _commands_per_event(backends: Backends, n: int) -> dict[str, dict[str, float]]:
+    """Redis's commands of the run (the scripts' own included), per event: calls and CPU-µs, by command,
+    costliest first. The scripts' entries (evalsha) include the time of the commands they call."""
+    stats = backends.redis.info("commandstats")
+    rows = {
+        name.removeprefix("cmdstat_"): {"calls": v["calls"] / n, "us": v["usec"] / n}
+        for name, v in stats.items()
+        if name != "cmdstat_info"
+    }
+    return {
+        k: {"calls": round(v["calls"], 3), "us": round(v["us"], 3)}
+        for k, v in sorted(rows.items(), key=lambda kv: -kv[1]["us"])
     }
 
 
@@ -170,12 +190,19 @@ def bench_consume(ns: Any, backends: Backends, workdir: Path, out: dict[str, Any
                     "ratio": round(eps / bare, 3),
                     "real_events_per_cpu_s": round(per_cpu) if per_cpu else None,
                     "redis_us_per_event": round(real["redis_us_per_event"], 2),
+                    "redis_commands_per_event": real["redis_commands"],
                 }
             )
             log(
                 f"consume round {i + 1}: bare {bare:,.0f} events/s, engagementd {eps:,.0f} events/s ("
                 f"{per_cpu or 0:,.0f} per consumer CPU-second; "
                 f"Redis {real['redis_us_per_event']:.1f} CPU-us/event)"
+            )
+            log(
+                "  Redis per event (calls, CPU-us): "
+                + ", ".join(
+                    f"{k} {v['calls']:.2f} {v['us']:.2f}" for k, v in list(real["redis_commands"].items())[:8]
+                )
             )
     out["consume"] = {
         "events": n,

@@ -100,17 +100,41 @@ collect(watch)
 for _, increments in pairs(signals) do
   collect(increments)
 end
-local missing = cold.settle(rec_key, names)  -- items new to Postgres are created empty
+-- A key the dirty set lists is present (it carries no TTL until the flusher has its change, and only
+-- the flusher takes it off): no EXISTS, and no PERSIST at the end. Only the others are checked.
+local pinned = cold.members(dirty_key, names)
+local unsure = {}
+for _, name in ipairs(names) do
+  if not pinned[name] then
+    unsure[#unsure + 1] = name
+  end
+end
+local missing, created = cold.settle(rec_key, unsure)  -- items new to Postgres are created empty, pinned
+for _, name in ipairs(created) do
+  pinned[name] = true
+end
 local absent_counts = {}
 for _, name in ipairs(missing) do
   absent_counts[name] = true
 end
-local hlls, hll_names = {}, {}
+-- Likewise an HLL whose member the touch set lists is present and without a TTL until the flusher
+-- has it (finish_uniques gives the TTL back only to members not listed again).
+local viewed, day_members = {}, {}
 for content_id in pairs(viewers) do
-  local all_key, day_key = prefix .. ':uv:' .. content_id, prefix .. ':uvd:' .. day .. ':' .. content_id
+  viewed[#viewed + 1] = content_id
+  day_members[#day_members + 1] = day .. ':' .. content_id
+end
+local all_listed, day_listed = cold.members(all_touch_key, viewed), cold.members(touch_key, day_members)
+local hlls, hll_names = {}, {}
+for i, content_id in ipairs(viewed) do
+  local all_key, day_key = prefix .. ':uv:' .. content_id, prefix .. ':uvd:' .. day_members[i]
   hlls[#hlls + 1] = {items[content_id], all_key, day_key}
-  hll_names[#hll_names + 1] = all_key
-  hll_names[#hll_names + 1] = day_key
+  if not all_listed[content_id] then
+    hll_names[#hll_names + 1] = all_key
+  end
+  if not day_listed[day_members[i]] then
+    hll_names[#hll_names + 1] = day_key
+  end
 end
 local absent_hlls = {}
 for _, name in ipairs(cold.absent(hll_names)) do
@@ -147,15 +171,16 @@ local function pfadd(key, users)
   return changed
 end
 local touched, all_touched = {}, {}  -- one SADD each at the end
-for content_id, users in pairs(viewers) do
-  local all_key, day_key = prefix .. ':uv:' .. content_id, prefix .. ':uvd:' .. day .. ':' .. content_id
-  if pfadd(all_key, users) == 1 then
+for i, content_id in ipairs(viewed) do
+  local users, day_member = viewers[content_id], day_members[i]
+  local all_key, day_key = prefix .. ':uv:' .. content_id, prefix .. ':uvd:' .. day_member
+  if pfadd(all_key, users) == 1 and not all_listed[content_id] then
     redis.call('PERSIST', all_key)
     all_touched[#all_touched + 1] = content_id
   end
-  if pfadd(day_key, users) == 1 then
+  if pfadd(day_key, users) == 1 and not day_listed[day_member] then
     redis.call('PERSIST', day_key)
-    touched[#touched + 1] = day .. ':' .. content_id
+    touched[#touched + 1] = day_member
   end
 end
 for i = 1, #touched, 1000 do
@@ -189,7 +214,13 @@ end
 for counter, increments in pairs(signals) do
   apply(counter, increments)
 end
-cold.pin(names, dirty_key)
+local fresh = {}  -- present keys the dirty set did not list: pinned now
+for _, name in ipairs(unsure) do
+  if not pinned[name] then
+    fresh[#fresh + 1] = name
+  end
+end
+cold.persist(fresh, dirty_key)
 -- Trending: the views of this drain in its 5-minute and 1-hour buckets (they expire: a lost bucket only
 -- changes trending).
 if bucket ~= '' and next(views) then

@@ -209,23 +209,34 @@ function cold.absent(names)
   return found
 end
 
--- The members of `names` that the set `set_key` does not hold (SMISMEMBER, 1,000 at a time).
-function cold.not_in(set_key, names)
-  local out = {}
+-- The members of `names` that the set `set_key` holds, as a set (SMISMEMBER, 1,000 at a time).
+function cold.members(set_key, names)
+  local held = {}
   for i = 1, #names, 1000 do
     local last = math.min(i + 999, #names)
     local member = redis.call('SMISMEMBER', set_key, unpack(names, i, last))
     for j = i, last do
-      if member[j - i + 1] == 0 then
-        out[#out + 1] = names[j]
+      if member[j - i + 1] == 1 then
+        held[names[j]] = true
       end
+    end
+  end
+  return held
+end
+
+-- The members of `names` that the set `set_key` does not hold, in order.
+function cold.not_in(set_key, names)
+  local held, out = cold.members(set_key, names), {}
+  for _, name in ipairs(names) do
+    if not held[name] then
+      out[#out + 1] = name
     end
   end
   return out
 end
 
 -- The absent keys among `names` that the row filter does not prove new; those it does are created
--- empty at once.
+-- empty at once (pinned: listed in the dirty set), and returned second.
 function cold.settle(rec_key, names)
   local rows_key = cold.rows_key(rec_key)
   local unknown, new = {}, {}
@@ -241,7 +252,7 @@ function cold.settle(rec_key, names)
   if #new > 0 then
     create(rows_key, new)
   end
-  return unknown
+  return unknown, new
 end
 
 -- Seed what the blob holds, create the keys of `names` known to be new, then check the rest: nil when
@@ -283,7 +294,11 @@ end
 -- Changed keys: no TTL until the flusher has their changes (finish_batch gives it back). A key the
 -- dirty set already lists has none (only finish_batch gives one back, to keys it does not list).
 function cold.pin(names, dirty_key)
-  local fresh = cold.not_in(dirty_key, names)
+  cold.persist(cold.not_in(dirty_key, names), dirty_key)
+end
+
+-- cold.pin of keys known to be present and not listed in the dirty set.
+function cold.persist(fresh, dirty_key)
   for _, name in ipairs(fresh) do
     redis.call('PERSIST', name)
   end
