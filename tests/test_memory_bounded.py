@@ -27,6 +27,7 @@ from service_fixtures import (
 
 from daemon import keys
 from daemon.settings import Settings
+from daemon.store import rows
 
 pytestmark = pytest.mark.slow
 
@@ -95,6 +96,17 @@ def test_keys_and_memory_stay_flat_under_a_steady_view_load(migrated: Settings) 
             wait_until(
                 lambda: fetch(settings.database_url, _FLUSHED_SHARDS)[0][0] == settings.shards,
                 what="every shard flushed",
+            )
+            # and the flusher's row filter build, which runs beside the first flushes, done (its lock
+            # key gone: failed once, the lock in the first sample only)
+            wait_until(
+                lambda: (
+                    not client.exists(rows.LOCK_KEY)
+                    and all(
+                        client.getrange(rows.rows_key(s), 1, 1) == b"\x01" for s in range(settings.shards)
+                    )
+                ),
+                what="the row filters built",
             )
             # When the same load goes on, sampled every half second
             for _ in range(SAMPLES):
