@@ -211,14 +211,16 @@ class BodyReader:
         raise ApiError(415, "unsupported_media_type", "Send application/json or application/msgpack.")
 
     def batch(self, items: Any, playback: bool = False) -> Batch:
-        """Validate a batch. With ``playback``, also list the items that carry a user_id as events."""
+        """Validate a batch: an array of view items, or an object of columns (``columns``). With
+        ``playback``, also list the items that carry a user_id as events."""
+        if type(items) is dict:
+            return self.columns(items, playback)
         if type(items) is not list:
-            raise ApiError(422, "invalid_body", "The body must be an array of view items.")
-        n = len(items)
-        if n > self.settings.batch_max_items:
             raise ApiError(
-                413, "too_many_items", f"A batch holds at most {self.settings.batch_max_items} items."
+                422, "invalid_body", "The body must be an array of view items, or an object of columns."
             )
+        n = len(items)
+        self._check_size(n)
         if n == 0:
             return Batch([], [], [])
         try:
@@ -226,6 +228,77 @@ class BodyReader:
         except (_Slow, KeyError, TypeError, ValueError):
             self._slow(items)
             raise  # unreachable: _slow raises for the item the fast check tripped on
+
+    def _check_size(self, n: int) -> None:
+        if n > self.settings.batch_max_items:
+            raise ApiError(
+                413, "too_many_items", f"A batch holds at most {self.settings.batch_max_items} items."
+            )
+
+    def columns(self, doc: dict[Any, Any], playback: bool = False) -> Batch:
+        """A columnar batch, ``{"content_id": [...], "user_id": [...], ...}``: one array per field of
+        the view items, all as long as ``content_id``; a null entry is an absent field. The same
+        events, limits and checks as the array of items: the common shapes (content ids, with user
+        ids and watch seconds) are checked column by column in C, without an object per event; any
+        other shape, or a column that fails the fast check, is turned into items and checked as
+        items, so that the error names the first bad item's index."""
+        unknown = doc.keys() - ITEM_FIELDS
+        if unknown:
+            raise ApiError(422, "unknown_field", f"Unknown column '{sorted(map(str, unknown))[0]}'.")
+        ids = doc.get("content_id")
+        if type(ids) is not list:
+            raise ApiError(422, "invalid_body", "A columnar batch needs a content_id array.")
+        n = len(ids)
+        self._check_size(n)
+        for name, column in doc.items():
+            if type(column) is not list or len(column) != n:
+                raise ApiError(
+                    422, "invalid_body", f"Column {name} must be an array of {n} values, as content_id."
+                )
+        if n == 0:
+            return Batch([], [], [])
+        try:
+            return self._fast_columns(doc, ids, n, playback)
+        except _Slow:
+            pass
+        names = list(doc)
+        rows = [
+            {name: value for name, value in zip(names, values, strict=True) if value is not None}
+            for values in zip(*doc.values(), strict=True)
+        ]
+        return self.batch(rows, playback)
+
+    def _fast_columns(self, doc: dict[str, list[Any]], ids: list[Any], n: int, playback: bool) -> Batch:
+        if "event_type" in doc or "session_id" in doc:
+            raise _Slow  # playback signals: the items' path
+        if set(map(type, ids)) != {str} or not _all_match(self._ids_re, ids):
+            raise _Slow
+        users = doc.get("user_id")
+        given_users: list[str] = []
+        if users is not None:
+            given_users = list(filter(None, users))
+            if len(given_users) != n - users.count(None):  # "" or 0 given: invalid
+                raise _Slow
+            if given_users and (
+                set(map(type, given_users)) != {str} or not _all_match(self._ids_re, given_users)
+            ):
+                raise _Slow
+        seconds = doc.get("watch_seconds")
+        watch_ids, given = self._given_seconds(ids, seconds) if seconds is not None else ([], [])
+        batch = Batch(ids, watch_ids, given)
+        if given_users:
+            if len(given_users) == n:
+                batch.viewer_ids, batch.viewer_users = ids, given_users
+            else:
+                batch.viewer_ids, batch.viewer_users = list(compress(ids, users)), given_users  # type: ignore[arg-type]
+            if playback:
+                given_seconds = seconds if seconds is not None else repeat(None)
+                batch.playback = [
+                    (user, content_id, MEDIA_STARTED, s, "")
+                    for user, content_id, s in zip(users, ids, given_seconds, strict=False)  # type: ignore[arg-type]
+                    if user is not None
+                ]
+        return batch
 
     def _fast(self, items: list[Any], n: int, playback: bool) -> Batch:
         # itemgetter raises TypeError for anything but a mapping (msgpack and JSON give no others)
@@ -243,8 +316,9 @@ class BodyReader:
         users, given_users = self._users(items, n, with_user)
         watch_ids, given = self._seconds(items, n, ids, with_seconds)
         batch = Batch(ids, watch_ids, given)
-        if with_user and not types:
-            batch.viewer_ids, batch.viewer_users = list(compress(ids, users)), given_users
+        if with_user and not types:  # (every view with a user: the ids themselves, see ViewBuffer.add_many)
+            batch.viewer_ids = ids if with_user == n else list(compress(ids, users))
+            batch.viewer_users = given_users
         if types:
             batch.items = n
             batch.ids, batch.signals = _split_signals(ids, types)
@@ -297,6 +371,11 @@ class BodyReader:
         if not with_seconds:
             return [], []
         seconds = list(map(dict.get, items, repeat("watch_seconds", n), repeat(0, n)))  # absent: 0
+        return self._given_seconds(ids, seconds)
+
+    def _given_seconds(self, ids: list[str], seconds: list[Any]) -> tuple[list[str], list[int]]:
+        """The ids and watch seconds of the events whose value (one per id; None or 0: none) gives
+        some; _Slow when a value is not an integer in range."""
         kinds = set(map(type, seconds))
         if float in kinds:  # 37.0 is an integer
             seconds = list(map(integral, seconds))

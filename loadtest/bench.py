@@ -1,8 +1,10 @@
 """The load benchmark of one api process, with private Redis and Postgres, in one command.
 
     python -m loadtest.bench [--runs 5] [--duration 10]
-                             [--only single|likes|flush|bulk|viral|bulk-matrix|consume|reads|cold|live]
-                             [--bulk-items mixed|ids] [--bulk-ids uniform|zipf] [--viral-views 200000]
+                             [--only single|likes|flush|bulk|bulk-users|viral|bulk-matrix|consume|reads|cold
+                                     |live]
+                             [--bulk-items mixed|ids|users] [--bulk-columnar] [--bulk-ids uniform|zipf]
+                             [--viral-views 200000]
                              [--cold-requests 2000] [--cold-rate 500] [--live-clients 5000] [--live-items 100]
                              [--live-rounds 10] [--live-interval-ms 1000] [--live-client-procs 1]
 
@@ -24,8 +26,11 @@ flush   content_counters rows/s of the flusher (capture, COPY, upsert, content_d
         round [>= 0.8] (loadtest/flushbench.py).
 bulk    events/s through ``POST /api/v1/views/batch``: 1,000-event msgpack bodies; by default ids
         uniform from 100,000 and mixed events (some user_id / watch_seconds); --bulk-items ids sends
-        content ids only, --bulk-ids zipf draws ids Zipf-like (s = 1.1) from 1,000,000
+        content ids only, --bulk-items users every event with a user_id (100,000 users, 200 items),
+        --bulk-columnar sends objects of columns; --bulk-ids zipf draws ids Zipf-like (s = 1.1) from 1,000,000
         [>= 1,000,000 events/s into one process]. ``--only bulk-matrix``: all four shapes.
+bulk-users  the same with issue 19's shape: every event a user_id (100,000 users, 200 items), the
+        bodies as objects of columns [>= 1,000,000 events/s]
 viral   N views of ONE content id: Redis commands per 1,000 views from INFO commandstats (every command,
         those run inside Lua scripts included; the harness's INFO/CONFIG and its /stats polls left out)
         [<= 10]; then ``engagementd flusher --once``: content_counters rows written for that item
@@ -84,7 +89,19 @@ from loadtest.single import SINGLE_POOL, bench_single
 from loadtest.viral import bench_viral
 from loadtest.wrkrun import CONNECTIONS, WARMUP_S, run_wrk
 
-PARTS = ["single", "likes", "flush", "bulk", "viral", "bulk-matrix", "consume", "reads", "cold", "live"]
+PARTS = [
+    "single",
+    "likes",
+    "flush",
+    "bulk",
+    "bulk-users",
+    "viral",
+    "bulk-matrix",
+    "consume",
+    "reads",
+    "cold",
+    "live",
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -108,7 +125,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--bulk-items",
         choices=ITEMS,
         default="mixed",
-        help="bulk events: mixed (~35%% with user_id, ~50%% with watch_seconds) or ids (content_id only)",
+        help="bulk events: mixed (~35%% with user_id, ~50%% with watch_seconds), ids (content_id only), or"
+        " users (every event a user_id of 100,000, on 200 items)",
+    )
+    parser.add_argument(
+        "--bulk-columnar", action="store_true", help="bulk bodies as objects of columns, not arrays of items"
     )
     parser.add_argument(
         "--bulk-ids",
@@ -228,7 +249,7 @@ def run_parts(ns: argparse.Namespace, backends: Backends | None, workdir: Path, 
             run_cold(ns, backends, workdir, out)
         return
     real: AppServer | None = None
-    if backends is not None and ns.only in (None, "bulk", "viral", "bulk-matrix"):
+    if backends is not None and ns.only in (None, "bulk", "bulk-users", "viral", "bulk-matrix"):
         try:
             real = AppServer("real", env, workdir)
             run_wrk("post_view.lua", real.url, WARMUP_S, CONNECTIONS, ["warm-", str(SINGLE_POOL)])
@@ -240,6 +261,7 @@ def run_parts(ns: argparse.Namespace, backends: Backends | None, workdir: Path, 
         try:
             for name, fn in (
                 ("bulk", lambda: bench_bulk(ns, backends, real, workdir, out)),
+                ("bulk-users", lambda: bench_bulk(ns, backends, real, workdir, out, key="bulk_users")),
                 ("bulk-matrix", lambda: bench_bulk_matrix(ns, backends, real, workdir, out)),
                 ("viral", lambda: bench_viral(ns, backends, real, out)),
             ):

@@ -5,7 +5,10 @@
     python -m loadtest.bodies --token                                      # prints an ingest token
 
 Events (``items``): ``mixed`` (the default) — about a third carry a ``user_id`` and about half a
-``watch_seconds``; ``ids`` — a ``content_id`` and nothing else.
+``watch_seconds``; ``ids`` — a ``content_id`` and nothing else; ``users`` — every event a ``user_id`` of
+100,000 users, on 200 items (the content ids' pool and shape do not apply).
+``--columnar`` writes each body as one object of columns (``{"content_id": [...], "user_id": [...]}``,
+null where an event has no such field) instead of an array of items.
 Content ids (``ids``, ``<prefix><n>``): ``uniform`` (the default) over a pool of 100,000; ``zipf`` —
 Zipf-like, P(n) ∝ 1/(n+1)^1.1, over a pool of 1,000,000 (``<prefix>0`` the hottest), drawn by
 inverse-CDF sampling over precomputed cumulative weights; with a seed the bodies are reproducible.
@@ -28,7 +31,9 @@ import msgpack
 POOL = 100_000
 ZIPF_POOL = 1_000_000
 ZIPF_S = 1.1
-ITEMS = ("mixed", "ids")
+ITEMS = ("mixed", "ids", "users")
+USERS_ITEMS = 200  # items of the "users" shape ...
+USERS = 100_000  # ... and its users
 IDS = ("uniform", "zipf")
 
 
@@ -61,6 +66,11 @@ def make_events(
     cdf = zipf_cdf(pool) if ids == "zipf" else None
     events: list[dict] = []
     for _ in range(n):
+        if items == "users":
+            events.append(
+                {"content_id": f"{prefix}{rng.randrange(USERS_ITEMS)}", "user_id": f"u{rng.randrange(USERS)}"}
+            )
+            continue
         index = zipf_index(rng, cdf) if cdf is not None else rng.randrange(pool)
         event: dict[str, object] = {"content_id": f"{prefix}{index}"}
         if items == "mixed":
@@ -81,6 +91,7 @@ def write_bodies(
     seed: int | None = None,
     items: str = "mixed",
     ids: str = "uniform",
+    columnar: bool = False,
 ) -> tuple[list[Path], set[str]]:
     """Write ``count`` msgpack bodies of ``events`` events each; the files and the distinct ids used."""
     rng = random.Random(seed)
@@ -91,9 +102,15 @@ def write_bodies(
         batch = make_events(events, prefix, pool, rng, items, ids)
         distinct.update(e["content_id"] for e in batch)
         path = out / f"{prefix.strip('-') or 'body'}-{i:02d}.msgpack"
-        path.write_bytes(msgpack.packb(batch))
+        path.write_bytes(msgpack.packb(columns(batch) if columnar else batch))
         paths.append(path)
     return paths, distinct
+
+
+def columns(events: list[dict]) -> dict[str, list]:
+    """The columnar body of ``events``: one array per field, null where an event lacks it."""
+    names = sorted({name for event in events for name in event}, key=lambda n: n != "content_id")
+    return {name: [event.get(name) for event in events] for name in names}
 
 
 def ingest_token(secret: str | None = None, ttl_s: int = 3600, sub: str = "loadtest") -> str:
@@ -125,6 +142,7 @@ def main() -> None:
         "--pool", type=int, default=None, help=f"ids in the pool (default {POOL:,}; {ZIPF_POOL:,} with zipf)"
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the random ids (default: fresh)")
+    parser.add_argument("--columnar", action="store_true", help="bodies as objects of columns")
     parser.add_argument("--token", action="store_true", help="print an ingest token and exit")
     args = parser.parse_args()
     if args.token:
@@ -132,7 +150,7 @@ def main() -> None:
         return
     pool = args.pool if args.pool is not None else default_pool(args.ids)
     paths, ids = write_bodies(
-        args.out, args.count, args.events, args.prefix, pool, args.seed, args.items, args.ids
+        args.out, args.count, args.events, args.prefix, pool, args.seed, args.items, args.ids, args.columnar
     )
     for p in paths:
         print(p)

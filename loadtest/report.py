@@ -98,11 +98,14 @@ def summary(out: dict[str, Any]) -> str:
         )
     rows += likes_rows(out.get("likes"))
     rows += flush_rows(out.get("flush"))
-    b = out.get("bulk")
-    if b and b.get("rounds"):
+    for b in (out.get("bulk"), out.get("bulk_users")):
+        if not (b and b.get("rounds")):
+            continue
         # The default shape keeps the old labels; another one is named in each label.
         items, ids = b.get("items", "mixed"), b.get("ids", "uniform")
         shape = "" if (items, ids) == ("mixed", "uniform") else f" ({items}, {ids})"
+        if b.get("columnar"):
+            shape += " columnar"
         rows.append(
             (
                 f"bulk{shape}: events/s (median)",
@@ -444,11 +447,12 @@ def scenario_rows(out: dict[str, Any]) -> list[tuple[str, ...]]:
                     "p99 < 10 ms",
                 )
             )
-    b = out.get("bulk")
-    if b and b.get("rounds"):
+    for b in (out.get("bulk"), out.get("bulk_users")):
+        if not (b and b.get("rounds")):
+            continue
         rows.append(
             (
-                f"bulk, {b.get('items', 'mixed')} items (events/s)",
+                f"bulk, {b.get('items', 'mixed')} items{' columnar' if b.get('columnar') else ''} (events/s)",
                 f"{b['median_events_per_s']:,.0f}",
                 _ms(_median_of(b["rounds"], None, "latency_p50_ms")),
                 _ms(_median_of(b["rounds"], None, "latency_p99_ms")),

@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 import msgpack
+import orjson
 import pytest
 
 from api.errors import ApiError
@@ -115,3 +116,96 @@ def test_not_an_array_and_too_many_items_are_refused() -> None:
     with pytest.raises(ApiError) as raised:
         READER.batch([{"content_id": "a"}] * 10_001)
     assert (raised.value.status, raised.value.code) == (413, "too_many_items")
+
+
+def _columns(items: list[dict[str, object]]) -> dict[str, list[object]]:
+    names = sorted({name for item in items for name in item}, key=lambda n: n != "content_id")
+    return {name: [item.get(name) for item in items] for name in names}
+
+
+def _fields(batch: object) -> tuple[object, ...]:
+    return tuple(
+        getattr(batch, name)
+        for name in (
+            "ids",
+            "watch_ids",
+            "watch_seconds",
+            "signals",
+            "events",
+            "viewer_ids",
+            "viewer_users",
+            "playback",
+        )
+    )
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("media", ["application/msgpack", "application/json"])
+def test_a_columnar_batch_is_the_same_batch_as_its_items(seed: int, media: str) -> None:
+    # Given random good batches, some with every event carrying a user id, some with playback signals
+    # and sessions (the items' path), null standing for an absent field in a column
+    rng = random.Random(seed)
+    items = _good_batch(rng, rng.randint(1, 2000))
+    items = [{k: v for k, v in item.items() if v is not None} for item in items]
+    if seed % 3 == 1:
+        for item in items:
+            item["user_id"] = f"u-{rng.randrange(1000)}"
+    if seed % 3 == 2:
+        for item in items[::7]:
+            item["event_type"] = rng.choice(["media_completed", "media_started", "media_skipped"])
+            item["session_id"] = f"s-{rng.randrange(9)}"
+    encode = msgpack.packb if media == "application/msgpack" else orjson.dumps
+    for playback in (False, True):
+        # When both are read
+        as_items = READER.batch(READER.decode_batch(encode(items), media), playback)
+        as_columns = READER.batch(READER.decode_batch(encode(_columns(items)), media), playback)
+        # Then they are the same events, viewers and playback events
+        assert _fields(as_columns) == _fields(as_items)
+
+
+COLUMN_ERRORS = [
+    ({"content_id": ["a", 12, "b"]}, 422, "invalid_content_id", {"index": 1}),
+    ({"content_id": ["a", None, "b"]}, 422, "invalid_content_id", {"index": 1}),
+    ({"content_id": ["a", "b c", "b"]}, 422, "invalid_content_id", {"index": 1}),
+    ({"content_id": ["a", "b", "c"], "user_id": ["u", "", None]}, 422, "invalid_user_id", {"index": 1}),
+    ({"content_id": ["a", "b", "c"], "user_id": [None, 5, "u"]}, 422, "invalid_user_id", {"index": 1}),
+    (
+        {"content_id": ["a", "b", "c"], "watch_seconds": [1, -1, None]},
+        422,
+        "invalid_watch_seconds",
+        {"index": 1},
+    ),
+    (
+        {"content_id": ["a", "b", "c"], "watch_seconds": [1, 1.5, None]},
+        422,
+        "invalid_watch_seconds",
+        {"index": 1},
+    ),
+    (
+        {"content_id": ["a", "b", "c"], "event_type": [None, "nope", None]},
+        422,
+        "invalid_event_type",
+        {"index": 1},
+    ),
+    ({"content_id": ["a", "b"], "user_id": ["u"]}, 422, "invalid_body", {}),
+    ({"content_id": ["a", "b"], "watch_seconds": 3}, 422, "invalid_body", {}),
+    ({"content_id": "a"}, 422, "invalid_body", {}),
+    ({"user_id": ["u"]}, 422, "invalid_body", {}),
+    ({"content_id": ["a"], "extra": [1]}, 422, "unknown_field", {}),
+    ({"content_id": ["a"] * 10_001}, 413, "too_many_items", {}),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code", "extra"), COLUMN_ERRORS)
+def test_a_bad_column_rejects_the_batch_with_the_items_error(
+    body: dict[str, object], status: int, code: str, extra: dict[str, int]
+) -> None:
+    with pytest.raises(ApiError) as raised:
+        READER.batch(READER.decode_batch(msgpack.packb(body), "application/msgpack"))
+    assert (raised.value.status, raised.value.code, raised.value.extra) == (status, code, extra)
+
+
+def test_integral_floats_and_empty_columns_are_accepted() -> None:
+    batch = READER.batch({"content_id": ["a", "b"], "watch_seconds": [37.0, None]})
+    assert (batch.ids, batch.watch_ids, batch.watch_seconds) == (["a", "b"], ["a"], [37])
+    assert READER.batch({"content_id": [], "user_id": []}).events == 0

@@ -168,8 +168,13 @@ def test_the_documented_limits_are_the_process_settings():
     item_id = document["components"]["schemas"]["Id"]
     batch = document["paths"]["/api/v1/views/batch"]["post"]["requestBody"]["content"]["application/msgpack"]
     assert (item_id["maxLength"], item_id["pattern"]) == (16, "^[A-Za-z0-9_.:-]{1,16}$")
-    assert batch["schema"]["maxItems"] == 50
-    assert batch["schema"]["items"]["properties"]["watch_seconds"]["maximum"] == 600
+    items, columns = batch["schema"]["oneOf"]
+    assert items["maxItems"] == 50
+    assert items["items"]["properties"]["watch_seconds"]["maximum"] == 600
+    assert {name: column["maxItems"] for name, column in columns["properties"].items()} == dict.fromkeys(
+        ("content_id", "user_id", "watch_seconds", "event_type", "session_id"), 50
+    )
+    assert columns["properties"]["watch_seconds"]["items"]["maximum"] == 600
 
 
 def test_the_api_serves_the_document_of_its_own_settings(start_api, migrated):

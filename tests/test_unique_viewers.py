@@ -345,6 +345,36 @@ async def test_user_ids_beyond_the_per_item_cap_are_counted_as_dropped_not_kept(
     assert b"engagement_unique_viewers_dropped_total 4.0" in buffer._metrics.render()
 
 
+async def test_batches_whose_every_view_has_a_user_count_each_view_once_also_when_folded_early(
+    store: Store, client: aioredis.Redis, migrated: Settings
+) -> None:
+    # Given a buffer that folds its queue early (past 50 queued entries), and batches whose every view
+    # has a user id (the views are then counted with the user ids, not apart), one batch where only
+    # some views have one, and a single view
+    settings = migrated.replace(buffer_max_items=50, unique_viewers_day="2026-04-04")
+    buffer = ViewBuffer(settings, store, Metrics())
+    ids = [f"every-{i % 3}" for i in range(30)]
+    users = [f"u-{i % 2}" for i in range(30)]
+
+    # When they are added: the second batch goes past 50 and folds the first one
+    assert buffer.add_many(ids, [], [], viewers=(ids, users))
+    assert (buffer.pending_views(), buffer.depth()) == (30, 3)
+    second = list(ids)
+    assert buffer.add_many(second, [], [], viewers=(second, users))
+    some = [f"every-{i % 3}" for i in range(9)]
+    assert buffer.add_many(some, [], [], viewers=(some[:3], ["x-0", "x-1", "x-2"]))
+    assert buffer.add("every-0", 0, "s-0")
+    assert (buffer.pending_views(), buffer.depth()) == (70, 3)
+    assert await buffer.drain_once()
+
+    # Then every view counted once, and each item's viewers are exactly the users it had
+    for n, views, viewers in ((0, 24, 4), (1, 23, 3), (2, 23, 3)):
+        shard = keys.shard_of(f"every-{n}", settings.shards)
+        assert await client.hget(keys.counts_key(shard, f"every-{n}"), "views") == str(views)
+        assert await client.pfcount(keys.uv_key(shard, f"every-{n}")) == viewers
+    assert (buffer.pending_views(), buffer.depth(), buffer.viewers_dropped) == (0, 0, 0)
+
+
 @pytest.mark.slow
 def test_unique_viewers_on_a_redis_cluster(redis_cluster: RedisClusterServers, migrated: Settings) -> None:
     # Given the api and the flusher on a three-master Redis Cluster, 64 shards over its slots

@@ -156,8 +156,8 @@ def watch_seconds_schema(settings: Settings) -> Schema:
         "type": ["integer", "null"],
         "minimum": 0,
         "maximum": settings.watch_seconds_max,
-        "description": "Seconds watched, added to the item's watch time; null or absent: 0. A JSON "
-        "integer literal: `30.0` is refused.",
+        "description": "Seconds watched, added to the item's watch time; null or absent: 0. Any "
+        "integral number: `30.0` counts as 30.",
     }
 
 

@@ -30,7 +30,7 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
         "required": ["progress_pct", "position_seconds"],
         "properties": {
             "progress_pct": {**progress, "description": "Kept to 2 decimals."},
-            "position_seconds": {**position, "description": "A JSON integer literal: `30.0` is refused."},
+            "position_seconds": {**position, "description": "Any integral number: `30.0` is 30."},
         },
         "additionalProperties": False,
     }

@@ -64,8 +64,28 @@ def _batch_item(settings: Settings) -> Schema:
     }
 
 
+def _batch_columns(settings: Settings) -> Schema:
+    """The columnar form of a batch: one array per field of the items, null for an absent field."""
+    item = _batch_item(settings)["properties"]
+    columns: dict[str, Schema] = {}
+    for name, schema in item.items():
+        entry = {k: v for k, v in schema.items() if k != "description"}
+        if name == "user_id":
+            entry["type"] = ["string", "null"]
+        columns[name] = {"type": "array", "maxItems": settings.batch_max_items, "items": entry}
+    return {
+        "type": "object",
+        "required": ["content_id"],
+        "properties": columns,
+        "additionalProperties": False,
+        "description": "The same events as columns: each array holds one value per event, all as long as "
+        "`content_id` (else 422 `invalid_body`); null where the event has no such field.",
+    }
+
+
 def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
-    batch = {"type": "array", "maxItems": settings.batch_max_items, "items": _batch_item(settings)}
+    items = {"type": "array", "maxItems": settings.batch_max_items, "items": _batch_item(settings)}
+    batch = {"oneOf": [items, _batch_columns(settings)]}
     retry = f"Sent with `Retry-After: {settings.buffer_retry_after_s}`."
     return {
         views.VIEW_ROUTE: {
@@ -95,8 +115,9 @@ def paths(settings: Settings) -> dict[str, dict[str, Schema]]:
             "post": operation(
                 "postViewBatch",
                 "Bulk view ingestion from trusted services (scope `ingest`)",
-                description="A JSON or msgpack array of view items, all or nothing: one bad item rejects "
-                "the batch, and the error's `index` names it. At most "
+                description="A JSON or msgpack array of view items, or an object of columns "
+                '(`{"content_id": [...], "user_id": [...]}`, the cheaper form for large batches), all or '
+                "nothing: one bad item rejects the batch, and the error's `index` names it. At most "
                 f"{settings.batch_max_items} items and {settings.batch_max_bytes} bytes. The "
                 "Idempotency-Key is scoped to the ingest client (the token's `sub`). "
                 f"{_IDEMPOTENCY} {retry}",

@@ -149,7 +149,9 @@ class ViewBuffer(Loop):
         if self.stopping or (self._full(events) and not self._room_for(ids)):
             self.refused += events
             return False
-        self._bulk_ids += ids
+        counted = viewers is not None and viewers[0] is ids  # every view has a user id
+        if not counted:
+            self._bulk_ids += ids
         if watch_ids:
             self._bulk_watch_ids += watch_ids
             self._bulk_watch_seconds += watch_seconds
@@ -158,22 +160,24 @@ class ViewBuffer(Loop):
                 self._bulk_signals.setdefault(counter, []).extend(signal_ids)
                 self._queued_signals += len(signal_ids)
         self.accepted += events
-        if len(self._bulk_ids) + self._queued_signals >= self._flush_items:
+        if viewers is not None and (
+            self._viewers.add_counted(*viewers) if counted else self._viewers.add_many(*viewers)
+        ):
             self.wake()
-        if viewers is not None and self._viewers.add_many(*viewers):
+        if len(self._bulk_ids) + self._viewers.counted + self._queued_signals >= self._flush_items:
             self.wake()
         return True
 
     def _full(self, adding: int) -> bool:
         # Bulk ids count as one item each until they are counted: an upper bound of distinct items.
-        queued = len(self._views) + len(self._bulk_ids) + self._queued_signals
+        queued = len(self._views) + len(self._bulk_ids) + self._viewers.counted + self._queued_signals
         return queued + self._inflight_items + adding > self._max_items
 
     def _room_for(self, ids: list[str]) -> bool:
         """The exact check behind the cheap bound: fold the bulk ids into per-item counts, then count
         only the items neither queued nor in flight (a view of an item whose drain waits for Redis
         costs one more entry, not a new item). Runs only near the bound."""
-        self._compact()
+        self._compact(viewers=False)
         views = self._views
         if self._inflight_ids is None:
             self._inflight_ids = {c for drain in self._inflight for c in drain.views}
@@ -186,11 +190,11 @@ class ViewBuffer(Loop):
 
     def depth(self) -> int:
         """Distinct items queued plus items in flight (read at scrape time, so exact, not cheap)."""
-        queued = self._views.keys() | set(self._bulk_ids) if self._bulk_ids else self._views.keys()
+        queued = self._views.keys() | set(self._bulk_ids) | set(self._viewers.counted_ids)
         return len(queued) + self._queued_signals + self._inflight_items
 
     def pending_views(self) -> int:
-        queued = sum(self._views.values()) + len(self._bulk_ids)
+        queued = sum(self._views.values()) + len(self._bulk_ids) + self._viewers.counted
         return queued + sum(d.total_views for d in self._inflight)
 
     def pending_signals(self) -> int:
@@ -247,8 +251,10 @@ class ViewBuffer(Loop):
                 counts[content_id] += n
             signals[counter] = dict(counts)
         signals = {counter: counts for counter, counts in signals.items() if counts}
-        if ids:
+        counted = self._viewers.take_views()  # the views of batches whose every view has a user id
+        if ids or counted:
             counts = Counter(ids)
+            counts.update(counted)  # (into an empty Counter: one dict update, in C)
             for content_id, n in views.items():
                 counts[content_id] += n
             views = dict(counts)
@@ -256,12 +262,15 @@ class ViewBuffer(Loop):
             watch[content_id] = watch.get(content_id, 0) + seconds
         return views, watch, signals
 
-    def _compact(self) -> None:
-        """While Redis fails, fold bulk ids into the per-item dicts so memory stays per item."""
-        if self._bulk_ids or self._bulk_signals:
+    def _compact(self, viewers: bool = True) -> None:
+        """While Redis fails, fold bulk ids into the per-item dicts so memory stays per item; with
+        ``viewers``, the queued user ids too (distinct, capped per item). The exact bound check
+        (``_room_for``) needs only the views: the user ids wait for the next cut as they are."""
+        if self._bulk_ids or self._bulk_signals or self._viewers.counted:
             self._views, self._watch, self._signals = self._take_queued()
             self._queued_signals = sum(map(len, self._signals.values()))
-        self._viewers.compact()
+        if viewers:
+            self._viewers.compact()
 
     def cut(self) -> list[Drain]:
         """Cut what is queued into drains now (they stay in flight until ``drain_once`` applies them);
