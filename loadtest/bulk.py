@@ -125,9 +125,10 @@ def bench_bulk(
     runner = BulkRunner(ns, backends, real, workdir)
     try:
         log(f"warming up bulk ({items}, {ids}{', columnar' if ns.bulk_columnar else ''})")
-        runner.warm_up("bw-", items, ids)
+        tag = "u" if key == "bulk_users" else "b"  # other item names than the other part's rounds
+        runner.warm_up(f"{tag}w-", items, ids)
         for r in range(ns.runs):
-            w = runner.round(f"b{r}-", items, ids, zipf_seed(ids, r))
+            w = runner.round(f"{tag}{r}-", items, ids, zipf_seed(ids, r))
             log(
                 f"bulk round {r + 1}: {w['events_per_s']:,.0f} events/s "
                 f"({w['requests_per_s']:.0f} batches/s), server CPU share {w['server_cpu_share']:.2f}, "

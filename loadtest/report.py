@@ -251,7 +251,7 @@ def cold_rows(c: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
             (
                 f"cold: {name} Postgres acquires / SELECTs per cold req",
                 f"{k['cold_acquires_per_request']:.3f} / {k['cold_selects_per_request']:.3f}",
-                "1 / " + ("1" if kind == "stats" else "2"),
+                "1 / 1",
                 verdict(k["one_read_per_cold_request"]),
             )
         )
