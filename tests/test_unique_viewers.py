@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import date
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -16,7 +17,7 @@ from service_fixtures import ApiProcess, run_flusher_once, token, wait_until
 
 from daemon import db, keys
 from daemon.metrics import Metrics
-from daemon.proc.servers import RedisClusterServers
+from daemon.proc.servers import RedisClusterServers, RedisServer
 from daemon.redis_client import make_redis
 from daemon.settings import Settings
 from daemon.store import Store
@@ -373,6 +374,57 @@ async def test_batches_whose_every_view_has_a_user_count_each_view_once_also_whe
         assert await client.hget(keys.counts_key(shard, f"every-{n}"), "views") == str(views)
         assert await client.pfcount(keys.uv_key(shard, f"every-{n}")) == viewers
     assert (buffer.pending_views(), buffer.depth(), buffer.viewers_dropped) == (0, 0, 0)
+
+
+async def test_while_redis_is_down_queued_user_ids_stay_capped_and_every_view_counts_after(
+    migrated: Settings, tmp_path: Path
+) -> None:
+    # Given a buffer on a private Redis (at most 20 user ids per item per drain, folded past 50
+    # queued entries), and that Redis stopped
+    with RedisServer(tmp_path / "down-redis", appendonly=False) as server:
+        settings = migrated.replace(
+            redis_url=server.url,
+            buffer_max_items=50,
+            buffer_viewers_max_per_item=20,
+            unique_viewers_day="2026-04-05",
+        )
+        client = make_redis(settings)
+        pool = await db.create_pool(settings)
+        try:
+            buffer = ViewBuffer(
+                settings, Store(settings, client, Scripts.load(), db.provided(pool), Metrics()), Metrics()
+            )
+            server.stop()
+
+            # When 10 batches of 30 views by distinct users of one item arrive, a drain failing
+            # between each (every view has a user id: the views travel with the user ids)
+            for b in range(10):
+                ids = ["down-1"] * 30
+                assert buffer.add_many(ids, [], [], viewers=(ids, [f"u-{b}-{i}" for i in range(30)]))
+                assert not await buffer.drain_once()
+
+            # Then the buffer holds the item's 300 views but 40 user ids: 20 in the drain it retries,
+            # 20 queued; the other 260 are counted dropped
+            assert (buffer.pending_views(), buffer.depth()) == (300, 2)
+            assert buffer.viewers_dropped == 260
+
+            # And while Redis is still down, batches arriving between two retries are folded as they
+            # come (at the buffer's bound check), not kept whole until the next retry
+            for b in range(3):
+                ids = ["down-1"] * 30
+                assert buffer.add_many(ids, [], [], viewers=(ids, [f"v-{b}-{i}" for i in range(30)]))
+            assert buffer.viewers_dropped == 320  # the first two batches; the third waits for a fold
+
+            # And once Redis is back, every view counts once and the HLL holds the 40 kept
+            server.restart()
+            assert await buffer.drain_once()
+            assert (buffer.pending_views(), buffer.viewers_dropped) == (0, 350)
+            shard = keys.shard_of("down-1", settings.shards)
+            assert await client.hget(keys.counts_key(shard, "down-1"), "views") == "390"
+            assert await client.pfcount(keys.uv_key(shard, "down-1")) == 40
+        finally:
+            await client.aclose()
+            await pool.close()
 
 
 @pytest.mark.slow

@@ -82,6 +82,7 @@ class ViewBuffer(Loop):
         self._flush_items = settings.buffer_flush_items
         self._lock = asyncio.Lock()
         self._layout_checked = False
+        self._failing = False  # the last apply to Redis failed: the queue is kept folded
         self.process = uuid.uuid4().hex[:16]  # names this buffer's drains (daemon/views/drains.py)
         self._seqs: dict[int, int] = {}  # shard -> sequence of the last drain cut for it
         self.accepted = 0  # view events accepted (monotonic)
@@ -177,7 +178,7 @@ class ViewBuffer(Loop):
         """The exact check behind the cheap bound: fold the bulk ids into per-item counts, then count
         only the items neither queued nor in flight (a view of an item whose drain waits for Redis
         costs one more entry, not a new item). Runs only near the bound."""
-        self._compact(viewers=False)
+        self._compact(viewers=self._failing)
         views = self._views
         if self._inflight_ids is None:
             self._inflight_ids = {c for drain in self._inflight for c in drain.views}
@@ -233,12 +234,15 @@ class ViewBuffer(Loop):
                 if not self._inflight:
                     return True
                 if not await self._apply_inflight():
+                    self._failing = True
                     self._compact()
                     return False
+                self._failing = False
             return not (self._views or self._bulk_ids or self._queued_signals or self._viewers)
 
     def _take_queued(self) -> tuple[dict[str, int], dict[str, int], Signals]:
         """Swap the queues for empty ones (no await in between: nothing arriving is lost) and count."""
+        counted = self._viewers.take_views()  # the views of batches whose every view has a user id
         views, watch = self._views, self._watch
         ids, watch_ids, watch_seconds = self._bulk_ids, self._bulk_watch_ids, self._bulk_watch_seconds
         signals, bulk_signals = self._signals, self._bulk_signals
@@ -251,7 +255,6 @@ class ViewBuffer(Loop):
                 counts[content_id] += n
             signals[counter] = dict(counts)
         signals = {counter: counts for counter, counts in signals.items() if counts}
-        counted = self._viewers.take_views()  # the views of batches whose every view has a user id
         if ids or counted:
             counts = Counter(ids)
             counts.update(counted)  # (into an empty Counter: one dict update, in C)
@@ -265,7 +268,8 @@ class ViewBuffer(Loop):
     def _compact(self, viewers: bool = True) -> None:
         """While Redis fails, fold bulk ids into the per-item dicts so memory stays per item; with
         ``viewers``, the queued user ids too (distinct, capped per item). The exact bound check
-        (``_room_for``) needs only the views: the user ids wait for the next cut as they are."""
+        (``_room_for``) needs only the views while Redis answers (the user ids leave with the next
+        cut); while it fails, it folds the user ids too, so they stay bounded per item."""
         if self._bulk_ids or self._bulk_signals or self._viewers.counted:
             self._views, self._watch, self._signals = self._take_queued()
             self._queued_signals = sum(map(len, self._signals.values()))

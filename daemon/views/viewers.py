@@ -104,10 +104,10 @@ class QueuedViewers:
         the garbage collector to track), several a list."""
         if self.counted_ids:  # their views would be lost
             raise AssertionError("take() before take_views()")
+        if len(self.bulk_ids) != len(self._bulk_users):
+            raise AssertionError("bulk content ids and user ids out of step")
         sets, ids, users = self._sets, self.bulk_ids, self._bulk_users
         self._sets, self.bulk_ids, self._bulk_users = {}, [], []
-        if len(ids) != len(users):
-            raise AssertionError("bulk content ids and user ids out of step")
         by_item, self._grouped = self._grouped if self._grouped is not None else defaultdict(list), None
         deque(map(list.append, map(by_item.__getitem__, ids), users), maxlen=0)
         for content_id, queued in sets.items():
