@@ -173,6 +173,11 @@ def _views_records(seed: int) -> list[tuple[str, bytes]]:
     return [("k", envelope({"event_type": "media_started", "content_id": c})) for c in ids]
 
 
+def _offsets_field(msgs: list[Message]) -> tuple[str, int]:
+    """The offsets hash field of the messages' partition, and their last offset."""
+    return f"{INGEST}:{msgs[0].partition()}", msgs[-1].offset()
+
+
 def _fetched(kafka_cluster: MockCluster, group_protocol: str = "consumer") -> list[Message]:
     records = _views_records(3)
     produce(kafka_cluster.bootstrap_servers, INGEST, records)
@@ -211,7 +216,7 @@ def test_a_second_consumer_cannot_reserve_offsets_a_batch_in_flight_holds(
     # that both take them (a rebalance handed the partition to the second while the first had it)
     settings = consumer_settings(migrated, kafka_cluster.bootstrap_servers)
     msgs = _fetched(kafka_cluster, group_protocol)
-    field, last = f"{INGEST}:{msgs[0].partition()}", msgs[-1].offset()
+    field, last = _offsets_field(msgs)
     whole = [(field, 0, last)]
 
     async def scenario() -> tuple[list[tuple[list[Range], list[str]]], float]:
@@ -262,7 +267,7 @@ def test_a_batch_handed_back_to_its_consumer_waits_for_its_own_batch_in_flight(
     # journaled and applied but not finished
     settings = consumer_settings(migrated, kafka_cluster.bootstrap_servers)
     msgs = _fetched(kafka_cluster)
-    field, last = f"{INGEST}:{msgs[0].partition()}", msgs[-1].offset()
+    field, last = _offsets_field(msgs)
     whole = [(field, 0, last)]
 
     async def scenario() -> None:
@@ -354,7 +359,7 @@ def test_a_batch_recovered_while_its_drains_are_still_in_flight_counts_once(
     # batch of them but whose drains have not reached Redis yet (slow, or cut off from Redis)
     settings = consumer_settings(migrated, kafka_cluster.bootstrap_servers)
     msgs = _fetched(kafka_cluster)
-    field, last = f"{INGEST}:{msgs[0].partition()}", msgs[-1].offset()
+    field, last = _offsets_field(msgs)
 
     async def scenario() -> float:
         async with members(settings, 2) as (first, second):
@@ -380,7 +385,7 @@ def test_a_batch_its_consumer_finishes_while_another_recovers_it_counts_once(
     # applied its batch of them, not finished yet
     settings = consumer_settings(migrated, kafka_cluster.bootstrap_servers)
     msgs = _fetched(kafka_cluster)
-    field, last = f"{INGEST}:{msgs[0].partition()}", msgs[-1].offset()
+    field, last = _offsets_field(msgs)
 
     async def scenario() -> float:
         async with members(settings, 2) as (first, second):

@@ -79,8 +79,7 @@ class QueuedViewers:
         if not ids:
             return {}
         self.counted_ids, self._counted_users = [], []
-        fresh: defaultdict[str, list[str]] = defaultdict(list)
-        deque(map(list.append, map(fresh.__getitem__, ids), users), maxlen=0)
+        fresh = _group_pairs(ids, users, defaultdict(list))
         views = {content_id: len(found) for content_id, found in fresh.items()}
         if self._grouped is None:
             self._grouped = fresh
@@ -94,9 +93,8 @@ class QueuedViewers:
 
     def take(self, shards: int) -> dict[int, Viewers]:
         """Swap the queue for an empty one (no await in between) and fold it into the user ids of each
-        item, at most ``cap`` distinct ones, grouped by shard. The pairs are grouped by item without a
-        Python step per pair (``map`` over a defaultdict's ``__getitem__`` finds each pair's list, ``map``
-        over ``list.append`` fills them, both in C); the shard (the crc32 of daemon.keys.shard_of,
+        item, at most ``cap`` distinct ones, grouped by shard. The pairs are grouped by item in C
+        (``_group_pairs``); the shard (the crc32 of daemon.keys.shard_of,
         inlined) is found per item. A user id that viewed an item twice in one cut is sent twice: PFADD
         ignores the repeat, and finding repeats (a set per item) cost more than they save unless the
         item has more than ``cap`` user ids, where they are dropped before the cap applies. An item's
@@ -108,8 +106,8 @@ class QueuedViewers:
             raise AssertionError("bulk content ids and user ids out of step")
         sets, ids, users = self._sets, self.bulk_ids, self._bulk_users
         self._sets, self.bulk_ids, self._bulk_users = {}, [], []
-        by_item, self._grouped = self._grouped if self._grouped is not None else defaultdict(list), None
-        deque(map(list.append, map(by_item.__getitem__, ids), users), maxlen=0)
+        by_item = _group_pairs(ids, users, self._grouped if self._grouped is not None else defaultdict(list))
+        self._grouped = None
         for content_id, queued in sets.items():
             by_item[content_id].extend(queued)
         groups: list[Viewers] = [{} for _ in range(shards)]
@@ -136,3 +134,13 @@ class QueuedViewers:
                 for group in self.take(1).values()
                 for c, u in group.items()
             }
+
+
+def _group_pairs(
+    ids: list[str], users: list[str], into: defaultdict[str, list[str]]
+) -> defaultdict[str, list[str]]:
+    """``into`` with each user id appended to its content id's list, without a Python step per pair
+    (``map`` over the defaultdict's ``__getitem__`` finds each pair's list, ``map`` over ``list.append``
+    fills them, both in C)."""
+    deque(map(list.append, map(into.__getitem__, ids), users), maxlen=0)
+    return into
