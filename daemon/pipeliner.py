@@ -18,9 +18,9 @@ commands), and each caller's future gets its own reply or its own error.
   (``transaction=False``), at most ``max_in_flight`` at once; Cluster routes every command by its keys'
   slot (execute_command routing, as ``LuaScript.call_many``).
 
-It quacks like the client for scripts: ``evalsha`` / ``eval`` have redis-py's signatures, so
-``LuaScript.__call__(pipeliner, keys, args)`` works unchanged, NOSCRIPT included (the EVALSHA's
-future raises NoScriptError; the script re-sends itself with EVAL, in a later batch).
+It quacks like the client for scripts: ``LuaScript`` calls ``execute_command("FCALL", ...)`` on it as on a
+redis-py client, "Function not found" included (that call's future raises it; the script loads its
+library on ``admin_client``, the wrapped client, and re-sends the call in a later batch).
 
 Failure isolation: an error reply (ResponseError, NOSCRIPT, a script error) fails only its own call,
 with redis-py's exception class. A connection that is lost, sends garbage or gives no reply for
@@ -79,6 +79,7 @@ class Pipeliner:
                 " and 1 <= early_batch <= max_batch"
             )
         self.client = client
+        self.admin_client = client  # commands not routed by key (FUNCTION LOAD: lua/__init__.py)
         self.max_batch = max_batch
         self.early_batch = early_batch
         self.max_in_flight = max_in_flight
@@ -120,6 +121,9 @@ class Pipeliner:
 
     def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Awaitable[Any]:
         return self.execute_command("EVAL", script, numkeys, *keys_and_args)
+
+    def fcall(self, function: str, numkeys: int, *keys_and_args: Any) -> Awaitable[Any]:
+        return self.execute_command("FCALL", function, numkeys, *keys_and_args)
 
     async def aclose(self) -> None:
         """Close the pipeliner's own connection (calls still waiting on it fail)."""

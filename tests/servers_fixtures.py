@@ -91,9 +91,10 @@ def redis_cluster_servers(servers_dir: Path) -> Iterator[RedisClusterServers]:
 
 @pytest.fixture
 def redis_cluster(redis_cluster_servers: RedisClusterServers) -> RedisClusterServers:
-    """The session's Redis Cluster, every master emptied (keys and scripts) for this test."""
+    """The session's Redis Cluster, every master emptied (keys, scripts and functions) for this test."""
     for node in redis_cluster_servers.nodes:
         with redis.Redis.from_url(node.url) as client:
             client.flushall()
             client.script_flush()
+            client.function_flush()
     return redis_cluster_servers

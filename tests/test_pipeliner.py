@@ -139,27 +139,32 @@ async def test_an_argument_redis_cannot_encode_fails_its_caller_at_once(
     assert await redis_client.get("k") == "1.5"
 
 
-async def test_scripts_run_through_it_unchanged_and_reload_after_a_script_flush(
+async def test_scripts_run_through_it_unchanged_and_reload_after_a_function_flush(
     redis_client: aioredis.Redis, pipeliners: list[Pipeliner]
 ) -> None:
     # Given a limiter whose script calls go through the pipeliner (as the like endpoints do)
     pipeliner = _made(pipeliners, Pipeliner(redis_client, max_batch=512))
     limiter = limiter_on(pipeliner)
     like = Limit("like", 100, 60_000)
-    await redis_client.script_flush()  # whatever earlier tests loaded
+    await redis_client.execute_command("FUNCTION", "FLUSH")  # whatever earlier tests loaded
+    await redis_client.config_resetstat()
 
-    # When one user sends 150 likes at once, then 150 more after the scripts were flushed again
+    # When one user sends 150 likes at once, then 150 more after the functions were flushed again
     first = await asyncio.gather(*(limiter.check("user-1", like) for _ in range(150)))
-    await redis_client.script_flush()
+    await redis_client.execute_command("FUNCTION", "FLUSH")
     second = await asyncio.gather(*(limiter.check("user-1", like) for _ in range(150)))
 
     # Then exactly the limit is admitted, with distinct remaining counts, in few round trips
     admitted = [d for d in first + second if d.allowed]
     assert sorted(d.remaining for d in admitted) == list(range(100))
     assert sum(d.allowed for d in second) == 0
-    # every call met NOSCRIPT once and was re-sent with EVAL: 600 commands, in a handful of writes
+    # every call met "Function not found" once and was re-sent after ONE load of the library per
+    # flush (the callers waited for the same one): 600 commands, in a handful of writes
     assert pipeliner.commands == 600
     assert pipeliner.pipelines <= 10
+    stats = await redis_client.info("commandstats")
+    assert stats["cmdstat_function|load"]["calls"] == 2
+    assert stats["cmdstat_fcall"]["calls"] == 600
 
 
 async def test_a_connection_that_stops_answering_fails_exactly_the_calls_waiting_on_it(

@@ -137,22 +137,29 @@ async def test_the_window_key_expires_with_the_window(
     assert 0 < await redis_client.pttl(key) <= 60_000
 
 
-async def test_the_limiter_works_after_script_flush(
+async def test_the_limiter_works_after_function_flush(
     limiter: RateLimiter, redis_client: aioredis.Redis
 ) -> None:
-    # Given a limiter that has loaded its script
+    # Given a limiter that has loaded its script (the project's function library)
     like = Limit("like", 2, 60_000)
     assert (await limiter.check("user-1", like)).allowed
+    library = limiter.store.scripts.rate_limit.library
+    assert library is not None
+    assert await _libraries(redis_client) == [library.name]
 
-    # When Redis forgets its scripts (SCRIPT FLUSH, a restart, a failover)
-    await redis_client.script_flush()
-    assert await redis_client.script_exists(limiter.store.scripts.rate_limit.sha) == [False]
+    # When Redis forgets its functions (FUNCTION FLUSH, a restart without persistence)
+    await redis_client.execute_command("FUNCTION", "FLUSH")
+    assert await _libraries(redis_client) == []
 
-    # Then the next checks reload it and still count the window exactly
+    # Then the next checks reload the library and still count the window exactly
     second = await limiter.check("user-1", like)
     assert (second.allowed, second.remaining) == (True, 0)
     assert not (await limiter.check("user-1", like)).allowed
-    assert await redis_client.script_exists(limiter.store.scripts.rate_limit.sha) == [True]
+    assert await _libraries(redis_client) == [library.name]
+
+
+async def _libraries(client: aioredis.Redis) -> list[str]:
+    return [entry["library_name"] for entry in await client.execute_command("FUNCTION", "LIST")]
 
 
 async def test_a_retried_request_is_answered_again_without_taking_a_second_place(

@@ -45,6 +45,11 @@ end
 
 local filters = {}  -- rows key -> {blocks = number of 512-bit blocks or nil, complete = bool}, per call
 
+-- Every call starts with no filter read (a function library outlives its calls; lua/__init__.py).
+function cold.begin()
+  filters = {}
+end
+
 local function filter_of(rows_key)
   local filter = filters[rows_key]
   if filter == nil then

@@ -1,0 +1,100 @@
+"""The scripts as one Redis function library (lua/__init__.py): what is registered, loading it when Redis
+lacks it, and EVAL when Redis refuses to load it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import pytest
+import redis.asyncio as aioredis
+
+import lua
+from daemon.pipeliner import Pipeliner
+from lua import Scripts
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    async with aioredis.Redis.from_url(redis_url, decode_responses=True, max_connections=300) as c:
+        await c.execute_command("FUNCTION", "FLUSH")
+        yield c
+        await c.config_set("maxmemory", 0)
+        await c.execute_command("FUNCTION", "FLUSH")
+
+
+def _shebang_flags(name: str) -> list[str]:
+    first = resources.files(lua).joinpath(f"{name}.lua").read_text().splitlines()[0]
+    return first.split("flags=")[1].split(",") if "flags=" in first else []
+
+
+async def test_every_script_is_a_function_of_one_library_with_its_shebang_flags(
+    client: aioredis.Redis,
+) -> None:
+    # Given the scripts as the processes load them
+    scripts = Scripts.load()
+    library = scripts.set_reaction.library
+    assert library is not None
+
+    # When a call meets Redis without the library (a fresh server)
+    assert await scripts.rate_limit(client, ["eng:{u:u1}:rl:like"], [60_000, 5, "r1"]) == [1, 4, 0]
+
+    # Then Redis holds exactly the one library, with one function per script file, each with the flags
+    # of the file's shebang line, named after the library's version
+    (info,) = await client.execute_command("FUNCTION", "LIST")  # redis-py: a dict per library
+    assert info["library_name"] == library.name == f"engagementd_{library.version}"
+    functions = {f["name"]: sorted(f["flags"]) for f in info["functions"]}
+    names = [f.name for f in resources.files(lua).iterdir() if f.name.endswith(".lua")]
+    expected = {f"{n[:-4]}_{library.version}": sorted(_shebang_flags(n[:-4])) for n in names}
+    assert functions == expected
+    assert {getattr(scripts, s).function for s in Scripts.__slots__} == set(expected)
+    assert ["allow-oom"] in functions.values() and ["no-writes"] in functions.values()
+
+
+async def test_callers_that_meet_a_flushed_library_share_one_load(client: aioredis.Redis) -> None:
+    # Given a pipeliner, as the api's hot paths use, and Redis without the library
+    scripts = Scripts.load()
+    pipeliner = Pipeliner(client)
+    try:
+        await client.config_resetstat()
+
+        # When 200 requests call a script at once, and again after FUNCTION FLUSH
+        for _ in range(2):
+            answers = await asyncio.gather(
+                *(
+                    scripts.rate_limit(pipeliner, [f"eng:{{u:u{i}}}:rl:like"], [60_000, 1, "r"])
+                    for i in range(200)
+                )
+            )
+            assert answers == [[1, 0, 0]] * 200 or answers == [[0, 0, answers[0][2]]] * 200
+            await client.execute_command("FUNCTION", "FLUSH")
+
+        # Then the library was loaded once per flush, each call answered by its function after that load
+        stats = await client.info("commandstats")
+        assert stats["cmdstat_function|load"]["calls"] == 2
+        assert stats["cmdstat_fcall"]["calls"] == 800  # 200 not found + 200 answered, twice
+        assert "cmdstat_eval" not in stats
+    finally:
+        await pipeliner.aclose()
+
+
+async def test_a_library_redis_refuses_to_load_leaves_the_calls_to_eval(client: aioredis.Redis) -> None:
+    # Given a lease held in Redis, then Redis at maxmemory (noeviction) without the library: FUNCTION LOAD
+    # is refused there, and so would be any script not flagged allow-oom
+    scripts = Scripts.load()
+    await client.set("eng:{s:0}:lease", "owner-1|99999999999999")
+    await client.config_set("maxmemory-policy", "noeviction")
+    await client.config_set("maxmemory", 1)
+    calls = [(["eng:{s:0}:lease"], ["owner-2"]), (["eng:{s:0}:lease"], ["owner-1"])]
+
+    # When the flusher releases the lease (release_lease.lua runs at maxmemory), one call and pipelined
+    one = await scripts.release_lease(client, *calls[0])
+    many = await scripts.release_lease.call_many(client, calls)
+
+    # Then each call ran (by EVAL: the library is still absent) and answered as the function would
+    assert (one, many) == (0, [0, 1])
+    assert await client.exists("eng:{s:0}:lease") == 0
+    assert await client.execute_command("FUNCTION", "LIST") == []
+    stats = await client.info("commandstats")
+    assert stats["cmdstat_eval"]["calls"] == 3
