@@ -4,7 +4,9 @@
 -- Checks the idempotency record, reads the user's state, enforces like/dislike mutual exclusion,
 -- moves the live counts, records the count deltas and the new state for the flusher, and returns
 -- the new state and counts -- atomically, in one slot. The state and the counts are cold keys
--- (lib/cold.lua): when either is missing the call answers "unknown" and changes nothing.
+-- (lib/cold.lua): when either is missing the call answers "unknown" and changes nothing, unless the row
+-- filter proves Postgres has no row for it: the counts are then created empty, and the state is 0 and
+-- created only if the call changes it (an unlike of a pair never liked writes nothing).
 --
 -- Key layout (hash tag {s:N} of the content item):
 --   KEYS[1]  eng:{s:N}:c:<content_id>            HASH    the item's live counts (likes, dislikes, ...)
@@ -62,12 +64,15 @@ if fingerprint ~= '' then
   end
 end
 
-local unknown = cold.load(ARGV[8], rec_key, recexp_key, {counts_key, state_key})
+-- A state the row filter proves new is 0 and is created only if this call changes it (`new`)
+local unknown, deferred = cold.load(ARGV[8], rec_key, recexp_key, {counts_key, state_key},
+  {[state_key] = true})
 if unknown then
   return unknown
 end
+local new = deferred[state_key]
 
-local current = tonumber(redis.call('GET', state_key))
+local current = new and 0 or tonumber(redis.call('GET', state_key))
 local target = current
 if action == 'like' then
   target = 1
@@ -89,9 +94,15 @@ if target ~= current then
   status = 'changed'
   if current == 1 then move('likes', -1) elseif current == -1 then move('dislikes', -1) end
   if target == 1 then move('likes', 1) elseif target == -1 then move('dislikes', 1) end
-  redis.call('SET', state_key, target)
+  if new then
+    cold.adopt(rec_key, new)  -- the filter's bits first: the key is about to exist
+    redis.call('SET', state_key, target)
+    cold.pin({counts_key}, dirty_key, {state_key})
+  else
+    redis.call('SET', state_key, target)
+    cold.pin({counts_key, state_key}, dirty_key)
+  end
   redis.call('HSET', sdelta_key, content_id .. '|' .. user_id, target)
-  cold.pin({counts_key, state_key}, dirty_key)
 end
 
 local counts = redis.call('HMGET', counts_key, 'likes', 'dislikes')

@@ -4,7 +4,8 @@
 -- Checks the idempotency record, reads the user's subscription, moves the creator's live subscriber
 -- count, records the count delta and the new state for the flusher, and returns the new state and
 -- count -- atomically, in one slot (the creator's shard: N = shard of the creator id). The
--- subscription and the count are cold keys (lib/cold.lua).
+-- subscription and the count are cold keys (lib/cold.lua); a subscription the row filter proves new is 0
+-- and created only if the call changes it.
 --
 -- Key layout (hash tag {s:N} of the creator):
 --   KEYS[1]  eng:{s:N}:cr:<creator_id>            HASH    the creator's live counts (subscribers)
@@ -47,12 +48,15 @@ if fingerprint ~= '' then
   end
 end
 
-local unknown = cold.load(ARGV[7], rec_key, recexp_key, {counts_key, state_key})
+-- A state the row filter proves new is 0 and is created only if this call changes it (`new`)
+local unknown, deferred = cold.load(ARGV[7], rec_key, recexp_key, {counts_key, state_key},
+  {[state_key] = true})
 if unknown then
   return unknown
 end
+local new = deferred[state_key]
 
-local current = tonumber(redis.call('GET', state_key))
+local current = new and 0 or tonumber(redis.call('GET', state_key))
 local target = (action == 'subscribe') and 1 or 0
 
 local status = 'unchanged'
@@ -61,9 +65,15 @@ if target ~= current then
   local amount = target - current
   redis.call('HINCRBY', counts_key, 'subscribers', amount)
   redis.call('HINCRBY', delta_key, 'subscribers:' .. creator_id, amount)
-  redis.call('SET', state_key, target)
+  if new then
+    cold.adopt(rec_key, new)  -- the filter's bits first: the key is about to exist
+    redis.call('SET', state_key, target)
+    cold.pin({counts_key}, dirty_key, {state_key})
+  else
+    redis.call('SET', state_key, target)
+    cold.pin({counts_key, state_key}, dirty_key)
+  end
   redis.call('HSET', subdelta_key, creator_id .. '|' .. user_id, target)
-  cold.pin({counts_key, state_key}, dirty_key)
 end
 
 local subscribers = tonumber(redis.call('HGET', counts_key, 'subscribers') or '0')

@@ -53,21 +53,32 @@ async def test_a_first_like_on_a_complete_filter_reads_no_postgres_and_sets_the_
     assert (stack.loads("like"), stack.loads("counts")) == (1, 1)
 
 
-async def test_a_new_pair_left_unchanged_gets_its_idle_ttl_at_the_next_flush(stack: Stack) -> None:
+async def test_an_unlike_of_a_pair_never_liked_writes_no_state_and_a_like_then_does(stack: Stack) -> None:
     await stack.rows().ensure(stack.pool)
-    # An unlike of a pair never liked changes nothing; the keys it created are pinned like changed ones
-    assert (await stack.store.set_reaction("b", "u2", "unlike", ""))[:3] == ["unchanged", 0, 0]
     s = stack.shard("b")
-    like, counts = keys.like_key(s, "b", "u2"), keys.counts_key(s, "b")
-    assert await stack.redis.get(like) == "0"
-    assert (await stack.redis.ttl(like), await stack.redis.ttl(counts)) == (-1, -1)
-    assert await stack.redis.smismember(keys.dirty_key(s), [like, counts]) == [1, 1]
+    like, counts, dirty = keys.like_key(s, "b", "u2"), keys.counts_key(s, "b"), keys.dirty_key(s)
+    # An unlike of a pair never liked changes nothing: the filter proves the state 0 and none is written
+    for _ in range(2):
+        assert (await stack.store.set_reaction("b", "u2", "unlike", ""))[:3] == ["unchanged", 0, 0]
+    assert await stack.redis.exists(like) == 0
     assert stack.loads("like") == 0
-    # and the next flush gives them their idle TTLs (Postgres has nothing to write for them)
+    # the new item's counts were created, pinned, and the next flush gives them their idle TTL
+    assert await stack.redis.ttl(counts) == -1
+    assert await stack.redis.smismember(dirty, [counts]) == [1]
     await stack.flusher().drain()
-    assert 0 < await stack.redis.ttl(like) <= stack.settings.state_idle_ttl_s
     assert 0 < await stack.redis.ttl(counts) <= stack.settings.counts_idle_ttl_s
     assert await stack.pool.fetchval("SELECT count(*) FROM likes") == 0
+    # A like then writes the state, pinned, with its bits in the filter, and the flush takes it
+    assert (await stack.store.set_reaction("b", "u2", "like", ""))[:3] == ["changed", 1, 1]
+    assert await stack.redis.ttl(like) == -1
+    assert await stack.redis.smismember(dirty, [like, counts]) == [1, 1]
+    await stack.flusher().drain()
+    assert await stack.pool.fetchval("SELECT count(*) FROM likes WHERE value = 1") == 1
+    assert 0 < await stack.redis.ttl(like) <= stack.settings.state_idle_ttl_s
+    # evicted, the state is loaded from Postgres (its bits are set: not taken for new)
+    assert await stack.redis.delete(like) == 1
+    assert (await stack.store.set_reaction("b", "u2", "like", ""))[:3] == ["unchanged", 1, 1]
+    assert stack.loads("like") == 1
 
 
 async def test_views_and_stats_of_a_new_item_read_no_postgres(stack: Stack) -> None:

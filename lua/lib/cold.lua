@@ -92,25 +92,27 @@ local function present(p)
   return true
 end
 
--- Set the probe's bits: one SETRANGE of its block.
+-- Set the probe's bits: one SETRANGE of its block, rebuilt around the (at most five) bytes that change.
 local function mark(rows_key, p)
-  if present(p) then
-    return
+  local block = p.block
+  if #block < 64 then
+    block = block .. string.rep('\0', 64 - #block)
   end
-  local bytes = {string.byte(p.block, 1, 64)}
-  for i = #bytes + 1, 64 do
-    bytes[i] = 0
-  end
+  local changed = false
   for _, bit in ipairs(p.bits) do
-    -- tested on the bytes being built: two of the five positions may be the same bit
+    -- tested on the block being built: two of the five positions may be the same bit
     local i = math.floor(bit / 8) + 1
+    local byte = string.byte(block, i)
     local value = 2 ^ (7 - bit % 8)
-    if math.floor(bytes[i] / value) % 2 == 0 then
-      bytes[i] = bytes[i] + value
+    if math.floor(byte / value) % 2 == 0 then
+      block = string.sub(block, 1, i - 1) .. string.char(byte + value) .. string.sub(block, i + 1)
+      changed = true
     end
   end
-  p.block = string.char(unpack(bytes))
-  redis.call('SETRANGE', rows_key, p.offset, p.block)
+  if changed then
+    p.block = block
+    redis.call('SETRANGE', rows_key, p.offset, block)
+  end
 end
 
 -- The probe of `name` when a complete row filter proves that Postgres has no row for it (it lacks one
@@ -193,20 +195,25 @@ function cold.seed(blob, rec_key, recexp_key)
 end
 
 -- The absent keys among distinct `names`: one EXISTS per 100 names when none or all of them are absent,
--- one per name otherwise.
+-- else one per name until the absent ones the count implies are found (the last one inferred).
 function cold.absent(names)
   local found = {}
   for i = 1, #names, 100 do
     local last = math.min(i + 99, #names)
     local present = redis.call('EXISTS', unpack(names, i, last))
+    local missing = last - i + 1 - present
     if present == 0 then
       for j = i, last do
         found[#found + 1] = names[j]
       end
-    elseif present < last - i + 1 then
+    elseif missing > 0 then
       for j = i, last do
-        if redis.call('EXISTS', names[j]) == 0 then
+        if j == last or redis.call('EXISTS', names[j]) == 0 then
           found[#found + 1] = names[j]
+          missing = missing - 1
+          if missing == 0 then
+            break
+          end
         end
       end
     end
@@ -241,13 +248,17 @@ function cold.not_in(set_key, names)
 end
 
 -- The absent keys among `names` that the row filter does not prove new; those it does are created
--- empty at once (pinned: listed in the dirty set), and returned second.
-function cold.settle(rec_key, names)
+-- empty at once (pinned: listed in the dirty set), and returned second; those of them `deferred` (a set)
+-- names are neither created nor marked in the filter: returned third, a set name -> its probe (see
+-- cold.load).
+function cold.settle(rec_key, names, deferred)
   local rows_key = cold.rows_key(rec_key)
-  local unknown, new = {}, {}
+  local unknown, new, later = {}, {}, {}
   for _, name in ipairs(cold.absent(names)) do
     local p = new_probe(rows_key, name)
-    if p then
+    if p and deferred and deferred[name] then
+      later[name] = p
+    elseif p then
       mark(rows_key, p)
       new[#new + 1] = name
     else
@@ -257,19 +268,27 @@ function cold.settle(rec_key, names)
   if #new > 0 then
     create(rows_key, new)
   end
-  return unknown, new
+  return unknown, new, later
 end
 
 -- Seed what the blob holds, create the keys of `names` known to be new, then check the rest: nil when
 -- all are present, else the "unknown" answer the script returns (having changed nothing but creating
--- those keys as a seed would).
-function cold.load(blob, rec_key, recexp_key, names)
+-- those keys as a seed would). The keys of the set `deferred` that are known to be new are not created
+-- (an unlike of a pair Postgres never had creates nothing): returned second, name -> probe, for the
+-- script to pass to cold.adopt before it writes one.
+function cold.load(blob, rec_key, recexp_key, names, deferred)
   cold.seed(blob, rec_key, recexp_key)
-  local missing = cold.settle(rec_key, names)
+  local missing, _, later = cold.settle(rec_key, names, deferred)
   if #missing > 0 then
-    return cold.unknown(rec_key, recexp_key, missing)
+    return cold.unknown(rec_key, recexp_key, missing), later
   end
-  return nil
+  return nil, later
+end
+
+-- Set the row filter's bits of a deferred new key (cold.load) that the script is about to write;
+-- cold.pin(..., {name}) then lists it in the dirty set.
+function cold.adopt(rec_key, p)
+  mark(cold.rows_key(rec_key), p)
 end
 
 -- The answer of a call that met absent keys: {"unknown", key, token, ...}, each key's placeholder
@@ -298,8 +317,19 @@ end
 
 -- Changed keys: no TTL until the flusher has their changes (finish_batch gives it back). A key the
 -- dirty set already lists has none (only finish_batch gives one back, to keys it does not list).
-function cold.pin(names, dirty_key)
-  cold.persist(cold.not_in(dirty_key, names), dirty_key)
+-- `created`: keys the call created itself (cold.adopt), without a TTL and not listed (a key the dirty set
+-- lists is present): listed without a check.
+function cold.pin(names, dirty_key, created)
+  local fresh = cold.not_in(dirty_key, names)
+  for _, name in ipairs(fresh) do
+    redis.call('PERSIST', name)
+  end
+  for _, name in ipairs(created or {}) do
+    fresh[#fresh + 1] = name
+  end
+  for i = 1, #fresh, 1000 do
+    redis.call('SADD', dirty_key, unpack(fresh, i, math.min(i + 999, #fresh)))
+  end
 end
 
 -- cold.pin of keys known to be present and not listed in the dirty set.
