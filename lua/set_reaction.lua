@@ -94,14 +94,7 @@ if target ~= current then
   status = 'changed'
   if current == 1 then move('likes', -1) elseif current == -1 then move('dislikes', -1) end
   if target == 1 then move('likes', 1) elseif target == -1 then move('dislikes', 1) end
-  if new then
-    cold.adopt(rec_key, new)  -- the filter's bits first: the key is about to exist
-    redis.call('SET', state_key, target)
-    cold.pin({counts_key}, dirty_key, {state_key})
-  else
-    redis.call('SET', state_key, target)
-    cold.pin({counts_key, state_key}, dirty_key)
-  end
+  cold.put(rec_key, dirty_key, state_key, target, new, {counts_key})
   redis.call('HSET', sdelta_key, content_id .. '|' .. user_id, target)
 end
 

@@ -65,14 +65,7 @@ if target ~= current then
   local amount = target - current
   redis.call('HINCRBY', counts_key, 'subscribers', amount)
   redis.call('HINCRBY', delta_key, 'subscribers:' .. creator_id, amount)
-  if new then
-    cold.adopt(rec_key, new)  -- the filter's bits first: the key is about to exist
-    redis.call('SET', state_key, target)
-    cold.pin({counts_key}, dirty_key, {state_key})
-  else
-    redis.call('SET', state_key, target)
-    cold.pin({counts_key, state_key}, dirty_key)
-  end
+  cold.put(rec_key, dirty_key, state_key, target, new, {counts_key})
   redis.call('HSET', subdelta_key, creator_id .. '|' .. user_id, target)
 end
 

@@ -275,7 +275,7 @@ end
 -- all are present, else the "unknown" answer the script returns (having changed nothing but creating
 -- those keys as a seed would). The keys of the set `deferred` that are known to be new are not created
 -- (an unlike of a pair Postgres never had creates nothing): returned second, name -> probe, for the
--- script to pass to cold.adopt before it writes one.
+-- script to pass to cold.put if it writes one.
 function cold.load(blob, rec_key, recexp_key, names, deferred)
   cold.seed(blob, rec_key, recexp_key)
   local missing, _, later = cold.settle(rec_key, names, deferred)
@@ -285,10 +285,18 @@ function cold.load(blob, rec_key, recexp_key, names, deferred)
   return nil, later
 end
 
--- Set the row filter's bits of a deferred new key (cold.load) that the script is about to write;
--- cold.pin(..., {name}) then lists it in the dirty set.
-function cold.adopt(rec_key, p)
-  mark(cold.rows_key(rec_key), p)
+-- SET the string key `name` to `value` and pin it with the present keys `also` (cold.pin). `probe`: its
+-- probe when cold.load deferred it as new (the filter's bits are set first: the key is about to exist),
+-- nil when it is present.
+function cold.put(rec_key, dirty_key, name, value, probe, also)
+  if probe then
+    mark(cold.rows_key(rec_key), probe)
+    redis.call('SET', name, value)
+    cold.pin(also, dirty_key, {name})
+  else
+    redis.call('SET', name, value)
+    cold.pin({name, unpack(also)}, dirty_key)
+  end
 end
 
 -- The answer of a call that met absent keys: {"unknown", key, token, ...}, each key's placeholder
@@ -317,7 +325,7 @@ end
 
 -- Changed keys: no TTL until the flusher has their changes (finish_batch gives it back). A key the
 -- dirty set already lists has none (only finish_batch gives one back, to keys it does not list).
--- `created`: keys the call created itself (cold.adopt), without a TTL and not listed (a key the dirty set
+-- `created`: keys the call created itself (cold.put), without a TTL and not listed (a key the dirty set
 -- lists is present): listed without a check.
 function cold.pin(names, dirty_key, created)
   local fresh = cold.not_in(dirty_key, names)
