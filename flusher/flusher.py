@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from daemon import db, keys
+from daemon import db, gcpause, keys
 from daemon.errors import PG_ERRORS, REDIS_ERRORS, is_unavailable
 from daemon.history import prune_clears
 from daemon.loops import Backoff, Loop
@@ -95,12 +95,13 @@ class Flusher(Loop):
         started = time.perf_counter()
         await self.flush_unique_viewers()
         await self.sweep_records()
-        batches = await self.capture()
-        if not batches:
-            self.metrics.flush_completed()
-            return None
-        async with self.pool.acquire() as conn:
-            result = await write_batches(conn, batches)
+        with gcpause.paused():  # the batch's containers live until the commit: daemon/gcpause.py
+            batches = await self.capture()
+            if not batches:
+                self.metrics.flush_completed()
+                return None
+            async with self.pool.acquire() as conn:
+                result = await write_batches(conn, batches)
         await self.trim_history(batches)
         await self.finish(batches)
         self.metrics.flushed_rows.inc(result.rows)

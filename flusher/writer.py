@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -138,7 +138,7 @@ async def write_batches(conn: asyncpg.Connection, batches: Sequence[CapturedBatc
         }
         committed = [b for b in batches if b.batch_id in fresh_ids]
         already = [b for b in batches if b.batch_id not in fresh_ids]
-        records = list(_merge(committed))
+        records = _merge(committed)
         if records:
             await conn.copy_records_to_table(_TEMP, records=records, columns=_COLUMNS)
             await conn.execute(_UPSERT)
@@ -157,8 +157,11 @@ async def write_batches(conn: asyncpg.Connection, batches: Sequence[CapturedBatc
     return WriteResult(committed, already, len(records), history_rows)
 
 
-def _merge(batches: Iterable[CapturedBatch]) -> Iterable[tuple[object, ...]]:
-    """One row per content item, whatever the number of batches it appears in."""
+def _merge(batches: Sequence[CapturedBatch]) -> list[tuple[object, ...]]:
+    """One row per content item, whatever the number of batches it appears in (one batch per shard, and
+    an item lives in one shard: the rows are taken as they are unless an item is in two batches)."""
+    if sum(len(b.rows) for b in batches) == len(set().union(*(b.rows for b in batches))):
+        return [(content_id, *values) for batch in batches for content_id, values in batch.rows.items()]
     merged: dict[str, list[int]] = {}
     for batch in batches:
         for content_id, values in batch.rows.items():
@@ -168,8 +171,7 @@ def _merge(batches: Iterable[CapturedBatch]) -> Iterable[tuple[object, ...]]:
             else:
                 for i, v in enumerate(values):
                     acc[i] += v
-    for content_id, values in merged.items():
-        yield (content_id, *values)
+    return [(content_id, *values) for content_id, values in merged.items()]
 
 
 async def _write_creators(conn: asyncpg.Connection, batches: Sequence[CapturedBatch]) -> None:

@@ -24,6 +24,7 @@ FIGURES = {
     "bulk": ["median_events_per_s"],
     "consume": ["real_median_eps", "bare_median_eps", "ratio_median", "redis_us_per_event_median"],
     "reads": ["single_items_per_s_median", "batch_items_per_s_median", "ratio_median"],
+    "flush": ["flusher_median_rows_per_s", "reference_median_rows_per_s", "ratio_median"],
 }
 
 
