@@ -28,6 +28,7 @@ import asyncio
 import functools
 import hashlib
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -86,20 +87,29 @@ class Library:
         self.name = LIBRARY_PREFIX + self.version
         self.text = f"#!lua name={self.name}\n" + text.replace("_@V'", f"_{self.version}'")
         self._loading: dict[tuple[int, int], asyncio.Future[None]] = {}
+        self._loaded_at: dict[tuple[int, int], float] = {}  # when the last load ended
 
     def function(self, name: str) -> str:
         return f"{name}_{self.version}"
 
-    async def ensure(self, client: Any) -> None:
-        """Load the library (``FUNCTION LOAD REPLACE``), once at a time per event loop and client:
-        callers that met "Function not found" together wait for the same load."""
+    async def ensure(self, client: Any, since: float) -> None:
+        """Load the library (``FUNCTION LOAD REPLACE``) for a call sent at ``since`` (``time.monotonic``)
+        that met "Function not found", once per event loop and client: callers that met it together wait
+        for the same load, and a call sent before the last load ended (its answer was on its way) does not
+        load it again."""
         key = (id(asyncio.get_running_loop()), id(client))
+        if self._loaded_at.get(key, -1.0) > since:
+            return
         loading = self._loading.get(key)
         if loading is None:
-            loading = asyncio.ensure_future(client.execute_command("FUNCTION", "LOAD", "REPLACE", self.text))
+            loading = asyncio.ensure_future(self._load(client, key))
             self._loading[key] = loading
             loading.add_done_callback(lambda _: self._loading.pop(key, None))
         await asyncio.shield(loading)
+
+    async def _load(self, client: Any, key: tuple[int, int]) -> None:
+        await client.execute_command("FUNCTION", "LOAD", "REPLACE", self.text)
+        self._loaded_at[key] = time.monotonic()
 
 
 def _parts(name: str) -> tuple[list[str], list[str], str]:
@@ -135,24 +145,25 @@ class LuaScript:
             return ("FCALL", self.function, len(keys))
         return ("EVALSHA", self.sha, len(keys))
 
-    async def _loaded(self, client: Any) -> bool:
-        """After "Function not found" or NOSCRIPT: load the library; False if that failed (or there is
-        none), and the call is then made with EVAL."""
+    async def _loaded(self, client: Any, since: float) -> bool:
+        """After "Function not found" or NOSCRIPT of a call sent at ``since``: load the library; False if
+        that failed (or there is none), and the call is then made with EVAL."""
         if self.library is None:
             return False
         try:
-            await self.library.ensure(_admin(client))
+            await self.library.ensure(_admin(client), since)
         except ResponseError:  # refused (at maxmemory, say): EVAL runs the same script without it
             return False
         return True
 
     async def __call__(self, client: Any, keys: Sequence[KeyT], args: Sequence[ArgT]) -> Any:
+        sent = time.monotonic()
         try:
             return await client.execute_command(*self._command(keys), *keys, *args)
         except (NoScriptError, ResponseError) as exc:
             if not (isinstance(exc, NoScriptError) or function_missing(exc)):
                 raise
-        if await self._loaded(client):
+        if await self._loaded(client, sent):
             try:
                 return await client.execute_command(*self._command(keys), *keys, *args)
             except ResponseError as exc:
@@ -186,9 +197,10 @@ class LuaScript:
         calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]],
         send: Callable[[list[tuple[Any, ...]]], Awaitable[list[Any]]],
     ) -> list[Any]:
+        sent = time.monotonic()
         results = await send([(*self._command(k), *k, *a) for k, a in calls])
         missing = [i for i, r in enumerate(results) if _unloaded(r)]
-        if missing and await self._loaded(client):
+        if missing and await self._loaded(client, sent):
             again = await send([(*self._command(calls[i][0]), *calls[i][0], *calls[i][1]) for i in missing])
             for i, r in zip(missing, again, strict=True):
                 results[i] = r

@@ -4,6 +4,7 @@ lacks it, and EVAL when Redis refuses to load it."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 
@@ -77,6 +78,26 @@ async def test_callers_that_meet_a_flushed_library_share_one_load(client: aiored
         assert "cmdstat_eval" not in stats
     finally:
         await pipeliner.aclose()
+
+
+async def test_a_call_sent_before_the_last_load_ended_does_not_load_again(client: aioredis.Redis) -> None:
+    # Given the library and a moment before any load
+    library = Scripts.load().rate_limit.library
+    assert library is not None
+    before = time.monotonic()
+    await client.config_resetstat()
+
+    # When a call sent then meets "Function not found" (its answer was on its way while another caller's
+    # load ran), and later a call sent after that load meets it too (FUNCTION FLUSH meanwhile)
+    await library.ensure(client, before)
+    await library.ensure(client, before)
+    await client.execute_command("FUNCTION", "FLUSH")
+    await library.ensure(client, time.monotonic())
+
+    # Then the first two share one load and only the last loads again
+    stats = await client.info("commandstats")
+    assert stats["cmdstat_function|load"]["calls"] == 2
+    assert [e["library_name"] for e in await client.execute_command("FUNCTION", "LIST")] == [library.name]
 
 
 async def test_a_library_redis_refuses_to_load_leaves_the_calls_to_eval(client: aioredis.Redis) -> None:
