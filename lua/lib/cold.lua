@@ -328,22 +328,16 @@ end
 -- `created`: keys the call created itself (cold.put), without a TTL and not listed (a key the dirty set
 -- lists is present): listed without a check.
 function cold.pin(names, dirty_key, created)
-  local fresh = cold.not_in(dirty_key, names)
+  cold.persist(cold.not_in(dirty_key, names), dirty_key, created)
+end
+
+-- cold.pin of keys known to be present and not listed in the dirty set (and of `created`, listed only).
+function cold.persist(fresh, dirty_key, created)
   for _, name in ipairs(fresh) do
     redis.call('PERSIST', name)
   end
   for _, name in ipairs(created or {}) do
     fresh[#fresh + 1] = name
-  end
-  for i = 1, #fresh, 1000 do
-    redis.call('SADD', dirty_key, unpack(fresh, i, math.min(i + 999, #fresh)))
-  end
-end
-
--- cold.pin of keys known to be present and not listed in the dirty set.
-function cold.persist(fresh, dirty_key)
-  for _, name in ipairs(fresh) do
-    redis.call('PERSIST', name)
   end
   for i = 1, #fresh, 1000 do
     redis.call('SADD', dirty_key, unpack(fresh, i, math.min(i + 999, #fresh)))
