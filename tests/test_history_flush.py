@@ -252,15 +252,31 @@ def test_no_acknowledged_heartbeat_is_lost_when_flushers_are_killed_at_random_mo
     started: list[FlusherProcess] = []
     stranded = 0
 
+    def start_flusher() -> FlusherProcess:
+        flusher = FlusherProcess(settings)
+        started.append(flusher)
+        flusher.wait_ready()
+        return flusher
+
     # Given heartbeats keep arriving over HTTP
     thread.start()
     try:
         # When flushers are SIGKILLed at random moments of their work
         for _ in range(10):
-            flusher = FlusherProcess(settings)
-            started.append(flusher)
-            flusher.wait_ready()
+            flusher = start_flusher()
             time.sleep(rng.uniform(0.02, 0.4))  # the random moment of the kill (fault injection)
+            flusher.kill()
+            stranded += len(_stranded_heartbeats(settings))
+            assert watcher.error is None, watcher.error
+        # And, until some kill has stranded captured heartbeats (a random moment can miss every capture),
+        # flushers are SIGKILLed as soon as a captured batch is seen
+        for _ in range(20):
+            if stranded:
+                break
+            flusher = start_flusher()
+            deadline = time.monotonic() + 10
+            while not _stranded_heartbeats(settings) and time.monotonic() < deadline:
+                pass  # polled as fast as SCAN answers: the capture-to-finish window is milliseconds
             flusher.kill()
             stranded += len(_stranded_heartbeats(settings))
             assert watcher.error is None, watcher.error
