@@ -134,6 +134,10 @@ class ColdLoader:
         }
 
     def count_hits(self, needed: Needed, unknowns: Sequence[Unknown]) -> None:
+        if not unknowns:  # the hot path: every key found (a like: 1.5 -> 0.8 us)
+            for kind, n in needed.items():
+                self._hit_counters[kind].inc(n)
+            return
         hits: dict[str, int] = {}
         _hits(needed, unknowns, hits)
         self.add_hits(hits)
