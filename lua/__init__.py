@@ -12,7 +12,8 @@ once per load, not on every call as when a script that includes them runs by ``E
 4-5 Redis CPU-µs of a like's ~35; docs/benchmarks.md). A helper library with per-call state clears it in
 ``<lib>.begin()``, which every function including it calls first. The library's and its functions' names
 carry the version of the text (``engagementd_<v>``, ``<script>_<v>``), so processes of two versions of
-the code can share one Redis during a rolling deploy.
+the code can share one Redis during a rolling deploy; ``engagementd migrate`` deletes the libraries of
+other versions (``Library.prune``).
 
 ``LuaScript`` calls its function with ``FCALL``; when Redis answers "Function not found" (a restart
 without persistence, ``FUNCTION FLUSH``, a new cluster node) the library is loaded once per process and
@@ -110,6 +111,39 @@ class Library:
     async def _load(self, client: Any, key: tuple[int, int]) -> None:
         await client.execute_command("FUNCTION", "LOAD", "REPLACE", self.text)
         self._loaded_at[key] = time.monotonic()
+
+    async def prune(self, client: Any) -> list[str]:
+        """Delete the libraries of other versions of the code (``engagementd_<v>`` but this one), on every
+        primary; ``engagementd migrate`` does at each deploy. A process of an older version still running
+        then meets "Function not found" and loads its own again, once: at most the previous version's
+        library outlives a deploy, until the next one. Other libraries are left alone. Returns the names
+        deleted (once per primary that had them)."""
+        deleted, pattern = [], f"{LIBRARY_PREFIX}*"  # LIBRARYNAME takes a glob pattern
+        for node in _primaries(client):
+            listed = await client.execute_command("FUNCTION", "LIST", "LIBRARYNAME", pattern, **node)
+            if isinstance(listed, dict):  # redis-py's cluster client: {node name: reply}
+                (listed,) = listed.values()
+            for entry in listed:
+                if not isinstance(entry, dict):  # a flat reply: name, value, name, value...
+                    entry = dict(zip(entry[::2], entry[1::2], strict=True))
+                name = entry.get("library_name", entry.get(b"library_name"))
+                name = name.decode() if isinstance(name, bytes) else name
+                if not name.startswith(LIBRARY_PREFIX) or name == self.name:
+                    continue
+                try:
+                    await client.execute_command("FUNCTION", "DELETE", name, **node)
+                except ResponseError as exc:
+                    if "library not found" not in str(exc).lower():  # deleted meanwhile: as good
+                        raise
+                deleted.append(name)
+        return deleted
+
+
+def _primaries(client: Any) -> list[dict[str, Any]]:
+    """The ``execute_command`` options that address each primary in turn (one item, none, on one Redis)."""
+    if hasattr(client, "get_primaries"):
+        return [{"target_nodes": node} for node in client.get_primaries()]
+    return [{}]
 
 
 def _parts(name: str) -> tuple[list[str], list[str], str]:

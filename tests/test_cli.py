@@ -12,11 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from consumer_helpers import INGEST, envelope, produce
 from service_fixtures import ROOT, service_env, wait_until
 
 from daemon.proc.servers import free_port
 from daemon.settings import Settings
+from lua import Scripts
 
 
 def _cli(settings: Settings, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -37,6 +39,22 @@ def test_migrate_creates_the_schema_once_and_is_idempotent(settings: Settings) -
     again = _cli(settings, "migrate")
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == "schema up to date (0 applied)"
+
+
+def test_migrate_deletes_the_function_libraries_of_other_versions(settings: Settings) -> None:
+    # Given Redis holding the function library of an older version of the code (a deploy ago)
+    old = "engagementd_0123456789abcdef"
+    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
+        client.function_load(f"#!lua name={old}\nredis.register_function('f_old', function() return 1 end)\n")
+        # When the new version's migrate runs
+        out = _cli(settings, "migrate")
+        # Then it says so, and only the current version's library is left
+        assert out.returncode == 0, out.stderr
+        assert f"function libraries of other versions deleted: {old}" in out.stdout
+        current = Scripts.load().rate_limit.library
+        assert current is not None
+        libraries = [dict(zip(lib[::2], lib[1::2], strict=True)) for lib in client.function_list()]
+        assert [lib["library_name"] for lib in libraries] == [current.name]
 
 
 def test_a_bad_setting_exits_2_with_its_name(settings: Settings) -> None:

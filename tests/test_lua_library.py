@@ -7,12 +7,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 import lua
 from daemon.pipeliner import Pipeliner
+from daemon.proc.servers import RedisClusterServers
 from lua import Scripts
 
 
@@ -119,3 +122,62 @@ async def test_a_library_redis_refuses_to_load_leaves_the_calls_to_eval(client: 
     assert await client.execute_command("FUNCTION", "LIST") == []
     stats = await client.info("commandstats")
     assert stats["cmdstat_eval"]["calls"] == 3
+
+
+OLD = "engagementd_0123456789abcdef"  # the library of an older version of the code
+
+
+def _library_text(name: str, function: str) -> str:
+    body = f"redis.register_function('{function}', function(keys, args) return '{name}' end)"
+    return f"#!lua name={name}\n{body}\n"
+
+
+async def _libraries(client: Any) -> set[str]:
+    listed = await client.execute_command("FUNCTION", "LIST")
+    if isinstance(listed, dict):  # the cluster client, one node addressed
+        (listed,) = listed.values()
+    return {entry["library_name"] for entry in listed}
+
+
+async def test_prune_deletes_the_libraries_of_other_versions_and_leaves_the_rest(
+    client: aioredis.Redis,
+) -> None:
+    # Given the current library (loaded by a call), an older version's, and another tool's library
+    scripts = Scripts.load()
+    library = scripts.rate_limit.library
+    assert library is not None
+    await scripts.rate_limit(client, ["eng:{u:u1}:rl:like"], [60_000, 5, "r1"])
+    await client.execute_command("FUNCTION", "LOAD", _library_text(OLD, "set_reaction_0123456789abcdef"))
+    await client.execute_command("FUNCTION", "LOAD", _library_text("othertool", "othertool_f"))
+
+    # When the libraries are pruned (engagementd migrate), twice
+    assert await library.prune(client) == [OLD]
+    assert await library.prune(client) == []
+
+    # Then the older version's is gone; the current one and the other tool's stay and answer
+    assert await _libraries(client) == {library.name, "othertool"}
+    assert await scripts.rate_limit(client, ["eng:{u:u1}:rl:like"], [60_000, 5, "r2"]) == [1, 3, 0]
+    assert await client.execute_command("FCALL", "othertool_f", 0) == "othertool"
+
+
+@pytest.mark.slow
+async def test_prune_deletes_them_on_every_primary_of_a_redis_cluster(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    # Given a three-master cluster whose every primary holds an older version's library
+    for node in redis_cluster.nodes:
+        async with aioredis.Redis.from_url(node.url, decode_responses=True) as node_client:
+            await node_client.execute_command("FUNCTION", "LOAD", _library_text(OLD, "f_0123456789abcdef"))
+    cluster = RedisCluster.from_url(redis_cluster.url, decode_responses=True)
+    try:
+        await cluster.initialize()
+        library = Scripts.load().rate_limit.library
+        assert library is not None
+        # When the libraries are pruned through the cluster client
+        assert await library.prune(cluster) == [OLD] * len(redis_cluster.nodes)
+    finally:
+        await cluster.aclose()
+    # Then no primary holds it any more
+    for node in redis_cluster.nodes:
+        async with aioredis.Redis.from_url(node.url, decode_responses=True) as node_client:
+            assert await _libraries(node_client) == set()

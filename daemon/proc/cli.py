@@ -38,6 +38,7 @@ async def _upgrade_redis(settings: Settings) -> int:
 
     from daemon.redis_client import make_redis
     from daemon.store.upgrade import upgrade
+    from lua import Scripts
 
     redis = make_redis(settings)
     try:
@@ -47,11 +48,19 @@ async def _upgrade_redis(settings: Settings) -> int:
         built = await _row_filters(settings, redis, rebuild=False)
     except (RedisError, OSError) as exc:
         print(f"Redis key layout not checked: Redis unavailable ({exc}); run migrate again to check it")
-        return 0
-    finally:
         await redis.aclose()
+        return 0
     if built:
         print(f"row filters built for {built} shards")
+    try:
+        pruned = await Scripts.load().set_reaction.library.prune(redis)  # type: ignore[union-attr]
+    except (RedisError, OSError) as exc:  # an ACL without FUNCTION DELETE, say: they stay, as before
+        print(f"function libraries of other versions not deleted: {exc}")
+    else:
+        if pruned:
+            print("function libraries of other versions deleted: " + ", ".join(sorted(set(pruned))))
+    finally:
+        await redis.aclose()
     return 0
 
 
