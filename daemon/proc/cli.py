@@ -33,7 +33,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _upgrade_redis(settings: Settings) -> int:
-    """The Redis key layout, upgraded when it is an older one (daemon/store/upgrade.py)."""
+    """The Redis key layout, upgraded when it is an older one (daemon/store/upgrade.py); the function
+    libraries of other versions of the code deleted."""
     from redis.exceptions import RedisError
 
     from daemon.redis_client import make_redis
@@ -42,23 +43,23 @@ async def _upgrade_redis(settings: Settings) -> int:
 
     redis = make_redis(settings)
     try:
-        moved = await upgrade(redis, settings.shards, settings.counts_idle_ttl_s)
-        if moved:
-            print("Redis key layout upgraded: " + ", ".join(f"{n} {what}" for what, n in moved.items()))
-        built = await _row_filters(settings, redis, rebuild=False)
-    except (RedisError, OSError) as exc:
-        print(f"Redis key layout not checked: Redis unavailable ({exc}); run migrate again to check it")
-        await redis.aclose()
-        return 0
-    if built:
-        print(f"row filters built for {built} shards")
-    try:
-        pruned = await Scripts.load().set_reaction.library.prune(redis)  # type: ignore[union-attr]
-    except (RedisError, OSError) as exc:  # an ACL without FUNCTION DELETE, say: they stay, as before
-        print(f"function libraries of other versions not deleted: {exc}")
-    else:
-        if pruned:
-            print("function libraries of other versions deleted: " + ", ".join(sorted(set(pruned))))
+        try:
+            moved = await upgrade(redis, settings.shards, settings.counts_idle_ttl_s)
+            if moved:
+                print("Redis key layout upgraded: " + ", ".join(f"{n} {w}" for w, n in moved.items()))
+            built = await _row_filters(settings, redis, rebuild=False)
+        except (RedisError, OSError) as exc:
+            print(f"Redis key layout not checked: Redis unavailable ({exc}); run migrate again to check it")
+            return 0
+        if built:
+            print(f"row filters built for {built} shards")
+        try:
+            pruned = await Scripts.load().set_reaction.library.prune(redis)  # type: ignore[union-attr]
+        except (RedisError, OSError) as exc:  # an ACL without FUNCTION DELETE, say: they stay, as before
+            print(f"function libraries of other versions not deleted: {exc}")
+        else:
+            if pruned:
+                print("function libraries of other versions deleted: " + ", ".join(sorted(set(pruned))))
     finally:
         await redis.aclose()
     return 0
